@@ -1,1 +1,372 @@
-//! placeholder
+//! Test support shared by every test in the workspace that needs a real service or a real
+//! `rpm` process: a `mosquitto` broker on a free port (that a test can stop, restart or kill),
+//! a throwaway PostgreSQL database per test, and `rpm` subcommands run as child processes.
+//!
+//! It is not a mock library: everything here starts or connects to the real thing.
+//!
+//! Services that cannot be had are handled by one rule ([`unavailable`]): under `CI=true` the
+//! test fails loudly; on a developer's machine it says what is missing and skips.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let Some(broker) = testkit::unavailable(testkit::Mosquitto::start()) else { return };
+//! let Some(db) = testkit::unavailable(testkit::PgDatabase::create().await) else { return };
+//! println!("mqtt://127.0.0.1:{} and {}", broker.port(), db.url());
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// True when running under CI (`CI=true`), where a missing service is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Unwraps a service; when it could not be had, fails the test under CI and skips (returns
+/// `None` after saying why on stderr) elsewhere.
+#[track_caller]
+pub fn unavailable<T, E: fmt::Display>(service: Result<T, E>) -> Option<T> {
+    match service {
+        Ok(t) => Some(t),
+        Err(e) if in_ci() => panic!("required test service unavailable under CI=true: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED (not under CI): required test service unavailable: {e}");
+            None
+        }
+    }
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> io::Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + timeout;
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing listening on port {port}: {e}")));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(25)),
+        }
+    }
+}
+
+/// Why a service could not be started.
+#[derive(Debug)]
+pub struct ServiceError(String);
+
+impl fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServiceError {}
+
+fn service_err(what: impl fmt::Display) -> ServiceError {
+    ServiceError(what.to_string())
+}
+
+/// A private `mosquitto` on a free port, with its own config, persistence and log in a
+/// temporary directory. Dropping it kills the broker.
+pub struct Mosquitto {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    extra: String,
+}
+
+impl Mosquitto {
+    /// Starts an anonymous broker (MQTT 3.1.1 and 5) on a free port.
+    pub fn start() -> Result<Self, ServiceError> {
+        Self::start_with("allow_anonymous true\n")
+    }
+
+    /// Starts a broker with `extra` appended to its config (authentication, ACLs, limits).
+    /// Paths in `extra` may use `{dir}` for the broker's temporary directory.
+    pub fn start_with(extra: &str) -> Result<Self, ServiceError> {
+        let dir = tempfile::tempdir().map_err(service_err)?;
+        // Started as root, mosquitto drops to its own user; let that user write its log and
+        // persistence file here.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).map_err(service_err)?;
+        }
+        let port = free_port().map_err(service_err)?;
+        let mut broker = Mosquitto { child: None, port, dir, extra: extra.to_owned() };
+        broker.launch()?;
+        Ok(broker)
+    }
+
+    fn launch(&mut self) -> Result<(), ServiceError> {
+        let dir = self.dir.path();
+        let config = format!(
+            "listener {port} 127.0.0.1\npersistence true\npersistence_location {dir}/\n\
+             log_dest file {dir}/mosquitto.log\nlog_type all\n{extra}",
+            port = self.port,
+            dir = dir.display(),
+            extra = self.extra.replace("{dir}", &dir.display().to_string()),
+        );
+        let conf = dir.join("mosquitto.conf");
+        fs::write(&conf, config).map_err(service_err)?;
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| service_err(format!("cannot run mosquitto ({e}); .ci/run installs it, or `apt-get install mosquitto`")))?;
+        self.child = Some(child);
+        if let Err(e) = wait_for_port(self.port, Duration::from_secs(10)) {
+            let log = fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default();
+            return Err(service_err(format!("mosquitto did not start: {e}\n{log}")));
+        }
+        Ok(())
+    }
+
+    /// The port it listens on (kept across [`Mosquitto::restart`]).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `mqtt://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's temporary directory (config, persistence, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Stops the broker with SIGKILL (no clean shutdown, nothing flushed).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the broker cleanly (SIGTERM: it saves its persistence file) and waits for it.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the broker cleanly if running and starts it again on the same port with the
+    /// same persistence directory.
+    pub fn restart(&mut self) -> Result<(), ServiceError> {
+        self.terminate();
+        self.launch()
+    }
+
+    /// Starts the broker again after [`Mosquitto::kill`] or [`Mosquitto::terminate`].
+    pub fn start_again(&mut self) -> Result<(), ServiceError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        self.launch()
+    }
+
+    /// Whether the broker process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn mosquitto_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOSQUITTO") {
+        return PathBuf::from(p);
+    }
+    for candidate in ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    PathBuf::from("mosquitto")
+}
+
+/// The PostgreSQL server tests use: `RPM_TEST_PG` (a URL to a database the test user may
+/// `CREATE DATABASE` from), or the local trust-auth server at 127.0.0.1:5432.
+pub fn pg_admin_url() -> String {
+    std::env::var("RPM_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A fresh PostgreSQL database, dropped (forcibly) when this value is dropped.
+pub struct PgDatabase {
+    name: String,
+    url: String,
+    admin_url: String,
+}
+
+impl PgDatabase {
+    /// Creates `rpm_test_<random>` on the server named by [`pg_admin_url`].
+    pub async fn create() -> Result<Self, ServiceError> {
+        use sqlx::Connection;
+        let admin_url = pg_admin_url();
+        let mut admin = tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect(&admin_url))
+            .await
+            .map_err(|_| service_err(format!("PostgreSQL at {admin_url} did not answer in 10 s")))?
+            .map_err(|e| service_err(format!("cannot connect to PostgreSQL at {admin_url}: {e}")))?;
+        let name = format!("rpm_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .map_err(|e| service_err(format!("cannot create a test database: {e}")))?;
+        let _ = admin.close().await;
+        let url = match admin_url.rsplit_once('/') {
+            Some((server, _db)) => format!("{server}/{name}"),
+            None => return Err(service_err("RPM_TEST_PG must end in /DATABASE")),
+        };
+        Ok(PgDatabase { name, url, admin_url })
+    }
+
+    /// The URL of the fresh database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs inside or outside a runtime; a thread of its own works in both.
+        let _ = std::thread::spawn(move || {
+            use sqlx::Connection;
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+                    let _ = admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// An `rpm` subcommand running as a child process, its output captured to files so a test
+/// can read it while the process runs, kill it with SIGKILL and start it again.
+pub struct RpmProcess {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RpmProcess {
+    /// Spawns `bin` (pass `env!("CARGO_BIN_EXE_rpm")`) with `args` and extra environment.
+    pub fn spawn(bin: impl AsRef<Path>, args: &[&str], env: &[(&str, &str)]) -> io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let stdout = dir.path().join("stdout");
+        let stderr = dir.path().join("stderr");
+        let mut cmd = Command::new(bin.as_ref());
+        cmd.args(args).stdin(Stdio::null()).stdout(fs::File::create(&stdout)?).stderr(fs::File::create(&stderr)?);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn()?;
+        Ok(RpmProcess { child, stdout, stderr, _dir: dir })
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self) -> io::Result<()> {
+        self.child.kill()?;
+        self.child.wait().map(|_| ())
+    }
+
+    /// Waits for exit, at most `timeout`; kills the process if it runs over.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                self.kill()?;
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("rpm did not exit within {timeout:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Standard output so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// Standard error so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until standard error or output contains `needle`, at most `timeout`.
+    pub fn wait_for_output(&mut self, needle: &str, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stderr().contains(needle) || self.stdout().contains(needle) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                return Err(io::Error::other(format!("rpm exited ({status}) before printing {needle:?}:\n{}", self.stderr())));
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no {needle:?} within {timeout:?}:\n{}", self.stderr())));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RpmProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
