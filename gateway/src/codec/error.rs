@@ -74,7 +74,9 @@ pub enum EncodeError {
 }
 
 /// A rule a device bent that the decoder tolerated. Each leniency is documented where it is
-/// applied; encoding never reproduces a quirk (it writes what the specification says).
+/// applied. Encoding writes what the specification says and so drops quirks, except where
+/// the value itself cannot be written otherwise (a reserved RACP response code, a record
+/// count above `u16::MAX`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "quirk", rename_all = "snake_case")]
 pub enum Quirk {

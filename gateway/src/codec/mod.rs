@@ -24,8 +24,8 @@
 //!   [`Quirk`] in the value (reserved bits set, bytes after the last field); where it is not
 //!   (an impossible date, a battery level of 150 %) it is a [`DecodeError`].
 //! - Encoding writes what the specification says: flags follow from which optional fields
-//!   are present, quirks are not reproduced, and `decode(encode(v)) == v` for every value
-//!   without quirks.
+//!   are present, quirks are (almost always) not reproduced, and `decode(encode(v)) == v`
+//!   for every value without quirks.
 
 pub mod battery;
 mod bits;
