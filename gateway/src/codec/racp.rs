@@ -440,6 +440,26 @@ impl RecordAccessControlPoint {
     }
 }
 
+/// The response code a server (simulator) sends back for a request it could not decode, per
+/// RACP 1.0 §3.1.4: an unknown op code is "op code not supported", an undefined or misplaced
+/// operator is "invalid operator", an unknown filter type is "operand not supported", and a
+/// malformed operand is "invalid operand".
+pub fn response_code_for(error: &DecodeError) -> ResponseCode {
+    match error {
+        DecodeError::InvalidValue {
+            field: "op_code", ..
+        } => ResponseCode::OpCodeNotSupported,
+        DecodeError::InvalidValue {
+            field: "operator", ..
+        } => ResponseCode::InvalidOperator,
+        DecodeError::InvalidValue {
+            field: "operand.filter_type",
+            ..
+        } => ResponseCode::OperandNotSupported,
+        _ => ResponseCode::InvalidOperand,
+    }
+}
+
 fn write_value(out: &mut Vec<u8>, v: &FilterValue) -> Result<(), EncodeError> {
     match v {
         FilterValue::SequenceNumber(n) => put_u16(out, *n),
@@ -648,6 +668,17 @@ mod tests {
             enc(RacpMessage::NumberOfStoredRecords(70_000)),
             [5, 0, 0x70, 0x11, 1, 0]
         );
+    }
+
+    #[test]
+    fn simulator_response_codes_for_bad_requests() {
+        let code = |b: &[u8]| response_code_for(&RecordAccessControlPoint::decode(b).unwrap_err());
+        assert_eq!(code(&[9, 1]), ResponseCode::OpCodeNotSupported);
+        assert_eq!(code(&[1, 9]), ResponseCode::InvalidOperator);
+        assert_eq!(code(&[3, 1]), ResponseCode::InvalidOperator);
+        assert_eq!(code(&[1, 3, 7, 0, 0]), ResponseCode::OperandNotSupported);
+        assert_eq!(code(&[1, 3, 1, 0]), ResponseCode::InvalidOperand);
+        assert_eq!(code(&[1, 1, 0]), ResponseCode::InvalidOperand);
     }
 
     fn any_value() -> impl Strategy<Value = FilterValue> {
