@@ -54,7 +54,11 @@ pub struct ForwardConfig {
 
 impl Default for ForwardConfig {
     fn default() -> Self {
-        ForwardConfig { batch_max: 200, linger: Duration::from_millis(200), max_inflight: 16 }
+        ForwardConfig {
+            batch_max: 200,
+            linger: Duration::from_millis(200),
+            max_inflight: 16,
+        }
     }
 }
 
@@ -68,7 +72,9 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { disk_low_bytes: 256 * 1024 * 1024 }
+        QueueConfig {
+            disk_low_bytes: 256 * 1024 * 1024,
+        }
     }
 }
 
@@ -107,11 +113,20 @@ impl GatewayConfig {
         self.broker.check()?;
         if let Some(user) = &self.broker.username {
             if user != self.gateway.id.as_str() {
-                return Err(("broker.username", format!("must be the gateway id `{}`: the broker's ACL confines a gateway to rpm/v1/gw/<user name>/#", self.gateway.id)));
+                return Err((
+                    "broker.username",
+                    format!(
+                        "must be the gateway id `{}`: the broker's ACL confines a gateway to rpm/v1/gw/<user name>/#",
+                        self.gateway.id
+                    ),
+                ));
             }
         }
         if self.forward.batch_max == 0 || self.forward.batch_max > vitals::MAX_READINGS {
-            return Err(("forward.batch_max", format!("must be within 1..={}", vitals::MAX_READINGS)));
+            return Err((
+                "forward.batch_max",
+                format!("must be within 1..={}", vitals::MAX_READINGS),
+            ));
         }
         if self.forward.max_inflight == 0 {
             return Err(("forward.max_inflight", "must be at least 1".into()));
@@ -122,11 +137,20 @@ impl GatewayConfig {
                 return Err(("devices", format!("device {} is listed twice", d.id)));
             }
             if d.patient.is_none() && d.users.is_empty() {
-                return Err(("devices", format!("device {} is bound to no patient (give `patient` or `users`)", d.id)));
+                return Err((
+                    "devices",
+                    format!(
+                        "device {} is bound to no patient (give `patient` or `users`)",
+                        d.id
+                    ),
+                ));
             }
             let mut users = std::collections::HashSet::new();
             if let Some(u) = d.users.iter().find(|u| !users.insert(u.user)) {
-                return Err(("devices.users", format!("device {} binds user {} twice", d.id, u.user)));
+                return Err((
+                    "devices.users",
+                    format!("device {} binds user {} twice", d.id, u.user),
+                ));
             }
         }
         Ok(())

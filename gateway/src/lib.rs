@@ -24,3 +24,6 @@
 //! ```
 
 pub mod codec;
+
+// The `rpm gateway` configuration contract.
+pub mod config;

@@ -19,6 +19,7 @@
 
 #![deny(missing_docs)]
 
+mod broker;
 mod decimal;
 mod flags;
 mod gateway_msg;
@@ -28,6 +29,7 @@ mod reading;
 pub mod topic;
 mod wire;
 
+pub use broker::{BrokerConfig, BrokerUrl};
 pub use decimal::{Decimal, DecimalError};
 pub use flags::{AbsentReason, Flag, Flags};
 pub use gateway_msg::{

@@ -1,0 +1,138 @@
+//! The `rpm ingest` configuration file (`fixtures/config/ingest.toml` is the documented
+//! sample). Every table rejects unknown keys; durations are humantime strings ("20ms", "5m").
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vitals::BrokerConfig;
+
+/// The whole file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// The broker gateways publish to.
+    pub broker: BrokerConfig,
+    /// The patient record.
+    pub database: DatabaseConfig,
+    /// The MQTT consumer.
+    #[serde(default)]
+    pub consumer: ConsumerConfig,
+    /// The HTTP API and console.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Clock-sanity policy for incoming readings.
+    #[serde(default)]
+    pub clock: ClockConfig,
+}
+
+/// `[database]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/rpm.db` or `postgres://user@host/db`.
+    pub url: String,
+    /// Connection pool size.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    8
+}
+
+/// `[consumer]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerConfig {
+    /// Shared-subscription group: nodes with the same group split the readings.
+    pub group: String,
+    /// Most readings committed in one transaction.
+    pub batch_max: usize,
+    /// How long a partial batch waits for more before it is committed.
+    #[serde(with = "humantime_serde")]
+    pub batch_linger: Duration,
+    /// Most unacknowledged MQTT messages held at once (the broker's receive maximum).
+    pub max_inflight: u16,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            group: "ingest".into(),
+            batch_max: 2000,
+            batch_linger: Duration::from_millis(20),
+            max_inflight: 256,
+        }
+    }
+}
+
+/// `[http]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address; port 0 takes a free port.
+    pub listen: SocketAddr,
+    /// The address staff reach the console at, for links in notifications.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_url: None,
+        }
+    }
+}
+
+/// `[clock]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// A reading measured further than this in the future is rejected.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig {
+            max_future: Duration::from_secs(300),
+        }
+    }
+}
+
+impl IngestConfig {
+    /// Checks what serde cannot; returns the dotted key and the problem.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        self.broker.check()?;
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err((
+                "database.url",
+                "expected sqlite:PATH or postgres://…".into(),
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(("database.max_connections", "must be at least 1".into()));
+        }
+        if self.consumer.group.is_empty() || self.consumer.group.contains(['/', '+', '#']) {
+            return Err((
+                "consumer.group",
+                "must be a non-empty MQTT topic level".into(),
+            ));
+        }
+        if self.consumer.batch_max == 0 {
+            return Err(("consumer.batch_max", "must be at least 1".into()));
+        }
+        if self.consumer.max_inflight == 0 {
+            return Err(("consumer.max_inflight", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! `rpm`: the one binary of the remote patient monitoring system. Each part of the system is a
+//! subcommand; `rpm --help` lists what this build can do.
+
+mod config;
+mod logging;
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::config::Component;
+use crate::logging::LogFormat;
+
+/// Remote patient monitoring: home-hub gateway, ingest, rules engine and notifier.
+#[derive(Debug, Parser)]
+#[command(name = "rpm", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log line format (logs go to standard error; filter with RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "RPM_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check, show or print sample configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Validate an MQTT readings payload (wire envelope v1) and say exactly what is wrong.
+    #[command(subcommand)]
+    Envelope(EnvelopeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Load FILE (with RPM_<COMPONENT>__* environment overrides), validate it and print the
+    /// effective configuration as TOML. Exits 1 naming the file, key and problem when bad.
+    Check {
+        /// Which component the file configures.
+        #[arg(value_enum)]
+        component: Component,
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Print the documented sample configuration of a component.
+    Sample {
+        /// Which component.
+        #[arg(value_enum)]
+        component: Component,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EnvelopeCommand {
+    /// Decode and validate a payload from FILE (or standard input with `-`); prints a JSON
+    /// summary, or the rejection reason and exits 1.
+    Check {
+        /// The payload file, or `-`.
+        file: PathBuf,
+        /// The MQTT topic it arrived on; checks the topic names the envelope's gateway.
+        #[arg(long)]
+        topic: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Config(ConfigCommand::Check { component, file }) => {
+            let effective = match component {
+                Component::Gateway => toml::to_string(&config::load::<
+                    gateway::config::GatewayConfig,
+                >(
+                    component, &file, |c| c.check()
+                )?)?,
+                Component::Ingest => toml::to_string(
+                    &config::load::<ingest::config::IngestConfig>(component, &file, |c| c.check())?,
+                )?,
+            };
+            tracing::info!(component = ?component, file = %file.display(), "configuration is valid");
+            print!("{effective}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Sample { component }) => {
+            print!("{}", component.sample());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Envelope(EnvelopeCommand::Check { file, topic }) => {
+            let mut payload = Vec::new();
+            if file.as_os_str() == "-" {
+                std::io::stdin()
+                    .take(vitals::MAX_PAYLOAD_BYTES as u64 + 1)
+                    .read_to_end(&mut payload)?;
+            } else {
+                payload = std::fs::read(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+            }
+            let decoded = match &topic {
+                Some(t) => vitals::Envelope::decode_from(t, &payload),
+                None => vitals::Envelope::decode(&payload),
+            };
+            match decoded {
+                Ok(e) => {
+                    let summary = serde_json::json!({
+                        "valid": true,
+                        "gateway": e.gateway,
+                        "seq": e.seq,
+                        "readings": e.readings.len(),
+                        "ids": e.readings.iter().map(|r| r.id).collect::<Vec<_>>(),
+                    });
+                    println!("{}", serde_json::to_string_pretty(&summary)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(err) => {
+                    let rejection = serde_json::json!({ "valid": false, "reason": err.reason(), "error": err.to_string() });
+                    println!("{}", serde_json::to_string_pretty(&rejection)?);
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
