@@ -57,7 +57,10 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> io::Result<()> {
         match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() >= deadline => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing listening on port {port}: {e}")));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("nothing listening on port {port}: {e}"),
+                ));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(25)),
         }
@@ -103,10 +106,16 @@ impl Mosquitto {
         // persistence file here.
         {
             use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).map_err(service_err)?;
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777))
+                .map_err(service_err)?;
         }
         let port = free_port().map_err(service_err)?;
-        let mut broker = Mosquitto { child: None, port, dir, extra: extra.to_owned() };
+        let mut broker = Mosquitto {
+            child: None,
+            port,
+            dir,
+            extra: extra.to_owned(),
+        };
         broker.launch()?;
         Ok(broker)
     }
@@ -169,7 +178,10 @@ impl Mosquitto {
     /// Stops the broker cleanly (SIGTERM: it saves its persistence file) and waits for it.
     pub fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -199,7 +211,9 @@ impl Mosquitto {
 
     /// Whether the broker process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
@@ -213,7 +227,11 @@ fn mosquitto_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("MOSQUITTO") {
         return PathBuf::from(p);
     }
-    for candidate in ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto"] {
+    for candidate in [
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+    ] {
         if Path::new(candidate).exists() {
             return PathBuf::from(candidate);
         }
@@ -224,7 +242,8 @@ fn mosquitto_binary() -> PathBuf {
 /// The PostgreSQL server tests use: `RPM_TEST_PG` (a URL to a database the test user may
 /// `CREATE DATABASE` from), or the local trust-auth server at 127.0.0.1:5432.
 pub fn pg_admin_url() -> String {
-    std::env::var("RPM_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("RPM_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// A fresh PostgreSQL database, dropped (forcibly) when this value is dropped.
@@ -239,10 +258,13 @@ impl PgDatabase {
     pub async fn create() -> Result<Self, ServiceError> {
         use sqlx::Connection;
         let admin_url = pg_admin_url();
-        let mut admin = tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect(&admin_url))
-            .await
-            .map_err(|_| service_err(format!("PostgreSQL at {admin_url} did not answer in 10 s")))?
-            .map_err(|e| service_err(format!("cannot connect to PostgreSQL at {admin_url}: {e}")))?;
+        let mut admin = tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::PgConnection::connect(&admin_url),
+        )
+        .await
+        .map_err(|_| service_err(format!("PostgreSQL at {admin_url} did not answer in 10 s")))?
+        .map_err(|e| service_err(format!("cannot connect to PostgreSQL at {admin_url}: {e}")))?;
         let name = format!("rpm_test_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
@@ -253,7 +275,11 @@ impl PgDatabase {
             Some((server, _db)) => format!("{server}/{name}"),
             None => return Err(service_err("RPM_TEST_PG must end in /DATABASE")),
         };
-        Ok(PgDatabase { name, url, admin_url })
+        Ok(PgDatabase {
+            name,
+            url,
+            admin_url,
+        })
     }
 
     /// The URL of the fresh database.
@@ -274,10 +300,17 @@ impl Drop for PgDatabase {
         // Drop runs inside or outside a runtime; a thread of its own works in both.
         let _ = std::thread::spawn(move || {
             use sqlx::Connection;
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async {
                 if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
                     let _ = admin.close().await;
                 }
             });
@@ -302,12 +335,20 @@ impl RpmProcess {
         let stdout = dir.path().join("stdout");
         let stderr = dir.path().join("stderr");
         let mut cmd = Command::new(bin.as_ref());
-        cmd.args(args).stdin(Stdio::null()).stdout(fs::File::create(&stdout)?).stderr(fs::File::create(&stderr)?);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout)?)
+            .stderr(fs::File::create(&stderr)?);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn()?;
-        Ok(RpmProcess { child, stdout, stderr, _dir: dir })
+        Ok(RpmProcess {
+            child,
+            stdout,
+            stderr,
+            _dir: dir,
+        })
     }
 
     /// The process id.
@@ -330,7 +371,10 @@ impl RpmProcess {
             }
             if Instant::now() >= deadline {
                 self.kill()?;
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("rpm did not exit within {timeout:?}")));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("rpm did not exit within {timeout:?}"),
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -354,10 +398,16 @@ impl RpmProcess {
                 return Ok(());
             }
             if let Some(status) = self.child.try_wait()? {
-                return Err(io::Error::other(format!("rpm exited ({status}) before printing {needle:?}:\n{}", self.stderr())));
+                return Err(io::Error::other(format!(
+                    "rpm exited ({status}) before printing {needle:?}:\n{}",
+                    self.stderr()
+                )));
             }
             if Instant::now() >= deadline {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no {needle:?} within {timeout:?}:\n{}", self.stderr())));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no {needle:?} within {timeout:?}:\n{}", self.stderr()),
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -20,22 +20,32 @@ async fn next_publish(events: &mut EventLoop) -> (String, Vec<u8>, bool) {
         loop {
             match events.poll().await {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    return (String::from_utf8_lossy(&p.topic).into_owned(), p.payload.to_vec(), p.retain);
+                    return (
+                        String::from_utf8_lossy(&p.topic).into_owned(),
+                        p.payload.to_vec(),
+                        p.retain,
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => panic!("MQTT connection failed: {e}"),
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), wait).await.expect("a publish within 10 s")
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("a publish within 10 s")
 }
 
 #[tokio::test]
 async fn a_private_broker_carries_mqtt5_on_a_free_port() {
-    let Some(broker) = unavailable(Mosquitto::start()) else { return };
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
     assert_ne!(broker.port(), 1883, "never the machine's shared broker");
     let (sub, mut sub_events) = client(broker.port(), "sub");
-    sub.subscribe("rpm/v1/gw/+/readings", QoS::AtLeastOnce).await.expect("subscribe queued");
+    sub.subscribe("rpm/v1/gw/+/readings", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
     // Let the subscription reach the broker before publishing.
     loop {
         if let Ok(Event::Incoming(Packet::SubAck(_))) = sub_events.poll().await {
@@ -44,7 +54,15 @@ async fn a_private_broker_carries_mqtt5_on_a_free_port() {
     }
     let (publisher, mut pub_events) = client(broker.port(), "pub");
     let pump = tokio::spawn(async move { while pub_events.poll().await.is_ok() {} });
-    publisher.publish("rpm/v1/gw/gw-1/readings", QoS::AtLeastOnce, false, b"hello".to_vec()).await.expect("publish queued");
+    publisher
+        .publish(
+            "rpm/v1/gw/gw-1/readings",
+            QoS::AtLeastOnce,
+            false,
+            b"hello".to_vec(),
+        )
+        .await
+        .expect("publish queued");
     let (topic, payload, _) = next_publish(&mut sub_events).await;
     assert_eq!(topic, "rpm/v1/gw/gw-1/readings");
     assert_eq!(payload, b"hello");
@@ -53,11 +71,21 @@ async fn a_private_broker_carries_mqtt5_on_a_free_port() {
 
 #[tokio::test]
 async fn a_restarted_broker_keeps_its_port_and_retained_messages() {
-    let Some(mut broker) = unavailable(Mosquitto::start()) else { return };
+    let Some(mut broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
     let port = broker.port();
     {
         let (publisher, mut events) = client(port, "retainer");
-        publisher.publish("rpm/v1/gw/gw-1/status", QoS::AtLeastOnce, true, b"online".to_vec()).await.expect("queued");
+        publisher
+            .publish(
+                "rpm/v1/gw/gw-1/status",
+                QoS::AtLeastOnce,
+                true,
+                b"online".to_vec(),
+            )
+            .await
+            .expect("queued");
         // Wait for the broker's PUBACK so the message is the broker's before it restarts.
         loop {
             match events.poll().await {
@@ -71,40 +99,64 @@ async fn a_restarted_broker_keeps_its_port_and_retained_messages() {
     assert_eq!(broker.port(), port);
     assert!(broker.is_running());
     let (sub, mut events) = client(port, "late");
-    sub.subscribe("rpm/v1/gw/+/status", QoS::AtLeastOnce).await.expect("subscribe queued");
+    sub.subscribe("rpm/v1/gw/+/status", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
     let (topic, payload, retain) = next_publish(&mut events).await;
-    assert_eq!((topic.as_str(), payload.as_slice(), retain), ("rpm/v1/gw/gw-1/status", &b"online"[..], true));
+    assert_eq!(
+        (topic.as_str(), payload.as_slice(), retain),
+        ("rpm/v1/gw/gw-1/status", &b"online"[..], true)
+    );
 }
 
 #[tokio::test]
 async fn a_killed_broker_refuses_connections_until_started_again() {
-    let Some(mut broker) = unavailable(Mosquitto::start()) else { return };
+    let Some(mut broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
     broker.kill();
     assert!(!broker.is_running());
     assert!(std::net::TcpStream::connect(("127.0.0.1", broker.port())).is_err());
     broker.start_again().expect("starts again");
     assert!(std::net::TcpStream::connect(("127.0.0.1", broker.port())).is_ok());
-    assert!(broker.log().contains("mosquitto version"), "the log is kept: {}", broker.log());
+    assert!(
+        broker.log().contains("mosquitto version"),
+        "the log is kept: {}",
+        broker.log()
+    );
 }
 
 #[tokio::test]
 async fn each_test_database_is_fresh_and_dropped_afterwards() {
     use sqlx::Connection;
-    let Some(db) = unavailable(PgDatabase::create().await) else { return };
+    let Some(db) = unavailable(PgDatabase::create().await) else {
+        return;
+    };
     let name = db.name().to_owned();
-    let mut conn = sqlx::PgConnection::connect(db.url()).await.expect("connect to the fresh database");
-    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
-        .fetch_one(&mut conn)
+    let mut conn = sqlx::PgConnection::connect(db.url())
         .await
-        .expect("query");
+        .expect("connect to the fresh database");
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("query");
     assert_eq!(tables, 0, "a fresh database has no tables");
-    sqlx::query("CREATE TABLE t (x int)").execute(&mut conn).await.expect("create table");
+    sqlx::query("CREATE TABLE t (x int)")
+        .execute(&mut conn)
+        .await
+        .expect("create table");
     conn.close().await.expect("close");
 
-    let Some(other) = unavailable(PgDatabase::create().await) else { return };
+    let Some(other) = unavailable(PgDatabase::create().await) else {
+        return;
+    };
     assert_ne!(other.name(), name);
     drop(db);
-    let mut admin = sqlx::PgConnection::connect(&testkit::pg_admin_url()).await.expect("admin connection");
+    let mut admin = sqlx::PgConnection::connect(&testkit::pg_admin_url())
+        .await
+        .expect("admin connection");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
         .bind(&name)
         .fetch_one(&mut admin)
@@ -118,7 +170,10 @@ fn a_missing_service_skips_locally_and_fails_under_ci() {
     let missing: Result<(), &str> = Err("no such service");
     if testkit::in_ci() {
         let caught = std::panic::catch_unwind(|| unavailable(missing));
-        assert!(caught.is_err(), "under CI a missing service must fail the test");
+        assert!(
+            caught.is_err(),
+            "under CI a missing service must fail the test"
+        );
     } else {
         assert!(unavailable(missing).is_none());
     }
