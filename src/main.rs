@@ -28,6 +28,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Decode one GATT characteristic value to JSON, for device debugging.
+    ///
+    /// Example: `rpm decode 2a35 "1e 78 00 50 00 5d 00"`. Exits 1 with the reason when the
+    /// value is malformed.
+    Decode {
+        /// The 16-bit characteristic UUID: `2a35`, `2A35` or `0x2a35`.
+        characteristic: String,
+        /// The value as hex; spaces, `:` and `-` between bytes are allowed, and it may be given
+        /// as several arguments.
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        hex: Vec<String>,
+    },
     /// Check, show or print sample configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -82,6 +94,10 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Decode {
+            characteristic,
+            hex,
+        } => decode(&characteristic, &hex.join(" ")),
         Command::Config(ConfigCommand::Check { component, file }) => {
             let effective = match component {
                 Component::Gateway => toml::to_string(&config::load::<
@@ -135,4 +151,58 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+fn decode(characteristic: &str, hex: &str) -> anyhow::Result<ExitCode> {
+    let digits = characteristic
+        .trim_start_matches("0x")
+        .trim_start_matches("0X");
+    let uuid = u16::from_str_radix(digits, 16)
+        .ok()
+        .filter(|_| !digits.is_empty() && digits.len() <= 4)
+        .with_context(|| {
+            format!("`{characteristic}` is not a 16-bit characteristic UUID (like 2a35)")
+        })?;
+    if gateway::codec::characteristic_name(uuid).is_none() {
+        let known: Vec<String> = gateway::codec::SUPPORTED
+            .iter()
+            .map(|(u, name)| format!("{u:04x} ({name})"))
+            .collect();
+        anyhow::bail!(
+            "no decoder for characteristic 0x{uuid:04x}; known: {}",
+            known.join(", ")
+        );
+    }
+    let bytes = parse_hex(hex)?;
+    match gateway::codec::decode(uuid, &bytes) {
+        Ok(value) => {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "error: malformed {} value: {e}",
+                gateway::codec::characteristic_name(uuid).unwrap_or("GATT")
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn parse_hex(text: &str) -> anyhow::Result<Vec<u8>> {
+    let compact: String = text
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ':' && *c != '-')
+        .collect();
+    let compact = compact.strip_prefix("0x").unwrap_or(&compact);
+    if compact.len() % 2 != 0 {
+        anyhow::bail!("hex value has an odd number of digits ({})", compact.len());
+    }
+    (0..compact.len())
+        .step_by(2)
+        .map(|i| {
+            let pair = compact.get(i..i + 2).unwrap_or_default();
+            u8::from_str_radix(pair, 16).with_context(|| format!("`{pair}` is not a hex byte"))
+        })
+        .collect()
 }

@@ -35,9 +35,10 @@ fn help_lists_only_what_this_build_can_do() {
         .skip_while(|l| !l.starts_with("Commands:"))
         .skip(1)
         .take_while(|l| l.starts_with("  "))
+        .filter(|l| !l.starts_with("   ")) // wrapped descriptions
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(commands, ["config", "envelope", "help"], "{help}");
+    assert_eq!(commands, ["decode", "config", "envelope", "help"], "{help}");
 }
 
 #[test]
@@ -294,4 +295,75 @@ fn envelope_check_accepts_a_good_payload_and_names_what_is_wrong_with_a_bad_one(
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON rejection");
     assert_eq!(v["reason"], "malformed_json");
     assert!(v["error"].as_str().expect("message").contains("ends early"));
+}
+
+#[test]
+fn decode_prints_a_gatt_value_as_json() {
+    // Nordic's Android-BLE-Common-Library BloodPressureMeasurementDataCallbackTest, "full".
+    let out = rpm(
+        &[
+            "decode",
+            "2a35",
+            "1e 8a00 5800 7800 0000 04 11 14 29 3b 3c00 01 2700",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let m = &v["blood_pressure_measurement"];
+    assert_eq!(m["systolic"]["text"], "138");
+    assert_eq!(m["diastolic"]["text"], "88");
+    assert_eq!(m["user_id"], 1);
+    // The same bytes as separate arguments, with 0x and upper case.
+    let again = rpm(
+        &[
+            "decode", "0x2A35", "1e", "8a00", "5800", "7800", "0000", "04", "11", "14", "29", "3b",
+            "3c00", "01", "2700",
+        ],
+        &[],
+    );
+    assert_eq!(again.stdout, out.stdout);
+}
+
+#[test]
+fn decode_exits_non_zero_with_the_reason() {
+    let out = rpm(&["decode", "2a35", "01 02 03 04 05 06"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "error: malformed blood_pressure_measurement value: truncated: mean_arterial_pressure needs 2 byte(s) at offset 5, only 1 left"
+    );
+    assert!(out.stdout.is_empty());
+
+    let out = rpm(&["decode", "2a35", "1e 8"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("odd number of digits"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = rpm(&["decode", "2a35", "zz"], &[]);
+    assert!(
+        text(&out.stderr).contains("`zz` is not a hex byte"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = rpm(&["decode", "ffff", "00"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(
+            "no decoder for characteristic 0xffff; known: 2a35 (blood_pressure_measurement)"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = rpm(&["decode", "12345", "00"], &[]);
+    assert!(
+        text(&out.stderr).contains("is not a 16-bit characteristic UUID"),
+        "{}",
+        text(&out.stderr)
+    );
 }
