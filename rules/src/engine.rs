@@ -1166,3 +1166,7 @@ fn raise(
     st.open = Some(Box::new(alert));
     out.push(Event::Raised(alert));
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

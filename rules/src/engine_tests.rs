@@ -1,0 +1,675 @@
+//! Every rule kind with hand-computed expectations.
+
+use vitals::{Flag, Flags, Kind, PatientKey, ReadingId};
+
+use super::*;
+use crate::event::{Context, Event, PatientIdx, RepeatReason, Timestamp};
+use crate::profile::{Profile, Severity};
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+const DAY: i64 = 24 * HOUR;
+
+struct Rig {
+    engine: Engine,
+    pt: PatientIdx,
+    n: u32,
+}
+
+fn rig(rules: &str) -> Rig {
+    let text = format!("id = \"t\"\nversion = 7\n{rules}");
+    let set = Profile::from_toml(&text)
+        .expect("test profile parses")
+        .build()
+        .expect("test profile is valid");
+    let mut engine = Engine::new();
+    let p = engine.add_profile(set);
+    let pt = engine
+        .add_patient(PatientKey::new("pt-1").expect("key"), p, Timestamp(0))
+        .expect("enrol");
+    Rig { engine, pt, n: 0 }
+}
+
+fn rid(n: u32) -> ReadingId {
+    format!("00000000-0000-4000-8000-{n:012}")
+        .parse()
+        .expect("valid uuid")
+}
+
+impl Rig {
+    fn at(&mut self, ms: i64, values: &[(Kind, f64)]) -> Vec<Event> {
+        self.flagged(ms, values, Flags::EMPTY)
+    }
+
+    fn flagged(&mut self, ms: i64, values: &[(Kind, f64)], flags: Flags) -> Vec<Event> {
+        self.n += 1;
+        let values: Vec<Measurement> = values
+            .iter()
+            .map(|&(kind, value)| Measurement { kind, value })
+            .collect();
+        let mut out = Vec::new();
+        self.engine
+            .evaluate(
+                self.pt,
+                &Sample {
+                    reading: rid(self.n),
+                    at: Timestamp(ms),
+                    flags,
+                    values: &values,
+                },
+                &mut out,
+            )
+            .expect("enrolled");
+        out
+    }
+
+    fn tick(&mut self, ms: i64) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.engine.tick(Timestamp(ms), &mut out);
+        out
+    }
+
+    fn open(&self) -> usize {
+        self.engine.open_alerts(self.pt).count()
+    }
+}
+
+fn spo2(v: f64) -> [(Kind, f64); 1] {
+    [(Kind::Spo2, v)]
+}
+
+fn raised(e: &[Event]) -> &Alert {
+    match e {
+        [Event::Raised(a)] => a,
+        other => panic!("expected one Raised, got {other:?}"),
+    }
+}
+
+fn updated(e: &[Event]) -> &Alert {
+    match e {
+        [Event::Updated(a)] => a,
+        other => panic!("expected one Updated, got {other:?}"),
+    }
+}
+
+fn resolved(e: &[Event]) -> &Alert {
+    match e {
+        [Event::Resolved(a)] => a,
+        other => panic!("expected one Resolved, got {other:?}"),
+    }
+}
+
+fn values(a: &Alert) -> Vec<f64> {
+    a.evidence.iter().map(|e| e.value).collect()
+}
+
+const BELOW: &str = r#"
+[[rule]]
+id = "spo2-low"
+kind = "below"
+measure = "spo2"
+raise = 92
+clear = 94
+severity = "medium"
+nurse = "SpO2 {value} % (limit {limit})"
+"#;
+
+#[test]
+fn threshold_hysteresis_raises_at_one_level_and_clears_at_another() {
+    let mut r = rig(BELOW);
+    assert!(
+        r.at(0, &spo2(93.0)).is_empty(),
+        "93 is above the raise level"
+    );
+    let a = *raised(&r.at(MIN, &spo2(92.0)));
+    assert_eq!(a.severity, Severity::Medium);
+    assert_eq!(
+        a.context,
+        Context::Threshold {
+            limit: 92.0,
+            clear: 94.0
+        }
+    );
+    assert_eq!(values(&a), [92.0]);
+    assert_eq!(a.evidence.last().map(|e| e.reading), Some(rid(2)));
+    assert!(
+        r.at(2 * MIN, &spo2(90.0)).is_empty(),
+        "already open: no second alert"
+    );
+    assert!(
+        r.at(3 * MIN, &spo2(93.0)).is_empty(),
+        "93 is between raise and clear"
+    );
+    assert_eq!(r.open(), 1);
+    let res = *resolved(&r.at(4 * MIN, &spo2(94.0)));
+    assert_eq!(
+        (res.opened_at, res.at),
+        (Timestamp(MIN), Timestamp(4 * MIN))
+    );
+    assert_eq!(r.open(), 0);
+    raised(&r.at(5 * MIN, &spo2(92.0)));
+    let text = r.engine.describe(&a).expect("known rule");
+    assert_eq!(text.nurse, "SpO2 92 % (limit 92)");
+    assert_eq!(
+        (text.rule.as_str(), text.profile.as_str()),
+        ("spo2-low", "t@7")
+    );
+    assert!(
+        text.explanation
+            .contains("rule spo2-low (below) of t@7: medium"),
+        "{}",
+        text.explanation
+    );
+}
+
+#[test]
+fn escalation_bands_update_the_open_alert() {
+    let mut r = rig(r#"
+[[rule]]
+id = "spo2-low"
+kind = "below"
+measure = "spo2"
+raise = 90
+clear = 92
+bands = [{ at = 88, severity = "high" }, { at = 85, severity = "emergency" }]
+severity = "medium"
+nurse = "x"
+"#);
+    assert_eq!(raised(&r.at(0, &spo2(90.0))).severity, Severity::Medium);
+    let u = *updated(&r.at(MIN, &spo2(87.0)));
+    assert_eq!((u.severity, u.opened_at), (Severity::High, Timestamp(0)));
+    assert_eq!(values(&u), [90.0, 87.0]);
+    assert!(r.at(2 * MIN, &spo2(86.0)).is_empty(), "same band");
+    assert_eq!(
+        updated(&r.at(3 * MIN, &spo2(85.0))).severity,
+        Severity::Emergency
+    );
+    assert_eq!(
+        updated(&r.at(4 * MIN, &spo2(89.0))).severity,
+        Severity::Medium
+    );
+    assert!(r.at(5 * MIN, &spo2(91.0)).is_empty());
+    resolved(&r.at(6 * MIN, &spo2(92.0)));
+}
+
+const BP: &str = r#"
+[[rule]]
+id = "bp-severe"
+kind = "above"
+measure = "systolic"
+raise = 180
+clear = 160
+also = { measure = "diastolic", raise = 120, clear = 100 }
+confirm = { n = 2, m = 3, within = "15m" }
+ask_repeat = true
+severity = "high"
+audience = "both"
+nurse = "BP {value}"
+patient = "Please call us"
+"#;
+
+fn bp(s: f64, d: f64) -> [(Kind, f64); 2] {
+    [(Kind::Systolic, s), (Kind::Diastolic, d)]
+}
+
+#[test]
+fn confirm_n_of_m_asks_to_repeat_then_raises_on_the_second_high_reading() {
+    let mut r = rig(BP);
+    let e = r.at(0, &bp(185.0, 95.0));
+    assert!(
+        matches!(e[..], [Event::RepeatRequested(q)] if q.reason == RepeatReason::Confirm(RuleIdx(0)) && q.reading == rid(1)),
+        "{e:?}"
+    );
+    assert!(
+        r.at(5 * MIN, &bp(150.0, 90.0)).is_empty(),
+        "normal in between"
+    );
+    let a = *raised(&r.at(10 * MIN, &bp(190.0, 95.0)));
+    assert_eq!(
+        values(&a),
+        [185.0, 190.0],
+        "both high readings are the evidence"
+    );
+    assert_eq!(
+        a.evidence.iter().map(|e| e.reading).collect::<Vec<_>>(),
+        [rid(1), rid(3)]
+    );
+    let text = r.engine.describe(&a).expect("known");
+    assert_eq!(text.patient.as_deref(), Some("Please call us"));
+    // Diastolic alone keeps it open (between for systolic, beyond for diastolic).
+    assert!(r.at(20 * MIN, &bp(150.0, 125.0)).is_empty());
+    assert!(
+        r.at(21 * MIN, &bp(150.0, 110.0)).is_empty(),
+        "diastolic not yet clear"
+    );
+    resolved(&r.at(22 * MIN, &bp(150.0, 100.0)));
+}
+
+#[test]
+fn confirm_window_drops_old_readings_and_diastolic_alone_can_raise() {
+    let mut r = rig(BP);
+    assert_eq!(r.at(0, &bp(185.0, 95.0)).len(), 1, "repeat request");
+    // 20 minutes later the first is outside the 15-minute window: asks again.
+    let e = r.at(20 * MIN, &bp(150.0, 125.0));
+    assert!(matches!(e[..], [Event::RepeatRequested(_)]), "{e:?}");
+    let a = *raised(&r.at(25 * MIN, &bp(150.0, 121.0)));
+    assert_eq!(values(&a), [125.0, 121.0]);
+    assert!(a.evidence.iter().all(|e| e.kind == Kind::Diastolic));
+    assert_eq!(
+        a.context,
+        Context::Threshold {
+            limit: 120.0,
+            clear: 100.0
+        }
+    );
+}
+
+#[test]
+fn minimum_duration_needs_a_continuous_run() {
+    let mut r = rig(r#"
+[[rule]]
+id = "pulse-high"
+kind = "above"
+measure = "pulse_rate"
+raise = 120
+clear = 110
+min_duration = "10m"
+severity = "medium"
+nurse = "x"
+"#);
+    let pulse = |v| [(Kind::PulseRate, v)];
+    assert!(r.at(0, &pulse(125.0)).is_empty());
+    assert!(r.at(5 * MIN, &pulse(125.0)).is_empty());
+    assert!(
+        r.at(8 * MIN, &pulse(115.0)).is_empty(),
+        "between: breaks the run"
+    );
+    assert!(r.at(9 * MIN, &pulse(130.0)).is_empty(), "run starts again");
+    assert!(r.at(18 * MIN, &pulse(130.0)).is_empty(), "9 minutes");
+    let a = *raised(&r.at(19 * MIN, &pulse(128.0)));
+    assert_eq!(values(&a), [130.0, 128.0], "first and latest of the run");
+    assert_eq!(a.opened_at, Timestamp(19 * MIN));
+}
+
+#[test]
+fn baseline_drop_uses_the_median_of_daily_medians() {
+    let mut r = rig(r#"
+[[rule]]
+id = "spo2-drop"
+kind = "baseline_drop"
+measure = "spo2"
+drop = 4
+clear_drop = 2
+days = 3
+min_days = 3
+severity = "medium"
+nurse = "SpO2 {value} % vs usual {baseline} %"
+"#);
+    // Day 0: 95, 97 → median 96. Day 1: 96. Day 2: 90 (no baseline yet: only 2 days),
+    // 94, 95, 99 → median of [90, 94, 95, 99] = 94.5.
+    for (t, v) in [
+        (8 * HOUR, 95.0),
+        (20 * HOUR, 97.0),
+        (DAY + 8 * HOUR, 96.0),
+        (2 * DAY + 8 * HOUR, 90.0),
+        (2 * DAY + 9 * HOUR, 94.0),
+        (2 * DAY + 10 * HOUR, 95.0),
+        (2 * DAY + 11 * HOUR, 99.0),
+    ] {
+        assert!(r.at(t, &spo2(v)).is_empty(), "{v} at {t}");
+    }
+    // Day 3: baseline = median(96, 96, 94.5) = 96. 93 is down 3: between.
+    assert!(r.at(3 * DAY + 8 * HOUR, &spo2(93.0)).is_empty());
+    let a = *raised(&r.at(3 * DAY + 9 * HOUR, &spo2(92.0)));
+    assert_eq!(
+        a.context,
+        Context::Baseline {
+            baseline: 96.0,
+            drop: 4.0,
+            days: 3
+        }
+    );
+    assert_eq!(
+        r.engine.describe(&a).expect("known").nurse,
+        "SpO2 92 % vs usual 96 %"
+    );
+    assert!(
+        r.at(3 * DAY + 10 * HOUR, &spo2(93.0)).is_empty(),
+        "down 3: stays open"
+    );
+    resolved(&r.at(3 * DAY + 11 * HOUR, &spo2(94.0)));
+    // Ten days later every day in the window has expired: no baseline, no alert.
+    assert!(r.at(13 * DAY, &spo2(80.0)).is_empty());
+}
+
+#[test]
+fn personal_best_drop_is_a_percentage_of_the_rolling_best() {
+    let mut r = rig(r#"
+[[rule]]
+id = "pef-drop"
+kind = "best_drop"
+measure = "pef"
+drop = 20
+clear_drop = 10
+days = 7
+min_days = 2
+severity = "medium"
+nurse = "PEF {value} vs best {baseline}"
+"#);
+    let pef = |v| [(Kind::Pef, v)];
+    assert!(r.at(0, &pef(400.0)).is_empty());
+    assert!(r.at(DAY, &pef(380.0)).is_empty());
+    // Best 400; 330 is 17.5 % down (between, nothing); 310 is 22.5 % down.
+    assert!(r.at(2 * DAY, &pef(330.0)).is_empty());
+    let a = *raised(&r.at(2 * DAY + HOUR, &pef(310.0)));
+    assert_eq!(
+        a.context,
+        Context::PersonalBest {
+            best: 400.0,
+            drop_percent: 22.5
+        }
+    );
+    assert!(
+        r.at(2 * DAY + 2 * HOUR, &pef(350.0)).is_empty(),
+        "12.5 %: open"
+    );
+    resolved(&r.at(2 * DAY + 3 * HOUR, &pef(365.0)));
+    // After the window, the old best has expired: best is now the last 7 days' max.
+    assert!(
+        r.at(9 * DAY + HOUR, &pef(300.0)).is_empty(),
+        "best 365: 17.8 %"
+    );
+}
+
+#[test]
+fn trend_flags_a_value_beyond_mean_minus_k_sd() {
+    let mut r = rig(r#"
+[[rule]]
+id = "spo2-trend"
+kind = "trend"
+measure = "spo2"
+direction = "below"
+k = 3.0
+clear_k = 1.0
+alpha = 0.1
+min_sd = 1.0
+min_readings = 5
+severity = "low"
+nurse = "x"
+"#);
+    for i in 0..5 {
+        assert!(r.at(i * HOUR, &spo2(95.0)).is_empty());
+    }
+    // Mean 95, sd floored to 1: limit 92. 91 is below.
+    let a = *raised(&r.at(5 * HOUR, &spo2(91.0)));
+    assert_eq!(
+        a.context,
+        Context::Trend {
+            mean: 95.0,
+            sd: 1.0,
+            limit: 92.0
+        }
+    );
+    // Update: mean 95 + 0.1·(−4) = 94.6; var 0.9·(0 + (−4)(−0.4)) = 1.44, sd 1.2.
+    // Clear level 94.6 − 1.2 = 93.4: 94 clears.
+    let res = *resolved(&r.at(6 * HOUR, &spo2(94.0)));
+    let Context::Trend { mean, sd, limit } = res.context else {
+        panic!("trend context")
+    };
+    assert!(
+        (mean - 94.6).abs() < 1e-9 && (sd - 1.2).abs() < 1e-9,
+        "{mean} {sd}"
+    );
+    assert!((limit - 91.0).abs() < 1e-9);
+}
+
+#[test]
+fn cusum_catches_a_slow_drift_a_trend_rule_would_miss() {
+    let mut r = rig(r#"
+[[rule]]
+id = "spo2-drift"
+kind = "cusum"
+measure = "spo2"
+direction = "below"
+slack = 0.5
+limit = 4.0
+clear_limit = 0.0
+alpha = 0.1
+min_sd = 1.0
+min_readings = 5
+severity = "low"
+nurse = "x"
+"#);
+    for i in 0..5 {
+        assert!(r.at(i * HOUR, &spo2(95.0)).is_empty());
+    }
+    // Each 93 adds (95 − 93)/1 − 0.5 = 1.5; the reference is frozen while the sum is > 0.
+    assert!(r.at(5 * HOUR, &spo2(93.0)).is_empty(), "1.5");
+    assert!(r.at(6 * HOUR, &spo2(93.0)).is_empty(), "3.0");
+    let a = *raised(&r.at(7 * HOUR, &spo2(93.0)));
+    assert_eq!(
+        a.context,
+        Context::Cusum {
+            sum: 4.5,
+            limit: 4.0,
+            mean: 95.0,
+            sd: 1.0
+        }
+    );
+    assert!(
+        r.at(8 * HOUR, &spo2(95.0)).is_empty(),
+        "4.0: still at the limit"
+    );
+    assert!(r.at(9 * HOUR, &spo2(96.0)).is_empty(), "2.5");
+    resolved(&r.at(10 * HOUR, &spo2(97.0)));
+}
+
+#[test]
+fn missing_data_is_raised_by_tick_and_resolved_by_a_reading() {
+    let mut r = rig(r#"
+[[rule]]
+id = "no-spo2"
+kind = "missing"
+measure = "spo2"
+within = "48h"
+severity = "low"
+nurse = "x"
+"#);
+    assert!(r.tick(47 * HOUR).is_empty());
+    assert!(r.tick(48 * HOUR).is_empty(), "exactly 48 h is still within");
+    let a = *raised(&r.tick(48 * HOUR + 1));
+    assert_eq!(
+        a.context,
+        Context::Missing {
+            kind: Kind::Spo2,
+            last_seen: Timestamp(0),
+            within: 48 * HOUR
+        }
+    );
+    assert!(a.evidence.is_empty());
+    assert!(r.tick(60 * HOUR).is_empty(), "one open alert");
+    assert!(
+        r.at(49 * HOUR, &[(Kind::PulseRate, 70.0)]).is_empty(),
+        "other kinds do not answer"
+    );
+    resolved(&r.at(50 * HOUR, &spo2(95.0)));
+    assert!(r.tick(98 * HOUR).is_empty());
+    raised(&r.tick(98 * HOUR + 1));
+    // An absent value (the device measured but sent no number) still shows adherence.
+    resolved(&r.at(99 * HOUR, &spo2(f64::NAN)));
+}
+
+#[test]
+fn silent_gateway_is_raised_by_tick_and_resolved_when_heard() {
+    let mut r = rig(r#"
+[[rule]]
+id = "gw"
+kind = "silent_gateway"
+within = "24h"
+severity = "low"
+nurse = "x"
+"#);
+    assert!(r.tick(24 * HOUR).is_empty());
+    raised(&r.tick(25 * HOUR));
+    let mut out = Vec::new();
+    r.engine
+        .gateway_heard(r.pt, Timestamp(26 * HOUR), &mut out)
+        .expect("enrolled");
+    let a = resolved(&out);
+    assert_eq!(
+        a.context,
+        Context::SilentGateway {
+            last_heard: Timestamp(26 * HOUR),
+            within: 24 * HOUR
+        }
+    );
+    assert!(r.tick(50 * HOUR).is_empty(), "26 + 24 = 50");
+    raised(&r.tick(51 * HOUR));
+    resolved(&r.at(52 * HOUR, &spo2(95.0)));
+}
+
+#[test]
+fn a_doubtful_reading_asks_for_a_repeat_and_never_raises() {
+    let mut r = rig(&format!(
+        "{BELOW}{}",
+        r#"
+[[rule]]
+id = "no-spo2"
+kind = "missing"
+measure = "spo2"
+within = "48h"
+severity = "low"
+nurse = "x"
+"#
+    ));
+    let flags = Flags::EMPTY.with(Flag::LowPerfusion);
+    let e = r.flagged(0, &spo2(80.0), flags);
+    assert!(
+        matches!(e[..], [Event::RepeatRequested(q)] if q.reason == RepeatReason::DeviceQuality(flags)),
+        "{e:?}"
+    );
+    assert_eq!(r.open(), 0);
+    // Nor does it count towards anything: a clean normal value finds nothing to resolve.
+    assert!(r.at(MIN, &spo2(95.0)).is_empty());
+    // It does count as having measured (adherence).
+    let _ = r.flagged(40 * HOUR, &spo2(80.0), flags);
+    assert!(r.tick(87 * HOUR).is_empty(), "last seen at 40 h");
+    // Informational flags do not gate.
+    let info = Flags::EMPTY.with(Flag::FromStorage);
+    raised(&r.flagged(41 * HOUR, &spo2(90.0), info));
+}
+
+#[test]
+fn at_most_one_repeat_request_per_reading() {
+    let mut r = rig(&format!(
+        "{BP}{}",
+        r#"
+[[rule]]
+id = "sys-high"
+kind = "above"
+measure = "systolic"
+raise = 170
+clear = 150
+confirm = { n = 2, m = 2, within = "15m" }
+ask_repeat = true
+severity = "medium"
+nurse = "x"
+"#
+    ));
+    let e = r.at(0, &bp(190.0, 90.0));
+    assert_eq!(e.len(), 1, "{e:?}");
+    let e = r.at(5 * MIN, &bp(190.0, 90.0));
+    assert_eq!(
+        e.iter().filter(|e| matches!(e, Event::Raised(_))).count(),
+        2
+    );
+    assert_eq!(r.open(), 2, "one per rule");
+}
+
+const NEWS2: &str = r#"
+[[rule]]
+id = "news2"
+kind = "news2"
+scale = 2
+fresh = "1h"
+min_response = "low_medium"
+severity = "medium"
+nurse = "NEWS2 {score} ({response})"
+"#;
+
+#[test]
+fn news2_scale_2_on_oxygen_scores_over_oxygenation() {
+    let mut r = rig(NEWS2);
+    r.engine.set_on_oxygen(r.pt, true).expect("enrolled");
+    // Scale 2 on oxygen: 97 % scores 3, oxygen 2 → 5, medium → high severity.
+    let a = *raised(&r.at(0, &spo2(97.0)));
+    let Context::News2(s) = a.context else {
+        panic!("news2 context")
+    };
+    assert_eq!((s.total, s.spo2, s.oxygen), (5, Some(3), 2));
+    assert_eq!(a.severity, Severity::High);
+    assert_eq!(
+        r.engine.describe(&a).expect("known").nurse,
+        "NEWS2 5 (medium)"
+    );
+    // Pulse 131 adds 3 within the hour: 8, high → emergency.
+    let u = *updated(&r.at(10 * MIN, &[(Kind::PulseRate, 131.0)]));
+    assert_eq!(u.severity, Severity::Emergency);
+    assert_eq!(values(&u), [97.0, 131.0]);
+    // Two hours on, only the new SpO2 is fresh: 90 % on oxygen → 0 + 2 = low: resolves.
+    let res = *resolved(&r.at(130 * MIN, &spo2(90.0)));
+    let Context::News2(s) = res.context else {
+        panic!("news2 context")
+    };
+    assert_eq!((s.total, s.pulse), (2, None));
+}
+
+#[test]
+fn news2_scale_2_on_air_at_target_is_quiet_and_single_three_is_low_medium() {
+    let mut r = rig(NEWS2);
+    assert!(
+        r.at(0, &spo2(97.0)).is_empty(),
+        "on air, 97 scores 0 on scale 2"
+    );
+    let a = *raised(&r.at(MIN, &spo2(83.0)));
+    let Context::News2(s) = a.context else {
+        panic!("news2 context")
+    };
+    assert_eq!(
+        (s.total, s.response),
+        (3, crate::news2::Response::LowMedium)
+    );
+    assert_eq!(a.severity, Severity::Medium);
+}
+
+#[test]
+fn state_per_patient_is_separate() {
+    let mut r = rig(BELOW);
+    let p = r.engine.profile(ProfileIdx(0)).cloned().expect("profile");
+    let other = r.engine.add_profile(p);
+    let pt2 = r
+        .engine
+        .add_patient(PatientKey::new("pt-2").expect("key"), other, Timestamp(0))
+        .expect("enrol");
+    assert_eq!(
+        r.engine
+            .add_patient(PatientKey::new("pt-2").expect("key"), other, Timestamp(0)),
+        Err(EngineError::AlreadyEnrolled(1))
+    );
+    raised(&r.at(0, &spo2(90.0)));
+    assert_eq!(r.engine.open_alerts(pt2).count(), 0);
+    let mut out = Vec::new();
+    assert_eq!(
+        r.engine.evaluate(
+            PatientIdx(9),
+            &Sample {
+                reading: rid(1),
+                at: Timestamp(0),
+                flags: Flags::EMPTY,
+                values: &[]
+            },
+            &mut out
+        ),
+        Err(EngineError::UnknownPatient(9))
+    );
+}
