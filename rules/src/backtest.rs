@@ -207,7 +207,7 @@ pub fn backtest(
         if engine.evaluate_reading(idx, &r, &mut events).is_ok() {
             take(&mut events, &mut report, &keys, &mut open);
         }
-        if report.readings % PROGRESS_EVERY == 0 {
+        if report.readings.is_multiple_of(PROGRESS_EVERY) {
             progress(BacktestProgress {
                 readings: report.readings,
                 at: latest,

@@ -225,7 +225,10 @@ impl DayStats {
         let n = usize::from(self.count).min(TODAY_VALUES);
         if n > 0 {
             let summary = match how {
-                Summary::MedianOfMedians => median(&mut self.values.clone()[..n]),
+                Summary::MedianOfMedians => {
+                    let mut today = self.values;
+                    median(&mut today[..n])
+                }
                 Summary::Max => self.today_max.unwrap_or(f64::NEG_INFINITY),
             };
             let len = self.days.len() as i64;
@@ -374,6 +377,9 @@ pub struct Engine {
 }
 
 /// What a rule's check made of a reading.
+// Lives on the stack for one rule check and is never stored; boxing the big variant would
+// allocate on every abnormal reading.
+#[allow(clippy::large_enum_variant)]
 enum Verdict {
     /// Abnormal at `level` (1 = raise level, 2… = bands or response bands).
     Abnormal {
