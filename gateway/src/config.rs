@@ -111,16 +111,16 @@ impl GatewayConfig {
     /// Checks what serde cannot; returns the dotted key and the problem.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         self.broker.check()?;
-        if let Some(user) = &self.broker.username {
-            if user != self.gateway.id.as_str() {
-                return Err((
-                    "broker.username",
-                    format!(
-                        "must be the gateway id `{}`: the broker's ACL confines a gateway to rpm/v1/gw/<user name>/#",
-                        self.gateway.id
-                    ),
-                ));
-            }
+        if let Some(user) = &self.broker.username
+            && user != self.gateway.id.as_str()
+        {
+            return Err((
+                "broker.username",
+                format!(
+                    "must be the gateway id `{}`: the broker's ACL confines a gateway to rpm/v1/gw/<user name>/#",
+                    self.gateway.id
+                ),
+            ));
         }
         if self.forward.batch_max == 0 || self.forward.batch_max > vitals::MAX_READINGS {
             return Err((

@@ -27,3 +27,6 @@ pub mod codec;
 
 // The `rpm gateway` configuration contract.
 pub mod config;
+
+// The durable store-and-forward queue.
+pub mod queue;
