@@ -307,8 +307,9 @@ enum Detector {
     None,
     Days(Box<DayStats>),
     Ewma(Ewma),
-    /// Latest SpO2, systolic, pulse, temperature.
-    News2([Option<EvidenceItem>; 4]),
+    /// Latest SpO2, systolic, pulse, temperature (boxed: one rule per patient needs it and
+    /// it would quadruple every rule's state inline).
+    News2(Box<[Option<EvidenceItem>; 4]>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -331,7 +332,7 @@ impl RuleState {
                 Detector::Days(Box::new(DayStats::new(days)))
             }
             Check::Trend { .. } | Check::Cusum { .. } => Detector::Ewma(Ewma::default()),
-            Check::News2 { .. } => Detector::News2([None; 4]),
+            Check::News2 { .. } => Detector::News2(Box::new([None; 4])),
             _ => Detector::None,
         };
         RuleState {
@@ -344,13 +345,16 @@ impl RuleState {
     }
 }
 
+const NEVER: Timestamp = Timestamp(i64::MIN);
+
 /// One patient's state: opaque, comparable (a replay must rebuild exactly this).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PatientState {
     profile: ProfileIdx,
     enrolled: Timestamp,
     on_oxygen: bool,
-    last_seen: [Option<Timestamp>; Kind::COUNT],
+    /// Last reading of each kind; [`NEVER`] before the first.
+    last_seen: [Timestamp; Kind::COUNT],
     gateway_heard: Timestamp,
     rules: Box<[RuleState]>,
 }
@@ -361,7 +365,7 @@ impl PatientState {
             profile,
             enrolled,
             on_oxygen,
-            last_seen: [None; Kind::COUNT],
+            last_seen: [NEVER; Kind::COUNT],
             gateway_heard: enrolled,
             rules: set.rules.iter().map(RuleState::fresh).collect(),
         }
@@ -557,7 +561,7 @@ impl Engine {
         let mut touched = 0u64;
         for m in s.values {
             let last = &mut p.last_seen[m.kind.index()];
-            *last = Some(last.map_or(s.at, |t| t.max(s.at)));
+            *last = (*last).max(s.at);
             seen |= c.by_seen[m.kind.index()];
             if m.value.is_finite() {
                 touched |= c.by_value[m.kind.index()];
@@ -642,7 +646,10 @@ impl Engine {
                 }
                 let context = match rule.check {
                     Check::Missing { measure, within } => {
-                        let last = p.last_seen[measure.index()].unwrap_or(p.enrolled);
+                        let last = match p.last_seen[measure.index()] {
+                            NEVER => p.enrolled,
+                            t => t,
+                        };
                         if now.since(last) <= within {
                             continue;
                         }
