@@ -1,0 +1,259 @@
+//! Support for `rpm bench ingest` and the record's tests: a registered fleet of synthetic
+//! patients and devices with a generator of valid readings, and the raw bulk-insert baseline.
+//!
+//! The baseline ([`Record::raw_insert_benchmark`]) inserts rows equivalent to what
+//! [`Record::insert_batch`] writes (one reading row and two value rows per reading) into two
+//! scratch tables with nothing but a primary key, in transactions of the same size and with
+//! the same durability, then drops them: the database's own ceiling on this machine, to print
+//! beside the record's figure.
+
+use std::time::{Duration, Instant};
+
+use sqlx::QueryBuilder;
+use time::OffsetDateTime;
+use vitals::{
+    Decimal, DeviceId, DeviceIdentity, GatewayId, Kind, Observed, PatientKey, Reading, ReadingId,
+    ReadingType, Value,
+};
+
+use super::{Audit, NewBinding, NewPatient, Record, RecordError, Result, with_pool};
+
+/// A gateway with `patients` patients, each with one bound pulse oximeter, registered in a
+/// record; [`BenchFleet::readings`] makes valid, distinct readings for them.
+#[derive(Clone, Debug)]
+pub struct BenchFleet {
+    /// The gateway every reading comes through.
+    pub gateway: GatewayId,
+    /// Patient `i` uses device `i`.
+    pub patients: Vec<PatientKey>,
+    /// The devices.
+    pub devices: Vec<DeviceId>,
+    /// Measurement times start here.
+    pub start: OffsetDateTime,
+}
+
+impl BenchFleet {
+    /// Registers (or finds already registered) `bench-gw`, `bench-pk-{i}` and their devices.
+    pub async fn setup(record: &Record, patients: usize) -> Result<Self> {
+        let audit = Audit {
+            who: "bench",
+            why: "synthetic fleet for benchmarks and tests",
+        };
+        let start = OffsetDateTime::from_unix_timestamp(1_790_000_000)
+            .map_err(|e| RecordError::Invalid(e.to_string()))?;
+        let gateway =
+            GatewayId::new("bench-gw").map_err(|e| RecordError::Invalid(e.to_string()))?;
+        ignore_conflict(record.create_gateway(&gateway, &audit).await)?;
+        let mut fleet = BenchFleet {
+            gateway,
+            patients: Vec::with_capacity(patients),
+            devices: Vec::with_capacity(patients),
+            start,
+        };
+        for i in 0..patients.max(1) {
+            let key = PatientKey::new(format!("bench-pk-{i}"))
+                .map_err(|e| RecordError::Invalid(e.to_string()))?;
+            let mut eui = [0xbe, 0x7c, 0, 0, 0, 0, 0, 0];
+            eui[4..].copy_from_slice(&(i as u32).to_be_bytes());
+            let device = DeviceId::Eui64(eui);
+            ignore_conflict(
+                record
+                    .create_patient(
+                        &NewPatient {
+                            key: key.clone(),
+                            display_name: None,
+                            condition: "copd".into(),
+                            profile_id: None,
+                            care_team: None,
+                        },
+                        &audit,
+                    )
+                    .await,
+            )?;
+            ignore_conflict(
+                record
+                    .create_device(&DeviceIdentity::new(device), &audit)
+                    .await,
+            )?;
+            ignore_conflict(
+                record
+                    .bind(
+                        &NewBinding {
+                            gateway: fleet.gateway.clone(),
+                            device,
+                            patient: key.clone(),
+                            user_index: None,
+                            valid_from: start,
+                        },
+                        &audit,
+                    )
+                    .await,
+            )?;
+            fleet.patients.push(key);
+            fleet.devices.push(device);
+        }
+        Ok(fleet)
+    }
+
+    /// Readings number `first..first + n`: an SpO2 and pulse spot check each, patient
+    /// `i % patients`, measured `i` milliseconds after `start`. The same number always gives
+    /// the same reading (and id), so overlapping ranges make duplicates.
+    pub fn readings(&self, first: u64, n: usize) -> Vec<(Reading, Vec<Observed>)> {
+        (first..first + n as u64).map(|i| self.reading(i)).collect()
+    }
+
+    /// Reading number `i` with its (already canonical) values.
+    pub fn reading(&self, i: u64) -> (Reading, Vec<Observed>) {
+        let p = (i % self.patients.len() as u64) as usize;
+        let values = vec![
+            Observed {
+                kind: Kind::Spo2,
+                value: Value::Number(Decimal::from_int(88 + (i % 12) as i64)),
+                unit: Kind::Spo2.unit(),
+            },
+            Observed {
+                kind: Kind::PulseRate,
+                value: Value::Number(Decimal::from_int(55 + (i % 50) as i64)),
+                unit: Kind::PulseRate.unit(),
+            },
+        ];
+        let measured_at = self.start + Duration::from_millis(i);
+        let reading = Reading {
+            id: ReadingId(uuid::Uuid::nil()),
+            seq: i,
+            gateway: self.gateway.clone(),
+            patient: self.patients[p].clone(),
+            device: DeviceIdentity::new(self.devices[p]),
+            user_index: None,
+            reading_type: ReadingType::OximetrySpotCheck,
+            device_time: None,
+            measured_at,
+            received_at: measured_at + Duration::from_millis(250),
+            values: values.clone(),
+            flags: vitals::Flags::EMPTY,
+        }
+        .with_computed_id();
+        (reading, values)
+    }
+}
+
+fn ignore_conflict<T>(r: Result<T>) -> Result<()> {
+    match r {
+        Ok(_) | Err(RecordError::Conflict(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The result of [`Record::raw_insert_benchmark`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RawBench {
+    /// Reading rows inserted.
+    pub readings: u64,
+    /// Value rows inserted.
+    pub values: u64,
+    /// Wall time, including every commit.
+    pub elapsed: Duration,
+}
+
+impl RawBench {
+    /// Readings per second.
+    pub fn readings_per_sec(&self) -> f64 {
+        self.readings as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl Record {
+    /// The baseline for `rpm bench ingest`: `readings` synthetic reading rows (and two value
+    /// rows each) inserted with plain multi-row `INSERT`s into scratch tables with only a
+    /// primary key, `batch` readings per transaction, same durability; the tables are dropped
+    /// afterwards.
+    pub async fn raw_insert_benchmark(&self, readings: usize, batch: usize) -> Result<RawBench> {
+        let batch = batch.max(1);
+        let max_binds = self.max_binds();
+        let started = with_pool!(self, write, |pool, DB| {
+            for sql in [
+                "DROP TABLE IF EXISTS bench_raw_values",
+                "DROP TABLE IF EXISTS bench_raw_readings",
+                "CREATE TABLE bench_raw_readings (reading_id TEXT PRIMARY KEY, \
+                 patient_key TEXT NOT NULL, device_id TEXT NOT NULL, gateway_id TEXT NOT NULL, \
+                 user_index BIGINT, reading_type TEXT NOT NULL, device_time TEXT, \
+                 measured_at BIGINT NOT NULL, received_at BIGINT NOT NULL, \
+                 ingested_at BIGINT NOT NULL, flags BIGINT NOT NULL, gateway_seq BIGINT NOT NULL)",
+                "CREATE TABLE bench_raw_values (reading_id TEXT NOT NULL, kind TEXT NOT NULL, \
+                 patient_key TEXT NOT NULL, measured_at BIGINT NOT NULL, value_text TEXT, \
+                 value_num DOUBLE PRECISION, unit TEXT NOT NULL, absent TEXT)",
+            ] {
+                sqlx::query(sql).execute(pool).await?;
+            }
+            let started = Instant::now();
+            let mut done = 0usize;
+            while done < readings {
+                let n = batch.min(readings - done);
+                let rows: Vec<(String, i64)> = (done..done + n)
+                    .map(|i| (format!("00000000-0000-4000-8000-{i:012x}"), i as i64))
+                    .collect();
+                let mut tx = pool.begin().await?;
+                for chunk in rows.chunks(max_binds / 12) {
+                    let mut q = QueryBuilder::<DB>::new(
+                        "INSERT INTO bench_raw_readings (reading_id, patient_key, device_id, \
+                         gateway_id, user_index, reading_type, device_time, measured_at, \
+                         received_at, ingested_at, flags, gateway_seq) ",
+                    );
+                    q.push_values(chunk, |mut b, (id, i)| {
+                        b.push_bind(id.as_str())
+                            .push_bind("bench-pk-0")
+                            .push_bind("eui64:be7c000000000000")
+                            .push_bind("bench-gw")
+                            .push_bind(None::<i64>)
+                            .push_bind("oximetry_spot_check")
+                            .push_bind(None::<&str>)
+                            .push_bind(*i)
+                            .push_bind(*i)
+                            .push_bind(*i)
+                            .push_bind(0i64)
+                            .push_bind(*i);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                let values: Vec<(&str, &str, i64)> = rows
+                    .iter()
+                    .flat_map(|(id, i)| {
+                        [(id.as_str(), "spo2", *i), (id.as_str(), "pulse_rate", *i)]
+                    })
+                    .collect();
+                for chunk in values.chunks(max_binds / 8) {
+                    let mut q = QueryBuilder::<DB>::new(
+                        "INSERT INTO bench_raw_values (reading_id, kind, patient_key, \
+                         measured_at, value_text, value_num, unit, absent) ",
+                    );
+                    q.push_values(chunk, |mut b, (id, kind, i)| {
+                        b.push_bind(*id)
+                            .push_bind(*kind)
+                            .push_bind("bench-pk-0")
+                            .push_bind(*i)
+                            .push_bind("97")
+                            .push_bind(97.0f64)
+                            .push_bind("%")
+                            .push_bind(None::<&str>);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                done += n;
+            }
+            let elapsed = started.elapsed();
+            for sql in [
+                "DROP TABLE bench_raw_values",
+                "DROP TABLE bench_raw_readings",
+            ] {
+                sqlx::query(sql).execute(pool).await?;
+            }
+            elapsed
+        });
+        Ok(RawBench {
+            readings: readings as u64,
+            values: 2 * readings as u64,
+            elapsed: started,
+        })
+    }
+}
