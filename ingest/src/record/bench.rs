@@ -137,6 +137,20 @@ impl BenchFleet {
     }
 }
 
+/// A UUID-shaped id spread over the key space like real (hash-derived) reading ids, so the
+/// baseline's primary key sees random inserts too, not appends.
+fn scattered_id(i: u64) -> String {
+    // splitmix64: a bijection, so distinct inputs give distinct ids.
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let hi = mix(i.wrapping_add(0x9e37_79b9_7f4a_7c15));
+    let lo = mix(hi ^ i);
+    uuid::Uuid::from_u64_pair(hi, lo).to_string()
+}
+
 fn ignore_conflict<T>(r: Result<T>) -> Result<()> {
     match r {
         Ok(_) | Err(RecordError::Conflict(_)) => Ok(()),
@@ -165,8 +179,8 @@ impl RawBench {
 impl Record {
     /// The baseline for `rpm bench ingest`: `readings` synthetic reading rows (and two value
     /// rows each) inserted with plain multi-row `INSERT`s into scratch tables with only a
-    /// primary key, `batch` readings per transaction, same durability; the tables are dropped
-    /// afterwards.
+    /// primary key (random UUID text, like real ids), `batch` readings per transaction, same
+    /// durability; the tables are dropped afterwards.
     pub async fn raw_insert_benchmark(&self, readings: usize, batch: usize) -> Result<RawBench> {
         let batch = batch.max(1);
         let max_binds = self.max_binds();
@@ -190,7 +204,7 @@ impl Record {
             while done < readings {
                 let n = batch.min(readings - done);
                 let rows: Vec<(String, i64)> = (done..done + n)
-                    .map(|i| (format!("00000000-0000-4000-8000-{i:012x}"), i as i64))
+                    .map(|i| (scattered_id(i as u64), i as i64))
                     .collect();
                 let mut tx = pool.begin().await?;
                 for chunk in rows.chunks(max_binds / 12) {

@@ -1,0 +1,60 @@
+//! A quick insert-rate probe on both backends, beside the raw bulk-insert baseline measured
+//! in the same run. Not a timed test: it asserts nothing about speed and is ignored by
+//! default; run it with
+//! `cargo test -p ingest --test record_bench -- --ignored --nocapture` (and `--release` for
+//! figures worth quoting). `rpm bench ingest` is the real benchmark.
+
+use std::time::Instant;
+
+use ingest::record::Record;
+use ingest::record::bench::BenchFleet;
+
+const READINGS: usize = 20_000;
+const BATCH: usize = 1_000;
+
+async fn probe(name: &str, record: &Record) {
+    let fleet = BenchFleet::setup(record, 200).await.expect("fleet");
+    let started = Instant::now();
+    let mut new = 0;
+    for first in (0..READINGS).step_by(BATCH) {
+        let batch = fleet.readings(first as u64, BATCH);
+        new += record
+            .insert_batch(&batch)
+            .await
+            .expect("insert")
+            .new_count();
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(new, READINGS);
+    let raw = record
+        .raw_insert_benchmark(READINGS, BATCH)
+        .await
+        .expect("baseline");
+    println!(
+        "{name}: insert_batch {:.0} readings/s ({READINGS} in batches of {BATCH}, {:.2} s); \
+         raw multi-row insert baseline {:.0} readings/s ({:.2} s)",
+        READINGS as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        raw.readings_per_sec(),
+        raw.elapsed.as_secs_f64(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test: run with --ignored --nocapture"]
+async fn insert_rate_sqlite() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite:{}", dir.path().join("rpm.db").display());
+    let record = Record::connect(&url, 2).await.expect("open");
+    probe("sqlite", &record).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test: run with --ignored --nocapture"]
+async fn insert_rate_postgres() {
+    let Some(db) = testkit::unavailable(testkit::PgDatabase::create().await) else {
+        return;
+    };
+    let record = Record::connect(db.url(), 2).await.expect("open");
+    probe("postgres", &record).await;
+}
