@@ -30,3 +30,6 @@ pub mod config;
 
 // The durable store-and-forward queue.
 pub mod queue;
+
+// The MQTT forwarder.
+pub mod publish;
