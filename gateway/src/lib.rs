@@ -33,3 +33,6 @@ pub mod queue;
 
 // The MQTT forwarder.
 pub mod publish;
+
+// BLE device sources and the per-device session.
+pub mod device;

@@ -1,0 +1,523 @@
+//! Decoded GATT values to [`vitals::Reading`]s: kinds, units, flags, times, patient.
+//!
+//! Pure functions of the decoded value and a [`MapContext`] (who, which device, what the
+//! session measured about the device clock, when it arrived), so every rule is unit-tested
+//! here and the session only wires them up.
+//!
+//! - Special IEEE-11073 values become [`Value::Absent`] with their reason; never numbers.
+//! - `device_time` is the raw device time stamp, `None` when absent or partly "not known".
+//! - `measured_at` is the device time in the configured zone minus the clock offset the
+//!   session measured (device − gateway); the receive time when there is no device time.
+//! - BLS user 0xFF is "unknown user" and maps to no user index.
+//! - PLX "data for demonstration / testing" is not patient data and is refused.
+
+use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
+use vitals::{
+    AbsentReason, Decimal, DeviceBinding, DeviceIdentity, Flag, Flags, GatewayId, Kind, Observed,
+    Reading, ReadingError, ReadingId, ReadingType, Unit, Value,
+};
+
+use crate::codec::blood_pressure::{
+    BloodPressureMeasurement, BpStatusFlags, PressureUnit, PulseRateRange,
+};
+use crate::codec::date_time::DateTime;
+use crate::codec::pulse_oximeter::{
+    PlxContinuousMeasurement, PlxDeviceAndSensorStatus, PlxMeasurementStatus,
+    PlxSpotCheckMeasurement,
+};
+use crate::codec::{Float11073, SpecialValue};
+
+use super::spirometry::SpirometryResult;
+
+/// What the device clock said compared with the gateway's, at the last contact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockCorrection {
+    /// Device clock minus gateway clock; `None` when the device has no readable clock.
+    pub device_minus_gateway: Option<time::Duration>,
+    /// The zone device wall-clock times are read in (the zone the gateway sets them in).
+    pub zone: UtcOffset,
+}
+
+/// Everything besides the decoded value that a reading needs.
+#[derive(Clone, Copy, Debug)]
+pub struct MapContext<'a> {
+    /// This gateway.
+    pub gateway: &'a GatewayId,
+    /// The device's allowlist entry.
+    pub binding: &'a DeviceBinding,
+    /// The device.
+    pub identity: &'a DeviceIdentity,
+    /// Gateway time of arrival.
+    pub received_at: OffsetDateTime,
+    /// The clock correction for this value's time stamp.
+    pub clock: ClockCorrection,
+    /// The value came through a RACP transfer.
+    pub from_storage: bool,
+    /// The device reported a low battery at this contact.
+    pub low_battery: bool,
+}
+
+/// Why a decoded value did not become a reading. Counted by the session under
+/// [`MapError::label`]; the reading is dropped, the session goes on.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum MapError {
+    /// No patient is bound to this device (or to this user slot).
+    #[error("no patient bound for user slot {user:?}")]
+    NoPatient {
+        /// The user slot, if the device sent one.
+        user: Option<u8>,
+    },
+    /// A number whose exponent no [`Decimal`] holds.
+    #[error("{kind}: exponent {exponent} out of range")]
+    Exponent {
+        /// The kind.
+        kind: Kind,
+        /// The exponent sent.
+        exponent: i8,
+    },
+    /// Demonstration or test data, not a measurement of the patient.
+    #[error("device marked the value as demonstration or test data")]
+    NotPatientData,
+    /// The reading failed the structural checks.
+    #[error(transparent)]
+    Invalid(#[from] ReadingError),
+}
+
+impl MapError {
+    /// A stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            MapError::NoPatient { .. } => "no_patient",
+            MapError::Exponent { .. } => "exponent",
+            MapError::NotPatientData => "not_patient_data",
+            MapError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+fn absent(s: SpecialValue) -> AbsentReason {
+    match s {
+        SpecialValue::Nan => AbsentReason::Nan,
+        SpecialValue::Nres => AbsentReason::Nres,
+        SpecialValue::PositiveInfinity => AbsentReason::PositiveInfinity,
+        SpecialValue::NegativeInfinity => AbsentReason::NegativeInfinity,
+        SpecialValue::Reserved => AbsentReason::Reserved,
+    }
+}
+
+/// One IEEE-11073 number as an observed value.
+pub fn observed(kind: Kind, v: Float11073, unit: Unit) -> Result<Observed, MapError> {
+    let value = match v {
+        Float11073::Value { mantissa, exponent } => Value::Number(
+            Decimal::new(i64::from(mantissa), exponent)
+                .ok_or(MapError::Exponent { kind, exponent })?,
+        ),
+        Float11073::Special(s) => Value::Absent(absent(s)),
+    };
+    Ok(Observed { kind, value, unit })
+}
+
+/// `(device_time, measured_at)` for a device time stamp.
+pub fn times(
+    stamp: Option<&DateTime>,
+    ctx: &MapContext<'_>,
+) -> (Option<PrimitiveDateTime>, OffsetDateTime) {
+    let device_time = stamp.and_then(DateTime::to_primitive);
+    let measured_at = match device_time {
+        Some(t) => {
+            let on_device = t.assume_offset(ctx.clock.zone);
+            match ctx.clock.device_minus_gateway {
+                Some(offset) => on_device - offset,
+                None => on_device,
+            }
+        }
+        None => ctx.received_at,
+    };
+    (device_time, measured_at)
+}
+
+fn build(
+    ctx: &MapContext<'_>,
+    reading_type: ReadingType,
+    user_index: Option<u8>,
+    stamp: Option<&DateTime>,
+    values: Vec<Observed>,
+    mut flags: Flags,
+) -> Result<Reading, MapError> {
+    let patient = ctx
+        .binding
+        .patient_for(user_index)
+        .ok_or(MapError::NoPatient { user: user_index })?
+        .clone();
+    if ctx.from_storage {
+        flags.insert(Flag::FromStorage);
+    }
+    if ctx.low_battery {
+        flags.insert(Flag::LowBattery);
+    }
+    let (device_time, measured_at) = times(stamp, ctx);
+    let reading = Reading {
+        id: ReadingId(uuid::Uuid::nil()),
+        seq: 0,
+        gateway: ctx.gateway.clone(),
+        patient,
+        device: ctx.identity.clone(),
+        user_index,
+        reading_type,
+        device_time,
+        measured_at,
+        received_at: ctx.received_at,
+        values,
+        flags,
+    }
+    .with_computed_id();
+    reading.validate()?;
+    Ok(reading)
+}
+
+/// Blood Pressure Measurement (0x2A35, live or from a record).
+pub fn blood_pressure(
+    m: &BloodPressureMeasurement,
+    ctx: &MapContext<'_>,
+) -> Result<Reading, MapError> {
+    let unit = match m.unit {
+        PressureUnit::MmHg => Unit::MmHg,
+        PressureUnit::KPa => Unit::KPa,
+    };
+    let mut values = vec![
+        observed(Kind::Systolic, m.systolic, unit)?,
+        observed(Kind::Diastolic, m.diastolic, unit)?,
+        observed(Kind::MeanArterialPressure, m.mean_arterial_pressure, unit)?,
+    ];
+    if let Some(pr) = m.pulse_rate_per_min {
+        values.push(observed(Kind::PulseRate, pr, Unit::PerMin)?);
+    }
+    let mut flags = Flags::EMPTY;
+    if let Some(status) = &m.status {
+        for (bit, flag) in [
+            (BpStatusFlags::BODY_MOVEMENT_DETECTED, Flag::BodyMovement),
+            (BpStatusFlags::CUFF_FIT_LOOSE, Flag::CuffLoose),
+            (BpStatusFlags::IRREGULAR_PULSE_DETECTED, Flag::IrregularPulse),
+            (
+                BpStatusFlags::IMPROPER_MEASUREMENT_POSITION,
+                Flag::ImproperPosition,
+            ),
+        ] {
+            if status.flags.contains(bit) {
+                flags.insert(flag);
+            }
+        }
+        match status.pulse_rate_range {
+            PulseRateRange::ExceedsUpperLimit => flags.insert(Flag::PulseRateHigh),
+            PulseRateRange::BelowLowerLimit => flags.insert(Flag::PulseRateLow),
+            PulseRateRange::WithinRange | PulseRateRange::Reserved => {}
+        }
+    }
+    let user = m.user_id.filter(|u| *u != 0xFF);
+    build(
+        ctx,
+        ReadingType::BloodPressure,
+        user,
+        m.timestamp.as_ref(),
+        values,
+        flags,
+    )
+}
+
+fn plx_flags(
+    measurement: Option<PlxMeasurementStatus>,
+    device: Option<PlxDeviceAndSensorStatus>,
+) -> Result<Flags, MapError> {
+    let mut flags = Flags::EMPTY;
+    if let Some(s) = measurement {
+        if s.contains(PlxMeasurementStatus::DATA_FOR_DEMONSTRATION)
+            || s.contains(PlxMeasurementStatus::DATA_FOR_TESTING)
+        {
+            return Err(MapError::NotPatientData);
+        }
+        for (bit, flag) in [
+            (
+                PlxMeasurementStatus::EARLY_ESTIMATED_DATA,
+                Flag::EarlyEstimate,
+            ),
+            (
+                PlxMeasurementStatus::CALIBRATION_ONGOING,
+                Flag::CalibrationOngoing,
+            ),
+            (
+                PlxMeasurementStatus::QUESTIONABLE_MEASUREMENT_DETECTED,
+                Flag::SignalQuestionable,
+            ),
+            (
+                PlxMeasurementStatus::INVALID_MEASUREMENT_DETECTED,
+                Flag::SignalQuestionable,
+            ),
+            (
+                PlxMeasurementStatus::DATA_FROM_MEASUREMENT_STORAGE,
+                Flag::FromStorage,
+            ),
+        ] {
+            if s.contains(bit) {
+                flags.insert(flag);
+            }
+        }
+    }
+    if let Some(s) = device {
+        use PlxDeviceAndSensorStatus as D;
+        for (bit, flag) in [
+            (D::EQUIPMENT_MALFUNCTION_DETECTED, Flag::SensorMalfunction),
+            (
+                D::SIGNAL_PROCESSING_IRREGULARITY_DETECTED,
+                Flag::SignalQuestionable,
+            ),
+            (D::INADEQUATE_SIGNAL_DETECTED, Flag::SignalQuestionable),
+            (D::POOR_SIGNAL_DETECTED, Flag::SignalQuestionable),
+            (D::ERRATIC_SIGNAL_DETECTED, Flag::SignalQuestionable),
+            (D::LOW_PERFUSION_DETECTED, Flag::LowPerfusion),
+            (D::NONPULSATILE_SIGNAL_DETECTED, Flag::NonPulsatile),
+            (D::QUESTIONABLE_PULSE_DETECTED, Flag::PulseQuestionable),
+            (D::SENSOR_INTERFERENCE_DETECTED, Flag::Artifact),
+            (D::SENSOR_UNCONNECTED_TO_USER, Flag::SensorDisplaced),
+            (D::SENSOR_DISPLACED, Flag::SensorDisplaced),
+            (D::SENSOR_DISCONNECTED, Flag::SensorDisplaced),
+            (D::UNKNOWN_SENSOR_CONNECTED, Flag::SensorMalfunction),
+            (D::SENSOR_MALFUNCTIONING, Flag::SensorMalfunction),
+        ] {
+            if s.contains(bit) {
+                flags.insert(flag);
+            }
+        }
+    }
+    Ok(flags)
+}
+
+/// PLX Spot-Check Measurement (0x2A5E).
+pub fn plx_spot_check(
+    m: &PlxSpotCheckMeasurement,
+    ctx: &MapContext<'_>,
+) -> Result<Reading, MapError> {
+    let mut values = vec![
+        observed(Kind::Spo2, m.spo2_percent, Unit::Percent)?,
+        observed(Kind::PulseRate, m.pulse_rate_per_min, Unit::PerMin)?,
+    ];
+    if let Some(pai) = m.pulse_amplitude_index_percent {
+        values.push(observed(Kind::PulseAmplitudeIndex, pai, Unit::Percent)?);
+    }
+    let mut flags = plx_flags(m.measurement_status, m.device_and_sensor_status)?;
+    if m.device_clock_not_set {
+        flags.insert(Flag::ClockNotSet);
+    }
+    build(
+        ctx,
+        ReadingType::OximetrySpotCheck,
+        None,
+        m.timestamp.as_ref(),
+        values,
+        flags,
+    )
+}
+
+/// PLX Continuous Measurement (0x2A5F): the Normal SpO2/PR pair, no time stamp.
+pub fn plx_continuous(
+    m: &PlxContinuousMeasurement,
+    ctx: &MapContext<'_>,
+) -> Result<Reading, MapError> {
+    let mut values = vec![
+        observed(Kind::Spo2, m.normal.spo2_percent, Unit::Percent)?,
+        observed(Kind::PulseRate, m.normal.pulse_rate_per_min, Unit::PerMin)?,
+    ];
+    if let Some(pai) = m.pulse_amplitude_index_percent {
+        values.push(observed(Kind::PulseAmplitudeIndex, pai, Unit::Percent)?);
+    }
+    let flags = plx_flags(m.measurement_status, m.device_and_sensor_status)?;
+    build(
+        ctx,
+        ReadingType::OximetryContinuous,
+        None,
+        None,
+        values,
+        flags,
+    )
+}
+
+/// A spirometer result (any [`super::spirometry::SpirometerDriver`]).
+pub fn spirometry(r: &SpirometryResult, ctx: &MapContext<'_>) -> Result<Reading, MapError> {
+    let values = vec![
+        observed(Kind::Fev1, r.fev1_l, Unit::Litre)?,
+        observed(Kind::Fvc, r.fvc_l, Unit::Litre)?,
+        observed(Kind::Pef, r.pef_l_min, Unit::LitrePerMin)?,
+    ];
+    let mut flags = Flags::EMPTY;
+    if r.from_storage {
+        flags.insert(Flag::FromStorage);
+    }
+    if r.clock_not_set {
+        flags.insert(Flag::ClockNotSet);
+    }
+    if r.poor_effort {
+        flags.insert(Flag::SignalQuestionable);
+    }
+    build(
+        ctx,
+        ReadingType::Spirometry,
+        None,
+        r.timestamp.as_ref(),
+        values,
+        flags,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::blood_pressure::BpMeasurementStatus;
+    use vitals::{DeviceId, PatientKey, UserBinding};
+
+    fn binding() -> DeviceBinding {
+        DeviceBinding {
+            id: DeviceId::BdAddr([0xc0, 0xff, 0xee, 0, 0, 1]),
+            patient: None,
+            users: vec![
+                UserBinding {
+                    user: 1,
+                    patient: PatientKey::new("pk-a").expect("valid"),
+                },
+                UserBinding {
+                    user: 2,
+                    patient: PatientKey::new("pk-b").expect("valid"),
+                },
+            ],
+        }
+    }
+
+    fn with_ctx<T>(offset_s: Option<i64>, f: impl FnOnce(&MapContext<'_>) -> T) -> T {
+        let gw = GatewayId::new("gw-1").expect("valid");
+        let b = binding();
+        let identity = DeviceIdentity::new(b.id);
+        let ctx = MapContext {
+            gateway: &gw,
+            binding: &b,
+            identity: &identity,
+            received_at: time::macros::datetime!(2025-03-04 09:00:00 UTC),
+            clock: ClockCorrection {
+                device_minus_gateway: offset_s.map(time::Duration::seconds),
+                zone: UtcOffset::UTC,
+            },
+            from_storage: false,
+            low_battery: false,
+        };
+        f(&ctx)
+    }
+
+    fn bpm() -> BloodPressureMeasurement {
+        BloodPressureMeasurement::decode(&[0x00, 0x78, 0x00, 0x50, 0x00, 0x5D, 0x00])
+            .expect("valid")
+    }
+
+    #[test]
+    fn blood_pressure_maps_values_status_user_and_corrected_time() {
+        let mut m = bpm();
+        m.user_id = Some(2);
+        m.pulse_rate_per_min = Some(Float11073::new(72, 0));
+        m.timestamp = Some(DateTime::new(2025, 3, 4, 8, 10, 0));
+        m.status = Some(BpMeasurementStatus {
+            flags: BpStatusFlags::CUFF_FIT_LOOSE | BpStatusFlags::IRREGULAR_PULSE_DETECTED,
+            pulse_rate_range: PulseRateRange::ExceedsUpperLimit,
+        });
+        m.diastolic = Float11073::NAN;
+        let r = with_ctx(Some(600), |ctx| blood_pressure(&m, ctx)).expect("maps");
+        assert_eq!(r.patient.as_str(), "pk-b");
+        assert_eq!(r.user_index, Some(2));
+        assert_eq!(
+            r.device_time,
+            Some(time::macros::datetime!(2025-03-04 08:10:00))
+        );
+        // The device clock was 10 minutes fast.
+        assert_eq!(r.measured_at, time::macros::datetime!(2025-03-04 08:00:00 UTC));
+        let flags: Vec<_> = r.flags.iter().collect();
+        assert_eq!(
+            flags,
+            [Flag::CuffLoose, Flag::IrregularPulse, Flag::PulseRateHigh]
+        );
+        assert_eq!(r.values[1].value, Value::Absent(AbsentReason::Nan));
+        assert_eq!(r.values[0].unit, Unit::MmHg);
+        assert_eq!(r.values.len(), 4);
+        assert_eq!(r.id, r.compute_id());
+    }
+
+    #[test]
+    fn unknown_or_unbound_users_are_refused() {
+        let mut m = bpm();
+        m.user_id = Some(0xFF);
+        assert_eq!(
+            with_ctx(None, |ctx| blood_pressure(&m, ctx)),
+            Err(MapError::NoPatient { user: None })
+        );
+        m.user_id = Some(3);
+        assert_eq!(
+            with_ctx(None, |ctx| blood_pressure(&m, ctx)).map_err(|e| e.label()),
+            Err("no_patient")
+        );
+    }
+
+    #[test]
+    fn plx_status_becomes_flags_and_demo_data_is_refused() {
+        let mut m = PlxSpotCheckMeasurement::decode(&[0x00, 0x61, 0x00, 0x48, 0x00])
+            .expect("valid");
+        m.device_and_sensor_status = Some(
+            PlxDeviceAndSensorStatus::LOW_PERFUSION_DETECTED
+                | PlxDeviceAndSensorStatus::SENSOR_DISPLACED,
+        );
+        m.device_clock_not_set = true;
+        let mut b = binding();
+        b.patient = Some(PatientKey::new("pk-a").expect("valid"));
+        let gw = GatewayId::new("gw-1").expect("valid");
+        let identity = DeviceIdentity::new(b.id);
+        let ctx = MapContext {
+            gateway: &gw,
+            binding: &b,
+            identity: &identity,
+            received_at: time::macros::datetime!(2025-03-04 09:00:00 UTC),
+            clock: ClockCorrection {
+                device_minus_gateway: None,
+                zone: UtcOffset::UTC,
+            },
+            from_storage: true,
+            low_battery: true,
+        };
+        let r = plx_spot_check(&m, &ctx).expect("maps");
+        for f in [
+            Flag::LowPerfusion,
+            Flag::SensorDisplaced,
+            Flag::ClockNotSet,
+            Flag::FromStorage,
+            Flag::LowBattery,
+        ] {
+            assert!(r.flags.contains(f), "{f:?}");
+        }
+        assert_eq!(r.device_time, None);
+        assert_eq!(r.measured_at, ctx.received_at);
+        m.measurement_status = Some(PlxMeasurementStatus::DATA_FOR_DEMONSTRATION);
+        assert_eq!(plx_spot_check(&m, &ctx), Err(MapError::NotPatientData));
+    }
+
+    #[test]
+    fn special_values_keep_their_reason() {
+        for (s, r) in [
+            (SpecialValue::Nres, AbsentReason::Nres),
+            (SpecialValue::PositiveInfinity, AbsentReason::PositiveInfinity),
+            (SpecialValue::NegativeInfinity, AbsentReason::NegativeInfinity),
+            (SpecialValue::Reserved, AbsentReason::Reserved),
+        ] {
+            let o = observed(Kind::Spo2, Float11073::Special(s), Unit::Percent).expect("maps");
+            assert_eq!(o.value, Value::Absent(r));
+        }
+        assert_eq!(
+            observed(Kind::Fev1, Float11073::new(1, 100), Unit::Litre),
+            Err(MapError::Exponent {
+                kind: Kind::Fev1,
+                exponent: 100
+            })
+        );
+    }
+}
