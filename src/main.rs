@@ -1,8 +1,11 @@
 //! `rpm`: the one binary of the remote patient monitoring system. Each part of the system is a
 //! subcommand; `rpm --help` lists what this build can do.
 
+mod bench_rules;
 mod config;
 mod logging;
+mod registry_cli;
+mod rules_cli;
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -46,6 +49,53 @@ enum Command {
     /// Validate an MQTT readings payload (wire envelope v1) and say exactly what is wrong.
     #[command(subcommand)]
     Envelope(EnvelopeCommand),
+    /// Threshold profiles: check them, and backtest them against recorded readings.
+    #[command(subcommand)]
+    Rules(rules_cli::RulesCommand),
+    /// Enrol and list patients in the record.
+    Patients {
+        /// The patient record (`sqlite:path` or `postgres://…`).
+        #[arg(long, env = "RPM_DATABASE_URL")]
+        database: String,
+        #[command(subcommand)]
+        command: registry_cli::PatientsCmd,
+    },
+    /// Register and list home hubs (gateways) in the record.
+    Gateways {
+        /// The patient record (`sqlite:path` or `postgres://…`).
+        #[arg(long, env = "RPM_DATABASE_URL")]
+        database: String,
+        #[command(subcommand)]
+        command: registry_cli::GatewaysCmd,
+    },
+    /// Register devices and bind them to a patient on a gateway.
+    Devices {
+        /// The patient record (`sqlite:path` or `postgres://…`).
+        #[arg(long, env = "RPM_DATABASE_URL")]
+        database: String,
+        #[command(subcommand)]
+        command: registry_cli::DevicesCmd,
+    },
+    /// Benchmarks, each printed beside its same-run baseline.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The rules engine: throughput and per-reading latency with many patients, and the cost
+    /// per reading as one patient's history grows.
+    Rules {
+        /// Patients enrolled.
+        #[arg(long, default_value_t = 100_000)]
+        patients: usize,
+        /// Readings evaluated in the throughput run.
+        #[arg(long, default_value_t = 5_000_000)]
+        readings: usize,
+        /// Smaller histories (1k/10k/100k instead of 1k/100k/1M), for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +133,9 @@ enum EnvelopeCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
+    // rumqttc, reqwest and lettre bring rustls with aws-lc-rs, sqlx and rumqttd with ring:
+    // name the process-wide provider once so nothing has to guess (DEPENDENCIES.md).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -98,6 +151,32 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             characteristic,
             hex,
         } => decode(&characteristic, &hex.join(" ")),
+        Command::Rules(command) => rules_cli::run(command),
+        Command::Patients { database, command } => {
+            runtime()?.block_on(registry_cli::run_patients(&database, command))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gateways { database, command } => {
+            runtime()?.block_on(registry_cli::run_gateways(&database, command))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Devices { database, command } => {
+            runtime()?.block_on(registry_cli::run_devices(&database, command))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Rules {
+            patients,
+            readings,
+            quick,
+        }) => {
+            let report = bench_rules::run(&bench_rules::Options {
+                patients,
+                readings,
+                quick,
+            })?;
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config(ConfigCommand::Check { component, file }) => {
             let effective = match component {
                 Component::Gateway => toml::to_string(&config::load::<
@@ -153,16 +232,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The async runtime for subcommands that talk to a database or a broker.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn decode(characteristic: &str, hex: &str) -> anyhow::Result<ExitCode> {
-    let digits = characteristic
-        .trim_start_matches("0x")
-        .trim_start_matches("0X");
-    let uuid = u16::from_str_radix(digits, 16)
-        .ok()
-        .filter(|_| !digits.is_empty() && digits.len() <= 4)
-        .with_context(|| {
-            format!("`{characteristic}` is not a 16-bit characteristic UUID (like 2a35)")
-        })?;
+    let uuid = gateway::codec::parse_characteristic(characteristic).with_context(|| {
+        format!("`{characteristic}` is not a 16-bit characteristic UUID (like 2a35) or name")
+    })?;
     if gateway::codec::characteristic_name(uuid).is_none() {
         let known: Vec<String> = gateway::codec::SUPPORTED
             .iter()
@@ -195,7 +275,7 @@ fn parse_hex(text: &str) -> anyhow::Result<Vec<u8>> {
         .filter(|c| !c.is_whitespace() && *c != ':' && *c != '-')
         .collect();
     let compact = compact.strip_prefix("0x").unwrap_or(&compact);
-    if compact.len() % 2 != 0 {
+    if !compact.len().is_multiple_of(2) {
         anyhow::bail!("hex value has an odd number of digits ({})", compact.len());
     }
     (0..compact.len())
