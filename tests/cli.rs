@@ -40,7 +40,10 @@ fn help_lists_only_what_this_build_can_do() {
         .collect();
     assert_eq!(
         commands,
-        ["decode", "config", "envelope", "rules", "patients", "gateways", "devices", "bench", "help"],
+        [
+            "decode", "config", "envelope", "rules", "patients", "gateways", "devices", "bench",
+            "help"
+        ],
         "{help}"
     );
 }

@@ -18,9 +18,6 @@
 //! the link came back, oldest first) and live readings (queued since), alternating, so a week
 //! of backlog never delays today's alarming reading by more than one batch.
 
-mod options;
-mod tls;
-
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,8 +35,8 @@ use vitals::{
     QueueStatus, Topic,
 };
 
-pub use options::{OptionsError, mqtt_options};
-pub use tls::client_config;
+/// Options for the forwarder's client: [`mqtt::client_options`], re-exported here.
+pub use mqtt::{OptionsError, client_options as mqtt_options};
 
 use crate::config::ForwardConfig;
 use crate::queue::{Queue, QueueError};
@@ -290,7 +287,7 @@ impl Forwarder {
                         }
                         state.disconnected();
                         failures = failures.saturating_add(1);
-                        let pause = backoff(failures, settings.max_backoff);
+                        let pause = mqtt::backoff(failures, settings.max_backoff);
                         tokio::select! {
                             () = shutdown.cancelled() => return Ok(()),
                             () = tokio::time::sleep(pause) => {}
@@ -507,43 +504,9 @@ pub fn accept_config(
     Ok(Some(config))
 }
 
-/// Capped exponential backoff with full jitter: a uniformly random wait in
-/// `0..=min(max, 250 ms × 2^failures)`.
-pub fn backoff(failures: u32, max: Duration) -> Duration {
-    let exp = Duration::from_millis(250).saturating_mul(1u32 << failures.min(16));
-    let cap = exp.min(max);
-    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
-    Duration::from_nanos(jitter(nanos))
-}
-
-/// A random number in `0..=upto`, from the standard library's per-process random hasher keys.
-fn jitter(upto: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(upto);
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    if upto == u64::MAX {
-        h.finish()
-    } else {
-        h.finish() % (upto + 1)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        let max = Duration::from_secs(30);
-        for failures in 0..40 {
-            assert!(backoff(failures, max) <= max);
-        }
-        assert!(backoff(1, max) <= Duration::from_millis(500));
-        let samples: std::collections::HashSet<Duration> =
-            (0..20).map(|_| backoff(10, max)).collect();
-        assert!(samples.len() > 1, "jittered");
-    }
 
     #[test]
     fn configs_are_validated_and_only_newer_ones_taken() {

@@ -11,7 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use vitals::BrokerConfig;
 
-use super::OptionsError;
+use crate::OptionsError;
 
 fn read(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, OptionsError> {
     std::fs::read(path).map_err(|source| OptionsError::File {

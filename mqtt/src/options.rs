@@ -28,7 +28,7 @@ pub enum OptionsError {
 
 /// Options for one client. `will` is the retained message the broker publishes when the
 /// connection dies without a goodbye; `max_inflight` bounds unacknowledged publishes.
-pub fn mqtt_options(
+pub fn client_options(
     broker: &BrokerConfig,
     client_id: &str,
     will: Option<(String, Vec<u8>)>,
@@ -71,7 +71,7 @@ pub fn mqtt_options(
         options.set_credentials(user.clone(), password.unwrap_or_default());
     }
     if broker.url.tls {
-        options.set_transport(super::tls::transport(broker)?);
+        options.set_transport(crate::tls::transport(broker)?);
     }
     Ok(options)
 }
