@@ -197,7 +197,10 @@ pub fn blood_pressure(
         for (bit, flag) in [
             (BpStatusFlags::BODY_MOVEMENT_DETECTED, Flag::BodyMovement),
             (BpStatusFlags::CUFF_FIT_LOOSE, Flag::CuffLoose),
-            (BpStatusFlags::IRREGULAR_PULSE_DETECTED, Flag::IrregularPulse),
+            (
+                BpStatusFlags::IRREGULAR_PULSE_DETECTED,
+                Flag::IrregularPulse,
+            ),
             (
                 BpStatusFlags::IMPROPER_MEASUREMENT_POSITION,
                 Flag::ImproperPosition,
@@ -433,7 +436,10 @@ mod tests {
             Some(time::macros::datetime!(2025-03-04 08:10:00))
         );
         // The device clock was 10 minutes fast.
-        assert_eq!(r.measured_at, time::macros::datetime!(2025-03-04 08:00:00 UTC));
+        assert_eq!(
+            r.measured_at,
+            time::macros::datetime!(2025-03-04 08:00:00 UTC)
+        );
         let flags: Vec<_> = r.flags.iter().collect();
         assert_eq!(
             flags,
@@ -462,8 +468,8 @@ mod tests {
 
     #[test]
     fn plx_status_becomes_flags_and_demo_data_is_refused() {
-        let mut m = PlxSpotCheckMeasurement::decode(&[0x00, 0x61, 0x00, 0x48, 0x00])
-            .expect("valid");
+        let mut m =
+            PlxSpotCheckMeasurement::decode(&[0x00, 0x61, 0x00, 0x48, 0x00]).expect("valid");
         m.device_and_sensor_status = Some(
             PlxDeviceAndSensorStatus::LOW_PERFUSION_DETECTED
                 | PlxDeviceAndSensorStatus::SENSOR_DISPLACED,
@@ -505,8 +511,14 @@ mod tests {
     fn special_values_keep_their_reason() {
         for (s, r) in [
             (SpecialValue::Nres, AbsentReason::Nres),
-            (SpecialValue::PositiveInfinity, AbsentReason::PositiveInfinity),
-            (SpecialValue::NegativeInfinity, AbsentReason::NegativeInfinity),
+            (
+                SpecialValue::PositiveInfinity,
+                AbsentReason::PositiveInfinity,
+            ),
+            (
+                SpecialValue::NegativeInfinity,
+                AbsentReason::NegativeInfinity,
+            ),
             (SpecialValue::Reserved, AbsentReason::Reserved),
         ] {
             let o = observed(Kind::Spo2, Float11073::Special(s), Unit::Percent).expect("maps");

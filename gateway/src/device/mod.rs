@@ -328,9 +328,8 @@ pub trait DeviceLink: Send + 'static {
     fn take_events(&mut self) -> Option<mpsc::Receiver<LinkEvent>>;
 
     /// Discovers services and characteristics.
-    fn discover(
-        &mut self,
-    ) -> impl Future<Output = Result<Vec<Characteristic>, DeviceError>> + Send;
+    fn discover(&mut self)
+    -> impl Future<Output = Result<Vec<Characteristic>, DeviceError>> + Send;
 
     /// Reads a value.
     fn read(
@@ -377,7 +376,12 @@ mod tests {
     fn addresses_round_trip() {
         let a: Address = "C0:FF:EE:00:11:22".parse().expect("valid");
         assert_eq!(a.to_string(), "c0:ff:ee:00:11:22");
-        for bad in ["", "c0:ff:ee:00:11", "c0:ff:ee:00:11:22:33", "c0:ff:ee:00:11:2g"] {
+        for bad in [
+            "",
+            "c0:ff:ee:00:11",
+            "c0:ff:ee:00:11:22:33",
+            "c0:ff:ee:00:11:2g",
+        ] {
             assert!(bad.parse::<Address>().is_err(), "{bad}");
         }
     }

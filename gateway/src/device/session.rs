@@ -295,11 +295,12 @@ impl<S: DeviceSource> Session<S> {
         clock: Arc<dyn Clock>,
         config: SessionConfig,
     ) -> Self {
-        let seed = config.jitter_seed ^ u64::from_le_bytes({
-            let mut b = [0u8; 8];
-            b[..6].copy_from_slice(&address.0);
-            b
-        });
+        let seed = config.jitter_seed
+            ^ u64::from_le_bytes({
+                let mut b = [0u8; 8];
+                b[..6].copy_from_slice(&address.0);
+                b
+            });
         Session {
             source,
             address,
@@ -443,6 +444,7 @@ impl<S: DeviceSource> Session<S> {
             (0x1822, cu::PLX_SPOT_CHECK_MEASUREMENT),
             (0x1822, cu::PLX_CONTINUOUS_MEASUREMENT),
             (0x1822, cu::RECORD_ACCESS_CONTROL_POINT),
+            (0x180F, cu::BATTERY_LEVEL),
         ]
         .into_iter()
         .map(|(s, c)| CharacteristicId::sig(s, c))
@@ -477,9 +479,7 @@ impl<S: DeviceSource> Session<S> {
             state.racp = Some(bp_racp);
             self.transfer_by_sequence(link, events, cancel, &mut state)
                 .await?;
-        } else if subscribed.contains(&plx_racp)
-            && self.plx_has_storage(link, &chars).await?
-        {
+        } else if subscribed.contains(&plx_racp) && self.plx_has_storage(link, &chars).await? {
             state.racp = Some(plx_racp);
             self.transfer_all(link, events, cancel, &mut state).await?;
         }
@@ -585,7 +585,8 @@ impl<S: DeviceSource> Session<S> {
             device_minus_gateway: None,
             zone,
         };
-        let current = find(chars, 0x1805, cu::CURRENT_TIME).or_else(|| find_any(chars, cu::CURRENT_TIME));
+        let current =
+            find(chars, 0x1805, cu::CURRENT_TIME).or_else(|| find_any(chars, cu::CURRENT_TIME));
         let clock_char = current.or_else(|| find_any(chars, cu::DATE_TIME));
         let Some(c) = clock_char.filter(|c| c.properties.read) else {
             return Ok((none, none));
@@ -719,7 +720,10 @@ impl<S: DeviceSource> Session<S> {
         let delete = RacpMessage::DeleteStoredRecords(RecordFilter::LessThanOrEqual(
             FilterValue::SequenceNumber(last),
         ));
-        if self.racp_request(link, events, cancel, state, delete).await? == ResponseCode::Success
+        if self
+            .racp_request(link, events, cancel, state, delete)
+            .await?
+            == ResponseCode::Success
         {
             self.update(|s| s.deletes += 1);
         }
@@ -749,7 +753,10 @@ impl<S: DeviceSource> Session<S> {
             return Ok(());
         }
         let delete = RacpMessage::DeleteStoredRecords(RecordFilter::AllRecords);
-        if self.racp_request(link, events, cancel, state, delete).await? == ResponseCode::Success
+        if self
+            .racp_request(link, events, cancel, state, delete)
+            .await?
+            == ResponseCode::Success
         {
             self.update(|s| s.deletes += 1);
         }
@@ -826,7 +833,11 @@ impl<S: DeviceSource> Session<S> {
             state.transfer_failures += 1;
         }
         self.update(|s| s.unmapped += 1);
-        warn!(characteristic = uuid16, reason = e.label(), "value not mapped to a reading");
+        warn!(
+            characteristic = uuid16,
+            reason = e.label(),
+            "value not mapped to a reading"
+        );
     }
 
     /// One notification/indication: decode, map, queue.
@@ -859,7 +870,11 @@ impl<S: DeviceSource> Session<S> {
         {
             match driver.decode(bytes) {
                 Ok(r) => {
-                    let clock = if r.from_storage { state.stored } else { state.live };
+                    let clock = if r.from_storage {
+                        state.stored
+                    } else {
+                        state.live
+                    };
                     mapping::spirometry(&r, &ctx(clock, state.in_transfer))
                 }
                 Err(e) => return self.count_decode(uuid16, &e, state),
@@ -898,7 +913,11 @@ impl<S: DeviceSource> Session<S> {
                 }
                 cu::PLX_SPOT_CHECK_MEASUREMENT => match PlxSpotCheckMeasurement::decode(bytes) {
                     Ok(m) => {
-                        let clock = if state.in_transfer { state.stored } else { state.live };
+                        let clock = if state.in_transfer {
+                            state.stored
+                        } else {
+                            state.live
+                        };
                         mapping::plx_spot_check(&m, &ctx(clock, state.in_transfer))
                     }
                     Err(e) => return self.count_decode(uuid16, &e, state),
@@ -907,6 +926,16 @@ impl<S: DeviceSource> Session<S> {
                     Ok(m) => mapping::plx_continuous(&m, &ctx(state.live, false)),
                     Err(e) => return self.count_decode(uuid16, &e, state),
                 },
+                cu::BATTERY_LEVEL => {
+                    match BatteryLevel::decode(bytes) {
+                        Ok(b) => {
+                            state.low_battery = b.percent <= self.config.low_battery_percent;
+                            self.update(|s| s.battery = Some(b.percent));
+                        }
+                        Err(e) => self.decode_error(uuid16, &e),
+                    }
+                    return Ok(());
+                }
                 _ => return Ok(()),
             }
         };

@@ -143,7 +143,8 @@ impl SpirometerDriver for SimSpirometerV1 {
                 reason: "only version 1 is known",
             });
         }
-        let sfloat = |lo: &u8, hi: &u8| Float11073::from_sfloat_bits(u16::from_le_bytes([*lo, *hi]));
+        let sfloat =
+            |lo: &u8, hi: &u8| Float11073::from_sfloat_bits(u16::from_le_bytes([*lo, *hi]));
         let timestamp = if flags & Self::TIMESTAMP != 0 {
             let t = rest.get(..7).ok_or(DecodeError::Truncated {
                 field: "timestamp",
