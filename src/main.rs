@@ -6,6 +6,7 @@ mod config;
 mod logging;
 mod registry_cli;
 mod rules_cli;
+mod serve;
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -49,6 +50,13 @@ enum Command {
     /// Validate an MQTT readings payload (wire envelope v1) and say exactly what is wrong.
     #[command(subcommand)]
     Envelope(EnvelopeCommand),
+    /// The server: consume readings from the broker, validate them and store them in the
+    /// patient record (runs until Ctrl-C or SIGTERM).
+    Ingest {
+        /// The ingest configuration file (see `rpm config sample ingest`).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Threshold profiles: check them, and backtest them against recorded readings.
     #[command(subcommand)]
     Rules(rules_cli::RulesCommand),
@@ -152,6 +160,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             hex,
         } => decode(&characteristic, &hex.join(" ")),
         Command::Rules(command) => rules_cli::run(command),
+        Command::Ingest { config } => {
+            let config =
+                config::load::<ingest::config::IngestConfig>(Component::Ingest, &config, |c| {
+                    c.check()
+                })?;
+            runtime()?.block_on(serve::ingest(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Patients { database, command } => {
             runtime()?.block_on(registry_cli::run_patients(&database, command))?;
             Ok(ExitCode::SUCCESS)

@@ -21,4 +21,5 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod consume;
 pub mod record;

@@ -86,11 +86,14 @@ pub enum RejectReason {
     UnknownPatient,
     /// A message the consumer has already processed (an old gateway sequence number).
     Replayed,
+    /// The record refused to store readings that passed every check (a permanent database
+    /// error); kept here so nothing is dropped while an operator looks.
+    StoreFailed,
 }
 
 impl RejectReason {
     /// Every reason, for registering metrics up front.
-    pub const ALL: [RejectReason; 17] = [
+    pub const ALL: [RejectReason; 18] = [
         RejectReason::PayloadTooLarge,
         RejectReason::NotUtf8,
         RejectReason::MalformedJson,
@@ -108,7 +111,13 @@ impl RejectReason {
         RejectReason::UnboundDevice,
         RejectReason::UnknownPatient,
         RejectReason::Replayed,
+        RejectReason::StoreFailed,
     ];
+
+    /// Dense index in `0..RejectReason::ALL.len()`, for per-reason counters.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
 
     /// The stable code.
     pub const fn as_str(self) -> &'static str {
@@ -130,6 +139,7 @@ impl RejectReason {
             RejectReason::UnboundDevice => "unbound_device",
             RejectReason::UnknownPatient => "unknown_patient",
             RejectReason::Replayed => "replayed",
+            RejectReason::StoreFailed => "store_failed",
         }
     }
 }

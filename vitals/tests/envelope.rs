@@ -362,6 +362,9 @@ fn the_topic_must_name_the_envelopes_gateway() {
 #[test]
 fn reject_reasons_have_unique_stable_codes() {
     let mut codes: Vec<&str> = RejectReason::ALL.iter().map(|r| r.as_str()).collect();
+    for (i, r) in RejectReason::ALL.iter().enumerate() {
+        assert_eq!(r.index(), i, "ALL is in declaration order");
+    }
     for r in RejectReason::ALL {
         assert_eq!(
             serde_json::to_string(&r).expect("json"),

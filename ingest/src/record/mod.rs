@@ -122,6 +122,7 @@ pub enum BackendKind {
     Postgres,
 }
 
+#[derive(Clone)]
 enum Backend {
     Sqlite {
         /// One connection: SQLite has one writer at a time, so writers wait here, in order.
@@ -166,10 +167,13 @@ macro_rules! with_pool {
 }
 pub(crate) use with_pool;
 
-/// The patient record. Cheap to share behind an `Arc`; every method takes `&self`.
+/// The patient record. Cheap to clone: clones share the connection pools and the binding
+/// cache (and `close` closes them for all); every method takes `&self`.
+#[derive(Clone)]
 pub struct Record {
     backend: Backend,
-    bindings: RwLock<registry::BindingCache>,
+    /// Shared by clones, so a change made through one is seen by all.
+    bindings: std::sync::Arc<RwLock<registry::BindingCache>>,
 }
 
 impl std::fmt::Debug for Record {
@@ -202,7 +206,7 @@ impl Record {
         };
         let record = Record {
             backend,
-            bindings: RwLock::new(registry::BindingCache::default()),
+            bindings: std::sync::Arc::new(RwLock::new(registry::BindingCache::default())),
         };
         tracing::debug!(backend = ?record.kind(), "patient record open");
         Ok(record)

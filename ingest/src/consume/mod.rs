@@ -1,0 +1,539 @@
+//! The MQTT consumer: the server's per-reading path, top to bottom.
+//!
+//! ```text
+//! broker ──(shared subscription, QoS 1, manual acks)──► event-loop task ──► bounded channel
+//!   ──► batcher: decode envelope → gateway known? → per reading: units, ranges, clock,
+//!       gateway↔device↔patient binding → insert_batch (one transaction, dedup by id)
+//!       → dead letters for what failed → PUBACK every message of the batch
+//! ```
+//!
+//! **A message is acknowledged only after what it carried is committed**: its readings in the
+//! record, or its rejection in the dead-letter table. The session is persistent (fixed client
+//! id, `clean_start = false`, a session expiry), so messages a crashed node had not
+//! acknowledged are delivered again when it comes back; they deduplicate by reading id.
+//!
+//! **Group commit:** the batcher takes whatever has arrived, up to `batch_max` readings,
+//! waiting at most `batch_linger` for more, so an idle system commits each message at once
+//! and a busy one commits thousands of readings per transaction.
+//!
+//! **Back-pressure:** the broker never has more than `max_inflight` unacknowledged messages
+//! out to this node (MQTT 5 receive maximum), and the channel holds that many, so the
+//! event-loop task never waits on the batcher (rumqttc must be polled to keep the connection).
+//!
+//! **Bad input** never stops the consumer: every rejection is a dead letter with its
+//! [`RejectReason`], counted in [`IngestStats`]. Database outages are retried with backoff,
+//! without acknowledging, until the database is back.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use vitals::{Channel, Envelope, GatewayId, GatewayStatus, Observed, Reading, RejectReason, topic};
+
+use crate::record::{Record, RecordError, SeqCheck};
+
+/// How the consumer behaves.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    /// Shared-subscription group.
+    pub group: String,
+    /// Most readings per transaction.
+    pub batch_max: usize,
+    /// Longest wait for a batch to fill.
+    pub batch_linger: Duration,
+    /// Most unacknowledged messages from the broker at once.
+    pub max_inflight: u16,
+    /// Readings measured further than this in the future are rejected.
+    pub max_future: Duration,
+    /// Longest pause between retries of a failing database.
+    pub max_backoff: Duration,
+}
+
+/// Counters, registered once and read by `/metrics`, tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Readings messages fully processed (committed, about to be acknowledged).
+    pub messages: AtomicU64,
+    /// Readings newly stored.
+    pub readings_stored: AtomicU64,
+    /// Readings that were already in the record (re-sent, re-delivered).
+    pub readings_duplicate: AtomicU64,
+    /// Transactions committed.
+    pub batches: AtomicU64,
+    /// Envelopes with an old sequence number (flagged, still stored).
+    pub replays: AtomicU64,
+    /// Status messages recorded.
+    pub statuses: AtomicU64,
+    /// Database errors retried.
+    pub db_retries: AtomicU64,
+    rejected: [AtomicU64; RejectReason::ALL.len()],
+}
+
+impl IngestStats {
+    /// Rejections so far under `reason` (a whole message counts once, a reading once).
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.rejected[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// All rejections so far.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn reject(&self, reason: RejectReason) {
+        self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Why the consumer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The MQTT client's request channel closed: the event loop is gone.
+    #[error("the MQTT client stopped")]
+    ClientGone,
+}
+
+/// Everything the consumer works with.
+pub struct Consumer {
+    /// Settings.
+    pub settings: ConsumerSettings,
+    /// The patient record.
+    pub record: Record,
+    /// The MQTT client and event loop (manual acks, persistent session: see [`client_options`]).
+    pub mqtt: (AsyncClient, EventLoop),
+    /// Counters.
+    pub stats: Arc<IngestStats>,
+    /// Cancelled to stop: intake stops, the current batch is committed and acknowledged.
+    pub shutdown: CancellationToken,
+}
+
+/// rumqttc options for an ingest node: manual acknowledgements, a persistent session under a
+/// stable client id (unacknowledged messages come back after a crash), and a receive maximum
+/// of `max_inflight`.
+pub fn client_options(
+    broker: &vitals::BrokerConfig,
+    client_id: &str,
+    max_inflight: u16,
+) -> Result<rumqttc::v5::MqttOptions, mqtt::OptionsError> {
+    let mut options = mqtt::client_options(broker, client_id, None, 16)?;
+    options.set_manual_acks(true);
+    options.set_clean_start(false);
+    options.set_session_expiry_interval(Some(7 * 24 * 3600));
+    options.set_receive_maximum(Some(max_inflight));
+    Ok(options)
+}
+
+/// A message from the broker, kept until its batch is committed so it can be acknowledged.
+enum Incoming {
+    Readings(Publish),
+    Status(Publish),
+}
+
+impl Consumer {
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(self) -> Result<(), ConsumeError> {
+        let Consumer {
+            settings,
+            record,
+            mqtt: (client, events),
+            stats,
+            shutdown,
+        } = self;
+        let capacity = usize::from(settings.max_inflight) * 2 + 16;
+        let (tx, mut rx) = mpsc::channel(capacity);
+        let poller = tokio::spawn(poll_events(
+            client.clone(),
+            events,
+            settings.group.clone(),
+            tx,
+            shutdown.clone(),
+            settings.max_backoff,
+        ));
+        let mut known = KnownGateways::default();
+        let mut batch: Vec<Publish> = Vec::new();
+        let mut readings_in_batch = 0usize;
+        loop {
+            // Wait for the first message of a batch (or the end).
+            let first = tokio::select! {
+                () = shutdown.cancelled() => None,
+                m = rx.recv() => m,
+            };
+            let Some(first) = first else { break };
+            let deadline = tokio::time::Instant::now() + settings.batch_linger;
+            let mut next = Some(first);
+            loop {
+                match next.take() {
+                    Some(Incoming::Status(p)) => {
+                        record_status(&record, &stats, &p).await;
+                        ack(&client, &p).await?;
+                    }
+                    Some(Incoming::Readings(p)) => {
+                        readings_in_batch += approx_readings(&p);
+                        batch.push(p);
+                    }
+                    None => {}
+                }
+                if readings_in_batch >= settings.batch_max {
+                    break;
+                }
+                next = match rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(_) if batch.is_empty() => break,
+                    Err(_) => tokio::select! {
+                        () = tokio::time::sleep_until(deadline) => break,
+                        m = rx.recv() => match m { Some(m) => Some(m), None => break },
+                    },
+                };
+            }
+            if !batch.is_empty() {
+                process(&settings, &record, &stats, &mut known, &batch).await;
+                for p in batch.drain(..) {
+                    ack(&client, &p).await?;
+                }
+                readings_in_batch = 0;
+            }
+        }
+        poller.abort();
+        let _ = client.try_disconnect();
+        Ok(())
+    }
+}
+
+/// Readings in a message, estimated from its size, for batch sizing only.
+fn approx_readings(p: &Publish) -> usize {
+    (p.payload.len() / 400).max(1)
+}
+
+async fn ack(client: &AsyncClient, p: &Publish) -> Result<(), ConsumeError> {
+    client.ack(p).await.map_err(|_| ConsumeError::ClientGone)
+}
+
+/// The event-loop task: polls rumqttc, (re)subscribes on every connection and forwards
+/// messages to the batcher. It never waits on anything but the broker: the channel has room
+/// for every message the broker may have outstanding.
+async fn poll_events(
+    client: AsyncClient,
+    mut events: EventLoop,
+    group: String,
+    tx: mpsc::Sender<Incoming>,
+    shutdown: CancellationToken,
+    max_backoff: Duration,
+) {
+    let mut failures = 0u32;
+    let readings = topic::shared(&group, Channel::Readings);
+    // Retained status messages are not delivered to shared subscriptions (MQTT 5, 4.8.2):
+    // every node subscribes to them directly; recording them is idempotent.
+    let statuses = topic::all_gateways(Channel::Status);
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => return,
+            e = events.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                failures = 0;
+                tracing::info!(
+                    session_present = c.session_present,
+                    "ingest connected to the broker"
+                );
+                let _ = client.try_subscribe(&readings, QoS::AtLeastOnce);
+                let _ = client.try_subscribe(&statuses, QoS::AtLeastOnce);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let msg = if p.topic.ends_with(b"/status") {
+                    Incoming::Status(p)
+                } else {
+                    Incoming::Readings(p)
+                };
+                if tx.try_send(msg).is_err() {
+                    // Only possible if the broker ignores our receive maximum; the message
+                    // stays unacknowledged and comes back with the session.
+                    tracing::error!(
+                        "ingest channel full: the broker sent more than the receive maximum"
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "ingest lost the broker connection");
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(mqtt::backoff(failures, max_backoff)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Gateways known to the registry, so most messages cost no lookup.
+#[derive(Default)]
+struct KnownGateways(HashSet<GatewayId>);
+
+/// A rejection waiting to be written to the dead-letter table.
+struct Dead {
+    topic: String,
+    gateway: Option<GatewayId>,
+    reason: RejectReason,
+    error: String,
+    payload: Vec<u8>,
+}
+
+/// Validates, stores and dead-letters one batch. Returns only when all of it is committed
+/// (database errors are retried until they clear).
+async fn process(
+    settings: &ConsumerSettings,
+    record: &Record,
+    stats: &IngestStats,
+    known: &mut KnownGateways,
+    batch: &[Publish],
+) {
+    let now = OffsetDateTime::now_utc();
+    let mut good: Vec<(Reading, Vec<Observed>)> = Vec::new();
+    // Which message each good reading came from, for the fallback path.
+    let mut origin: Vec<usize> = Vec::new();
+    let mut dead: Vec<Dead> = Vec::new();
+    for (m, p) in batch.iter().enumerate() {
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        let envelope = match Envelope::decode_from(&topic, &p.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                let gateway = vitals::Topic::parse(&topic).ok().map(|t| t.gateway);
+                dead.push(Dead {
+                    topic,
+                    gateway,
+                    reason: e.reason(),
+                    error: e.to_string(),
+                    payload: p.payload.to_vec(),
+                });
+                continue;
+            }
+        };
+        let gw_known = known.0.contains(&envelope.gateway) || {
+            let found = retry(settings, stats, || async {
+                record.gateway(&envelope.gateway).await.map(|g| g.is_some())
+            })
+            .await;
+            if found {
+                known.0.insert(envelope.gateway.clone());
+            }
+            found
+        };
+        if !gw_known {
+            dead.push(Dead {
+                topic,
+                gateway: Some(envelope.gateway.clone()),
+                reason: RejectReason::UnknownGateway,
+                error: format!("gateway `{}` is not registered", envelope.gateway),
+                payload: p.payload.to_vec(),
+            });
+            continue;
+        }
+        match retry_permanent(settings, stats, || {
+            record.check_and_advance_seq(&envelope.gateway, envelope.seq)
+        })
+        .await
+        {
+            Ok(SeqCheck::Replay { last }) => {
+                stats.replays.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(gateway = %envelope.gateway, seq = envelope.seq, last, "replayed envelope (kept; readings dedup by id)");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "could not track the envelope sequence"),
+        }
+        for reading in envelope.readings {
+            match check_reading(settings, record, stats, &reading, now).await {
+                Ok(values) => {
+                    good.push((reading, values));
+                    origin.push(m);
+                }
+                Err((reason, error)) => dead.push(Dead {
+                    topic: topic.clone(),
+                    gateway: Some(envelope.gateway.clone()),
+                    reason,
+                    error,
+                    payload: serde_json::to_vec(&reading).unwrap_or_default(),
+                }),
+            }
+        }
+    }
+    store(settings, record, stats, &good, &origin, &mut dead).await;
+    for d in dead {
+        retry(settings, stats, || {
+            record.dead_letter(&d.topic, d.gateway.as_ref(), d.reason, &d.error, &d.payload)
+        })
+        .await;
+        stats.reject(d.reason);
+    }
+    // Counted once everything the messages carried is committed (readings and dead letters).
+    stats
+        .messages
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+}
+
+/// Units, plausible ranges, clock sanity and the binding of gateway, device and patient.
+async fn check_reading(
+    settings: &ConsumerSettings,
+    record: &Record,
+    stats: &IngestStats,
+    r: &Reading,
+    now: OffsetDateTime,
+) -> Result<Vec<Observed>, (RejectReason, String)> {
+    let values = r.normalized().map_err(|e| (e.reason(), e.to_string()))?;
+    if r.measured_at > now + settings.max_future {
+        return Err((
+            RejectReason::ClockSanity,
+            format!("measured {} in the future", r.measured_at - now),
+        ));
+    }
+    if r.measured_at > r.received_at + settings.max_future {
+        return Err((
+            RejectReason::ClockSanity,
+            "measured after it was received".into(),
+        ));
+    }
+    let bound = retry(settings, stats, || {
+        record.binding_for(&r.gateway, &r.device.id, r.user_index, r.measured_at)
+    })
+    .await;
+    match bound {
+        Some(p) if p == r.patient => Ok(values),
+        Some(_) => Err((
+            RejectReason::UnboundDevice,
+            "the device is bound to another patient on this gateway".into(),
+        )),
+        None => Err((
+            RejectReason::UnboundDevice,
+            "the device is not bound to a patient on this gateway at that time".into(),
+        )),
+    }
+}
+
+/// Commits the good readings in one transaction; if the record refuses the batch permanently,
+/// stores message by message and dead-letters what still fails.
+async fn store(
+    settings: &ConsumerSettings,
+    record: &Record,
+    stats: &IngestStats,
+    good: &[(Reading, Vec<Observed>)],
+    origin: &[usize],
+    dead: &mut Vec<Dead>,
+) {
+    if good.is_empty() {
+        return;
+    }
+    match retry_permanent(settings, stats, || record.insert_batch(good)).await {
+        Ok(outcome) => count(stats, outcome.new_count(), outcome.duplicates),
+        Err(e) => {
+            tracing::error!(error = %e, "the record refused a batch; storing message by message");
+            let mut start = 0;
+            while start < good.len() {
+                let end = start
+                    + origin[start..]
+                        .iter()
+                        .take_while(|m| **m == origin[start])
+                        .count();
+                let part = &good[start..end];
+                match retry_permanent(settings, stats, || record.insert_batch(part)).await {
+                    Ok(outcome) => count(stats, outcome.new_count(), outcome.duplicates),
+                    Err(e) => {
+                        for (r, _) in part {
+                            dead.push(Dead {
+                                topic: vitals::Topic::new(r.gateway.clone(), Channel::Readings)
+                                    .to_string(),
+                                gateway: Some(r.gateway.clone()),
+                                reason: RejectReason::StoreFailed,
+                                error: e.to_string(),
+                                payload: serde_json::to_vec(r).unwrap_or_default(),
+                            });
+                        }
+                    }
+                }
+                start = end;
+            }
+        }
+    }
+}
+
+fn count(stats: &IngestStats, new: usize, duplicates: usize) {
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats
+        .readings_stored
+        .fetch_add(new as u64, Ordering::Relaxed);
+    stats
+        .readings_duplicate
+        .fetch_add(duplicates as u64, Ordering::Relaxed);
+}
+
+async fn record_status(record: &Record, stats: &IngestStats, p: &Publish) {
+    let Ok(status) = serde_json::from_slice::<GatewayStatus>(&p.payload) else {
+        stats.reject(RejectReason::Schema);
+        return;
+    };
+    let topic_gw = vitals::Topic::parse(&String::from_utf8_lossy(&p.topic))
+        .ok()
+        .map(|t| t.gateway);
+    if topic_gw.as_ref() != Some(&status.gateway) {
+        stats.reject(RejectReason::GatewayMismatch);
+        return;
+    }
+    match record.record_gateway_status(&status).await {
+        Ok(_) => {
+            stats.statuses.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => tracing::warn!(error = %e, "could not record a gateway status"),
+    }
+}
+
+/// Runs a database operation until it succeeds or fails permanently; transient failures
+/// (connection lost, busy) are retried with capped, jittered backoff, never acknowledged.
+async fn retry_permanent<T, F, Fut>(
+    settings: &ConsumerSettings,
+    stats: &IngestStats,
+    mut op: F,
+) -> Result<T, RecordError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RecordError>>,
+{
+    let mut failures = 0u32;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() => {
+                failures = failures.saturating_add(1);
+                stats.db_retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, failures, "database unavailable; retrying");
+                tokio::time::sleep(mqtt::backoff(failures, settings.max_backoff)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// [`retry_permanent`] for lookups whose permanent failure means "not found / no": logged,
+/// and answered with the default (an unknown gateway, no binding), which dead-letters the
+/// input rather than losing it.
+async fn retry<T: Default, F, Fut>(settings: &ConsumerSettings, stats: &IngestStats, op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RecordError>>,
+{
+    match retry_permanent(settings, stats, op).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "database lookup failed permanently");
+            T::default()
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Long-running subcommands: wiring components together, signals and orderly shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+/// A token cancelled by Ctrl-C or SIGTERM.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    t.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down: finishing the current batch");
+        t.cancel();
+    });
+    token
+}
+
+/// A stable MQTT client id for a persistent session on this machine.
+fn default_client_id(prefix: &str) -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(40)
+        .collect();
+    if host.is_empty() {
+        prefix.to_owned()
+    } else {
+        format!("{prefix}-{host}")
+    }
+}
+
+/// `rpm ingest`.
+pub async fn ingest(config: ingest::config::IngestConfig) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signals();
+    let record = ingest::record::Record::open(&config.database)
+        .await
+        .context("cannot open the patient record")?;
+    let client_id = config
+        .broker
+        .client_id
+        .clone()
+        .unwrap_or_else(|| default_client_id("rpm-ingest"));
+    let options =
+        ingest::consume::client_options(&config.broker, &client_id, config.consumer.max_inflight)?;
+    let capacity = options.request_channel_capacity();
+    let stats = Arc::new(ingest::consume::IngestStats::default());
+    let consumer = ingest::consume::Consumer {
+        settings: ingest::consume::ConsumerSettings {
+            group: config.consumer.group.clone(),
+            batch_max: config.consumer.batch_max,
+            batch_linger: config.consumer.batch_linger,
+            max_inflight: config.consumer.max_inflight,
+            max_future: config.clock.max_future,
+            max_backoff: Duration::from_secs(30),
+        },
+        record: record.clone(),
+        mqtt: rumqttc::v5::AsyncClient::new(options, capacity),
+        stats: stats.clone(),
+        shutdown: shutdown.clone(),
+    };
+    tracing::info!(broker = %config.broker.url, group = %config.consumer.group, "ingest starting");
+    let progress = {
+        let stats = stats.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = tick.tick() => tracing::info!(
+                        messages = stats.messages.load(Ordering::Relaxed),
+                        stored = stats.readings_stored.load(Ordering::Relaxed),
+                        duplicates = stats.readings_duplicate.load(Ordering::Relaxed),
+                        rejected = stats.rejected_total(),
+                        "ingest progress"
+                    ),
+                }
+            }
+        })
+    };
+    consumer.run().await?;
+    progress.abort();
+    record.close().await;
+    tracing::info!(
+        stored = stats.readings_stored.load(Ordering::Relaxed),
+        rejected = stats.rejected_total(),
+        "ingest stopped"
+    );
+    Ok(())
+}
