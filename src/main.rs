@@ -50,6 +50,21 @@ enum Command {
     /// Validate an MQTT readings payload (wire envelope v1) and say exactly what is wrong.
     #[command(subcommand)]
     Envelope(EnvelopeCommand),
+    /// The home hub: devices → durable queue → MQTT. This build drives it with simulated
+    /// devices (`--simulate`); the BlueZ backend for real devices is not in it yet.
+    Gateway {
+        /// The gateway configuration file (see `rpm config sample gateway`).
+        #[arg(long)]
+        config: PathBuf,
+        /// Play a clinical scenario on simulated devices that speak the real GATT bytes: a
+        /// shipped name (copd_stable, copd_exacerbation, hypertensive_crisis, hypotension,
+        /// measurement_faults, clock_faults, week_away) or a scenario file.
+        #[arg(long, required = true)]
+        simulate: String,
+        /// Exit once the scenario has played and every reading was acknowledged by the broker.
+        #[arg(long)]
+        exit_when_drained: bool,
+    },
     /// The server: consume readings from the broker, validate them and store them in the
     /// patient record (runs until Ctrl-C or SIGTERM).
     Ingest {
@@ -160,6 +175,29 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             hex,
         } => decode(&characteristic, &hex.join(" ")),
         Command::Rules(command) => rules_cli::run(command),
+        Command::Gateway {
+            config,
+            simulate,
+            exit_when_drained,
+        } => {
+            let config =
+                config::load::<gateway::config::GatewayConfig>(Component::Gateway, &config, |c| {
+                    c.check()
+                })?;
+            let scenario = match simulators::scenario::Scenario::builtin(&simulate) {
+                Some(s) => s?,
+                None => simulators::scenario::Scenario::load(&simulate).with_context(|| {
+                    let names: Vec<&str> =
+                        simulators::scenario::Scenario::builtin_names().collect();
+                    format!(
+                        "`{simulate}` is neither a shipped scenario ({}) nor a readable file",
+                        names.join(", ")
+                    )
+                })?,
+            };
+            runtime()?.block_on(serve::gateway(config, scenario, exit_when_drained))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ingest { config } => {
             let config =
                 config::load::<ingest::config::IngestConfig>(Component::Ingest, &config, |c| {

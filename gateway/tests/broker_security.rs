@@ -698,12 +698,11 @@ async fn a_forwarder_whose_gateway_id_is_not_its_user_name_is_refused_and_keeps_
     // Claims to be gw-0002, logs in as gw-0001.
     let run = start_forwarder("gw-0002", &broker.plain("gw-0001"), queue.clone());
 
-    // Refused, reconnects, refused again: it neither gives up nor drops anything.
+    // Refused, backs off, refused again: it neither gives up nor drops anything.
     wait_for("two refused messages", async || {
         run.stats.messages_refused.load(Ordering::Relaxed) >= 2
     })
     .await;
-    assert!(run.stats.connects.load(Ordering::Relaxed) >= 2);
     assert_eq!(run.stats.readings_acked.load(Ordering::Relaxed), 0);
     assert_eq!(depth(&queue).await, 120, "the readings stay queued");
     run.stop().await;

@@ -149,6 +149,7 @@ fn start(port: u16, queue: Queue, batch_max: usize) -> Running {
         status_interval: Duration::from_secs(60),
         disk_low_bytes: 1,
         max_backoff: Duration::from_millis(500),
+        poll_interval: Duration::from_secs(1),
     };
     let will = publish::offline_status(&gw()).expect("json");
     let status_topic = Topic::new(gw(), Channel::Status).to_string();
@@ -377,6 +378,40 @@ async fn a_retained_config_is_taken_and_a_malformed_one_is_refused() {
         Some(7),
         "the last good config is kept"
     );
+    run.shutdown.cancel();
+    let _ = run.task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_nobody_subscribes_to_stay_queued_until_someone_does() {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = Queue::open(dir.path().join("q.db")).await.expect("queue");
+    let readings: Vec<Reading> = (0..10).map(reading).collect();
+    queue.push(&readings).await.expect("push");
+    // No ingest session exists yet: Mosquitto answers "no matching subscribers" (0x10).
+    let run = start(broker.port(), queue.clone(), 100);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while run.stats.messages_refused.load(Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broker never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        queue.depth().await.expect("depth").readings,
+        10,
+        "nothing is dropped for want of a subscriber"
+    );
+    assert_eq!(run.stats.readings_acked.load(Ordering::Relaxed), 0);
+    // A consumer appears: the forwarder's retry delivers everything.
+    let mut seen = subscriber(broker.port()).await;
+    assert_eq!(wait_until_empty(&queue, Duration::from_secs(30)).await, 0);
+    seen.wait_for(10, Duration::from_secs(10)).await;
+    assert_eq!(seen.ids.len(), 10);
     run.shutdown.cancel();
     let _ = run.task.await;
 }

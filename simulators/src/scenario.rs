@@ -32,6 +32,38 @@ use crate::clock::SimClock;
 use crate::device::{DeviceKind, Emission, SimDeviceConfig, SimWorld};
 use crate::physiology::{Baseline, Physiology, Trend};
 
+/// The scenarios under `fixtures/scenarios/`, embedded.
+const BUILTIN: &[(&str, &str)] = &[
+    (
+        "copd_stable",
+        include_str!("../../fixtures/scenarios/copd_stable.toml"),
+    ),
+    (
+        "copd_exacerbation",
+        include_str!("../../fixtures/scenarios/copd_exacerbation.toml"),
+    ),
+    (
+        "hypertensive_crisis",
+        include_str!("../../fixtures/scenarios/hypertensive_crisis.toml"),
+    ),
+    (
+        "hypotension",
+        include_str!("../../fixtures/scenarios/hypotension.toml"),
+    ),
+    (
+        "measurement_faults",
+        include_str!("../../fixtures/scenarios/measurement_faults.toml"),
+    ),
+    (
+        "clock_faults",
+        include_str!("../../fixtures/scenarios/clock_faults.toml"),
+    ),
+    (
+        "week_away",
+        include_str!("../../fixtures/scenarios/week_away.toml"),
+    ),
+];
+
 /// A scenario file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -232,9 +264,28 @@ impl Scenario {
                 path: p.clone(),
                 source,
             })?;
-        let s: Scenario = toml::from_str(&text).map_err(|e| invalid(&p, e.to_string()))?;
-        s.check(&p)?;
+        Self::from_toml(&p, &text)
+    }
+
+    /// Parses and checks scenario text; `origin` names it in errors.
+    pub fn from_toml(origin: &str, text: &str) -> Result<Scenario, ScenarioError> {
+        let s: Scenario = toml::from_str(text).map_err(|e| invalid(origin, e.to_string()))?;
+        s.check(origin)?;
         Ok(s)
+    }
+
+    /// A scenario shipped with the project, by name (`copd_exacerbation`), so `rpm gateway
+    /// --simulate NAME` works from any directory.
+    pub fn builtin(name: &str) -> Option<Result<Scenario, ScenarioError>> {
+        BUILTIN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(n, text)| Self::from_toml(n, text))
+    }
+
+    /// The names of the shipped scenarios.
+    pub fn builtin_names() -> impl Iterator<Item = &'static str> {
+        BUILTIN.iter().map(|(n, _)| *n)
     }
 
     fn check(&self, p: &str) -> Result<(), ScenarioError> {
@@ -349,11 +400,28 @@ async fn settle(
     }
 }
 
-/// Runs a scenario with the queue at `queue_path`.
+/// Runs a scenario with the queue at `queue_path`, as gateway `gw-sim`, from the scenario's
+/// own start date.
 pub async fn run(scenario: &Scenario, queue_path: &Path) -> Result<Outcome, ScenarioError> {
+    let gateway = GatewayId::new("gw-sim").map_err(|e| invalid(&scenario.name, e.to_string()))?;
+    run_as(scenario, queue_path, gateway, None).await
+}
+
+/// Runs a scenario with the queue at `queue_path` as `gateway` (the id stamped on every
+/// reading), starting at `start` instead of the file's date when given (`rpm gateway
+/// --simulate` starts scenarios so that they end now).
+pub async fn run_as(
+    scenario: &Scenario,
+    queue_path: &Path,
+    gateway: GatewayId,
+    start: Option<OffsetDateTime>,
+) -> Result<Outcome, ScenarioError> {
     let p = scenario.name.as_str();
-    let start =
-        OffsetDateTime::parse(&scenario.start, &Rfc3339).map_err(|e| invalid(p, e.to_string()))?;
+    let start = match start {
+        Some(t) => t,
+        None => OffsetDateTime::parse(&scenario.start, &Rfc3339)
+            .map_err(|e| invalid(p, e.to_string()))?,
+    };
     let queue = Queue::open(queue_path).await?;
     let clock = SimClock::new(start);
     let world = Arc::new(SimWorld::new(clock.clone(), Some(queue.clone())));
@@ -407,7 +475,7 @@ pub async fn run(scenario: &Scenario, queue_path: &Path) -> Result<Outcome, Scen
     }
     let bindings: Arc<[DeviceBinding]> = bindings.into();
     let config = SessionConfig {
-        gateway: GatewayId::new("gw-sim").map_err(|e| invalid(p, e.to_string()))?,
+        gateway,
         clock_tolerance: Duration::from_secs(2),
         watchdog: Duration::from_secs(30),
         backoff: BackoffConfig {

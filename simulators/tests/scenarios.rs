@@ -49,6 +49,12 @@ fn every_scenario_file_has_a_test() {
         })
         .collect();
     files.sort();
+    let mut builtin: Vec<String> = Scenario::builtin_names().map(str::to_owned).collect();
+    builtin.sort();
+    assert_eq!(
+        files, builtin,
+        "every scenario file is embedded for rpm gateway --simulate"
+    );
     let mut tested: Vec<String> = TESTED.iter().map(|s| (*s).to_owned()).collect();
     tested.sort();
     assert_eq!(files, tested);

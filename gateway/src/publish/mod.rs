@@ -54,6 +54,9 @@ pub struct ForwarderSettings {
     pub disk_low_bytes: u64,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// Look at the queue at least this often even without a wake-up (readings pushed by
+    /// another process, or a missed notification).
+    pub poll_interval: Duration,
 }
 
 /// Counters a caller (status page, tests, benchmarks) can read at any time.
@@ -85,7 +88,7 @@ pub type DeviceStatuses = watch::Receiver<Vec<DeviceStatus>>;
 /// A message submitted to rumqttc whose PUBACK we wait for.
 #[derive(Debug)]
 enum Pending {
-    Readings { seqs: Vec<u64> },
+    Readings { seqs: Vec<u64>, lane: Lane },
     Status,
 }
 
@@ -109,6 +112,10 @@ struct State {
     next_lane: Lane,
     connected: bool,
     linger_until: Option<Instant>,
+    /// After a refused message: submit nothing until then.
+    paused_until: Option<Instant>,
+    /// Refusals in a row, for the backoff.
+    refusals: u32,
 }
 
 impl State {
@@ -122,6 +129,8 @@ impl State {
             next_lane: Lane::Live,
             connected: false,
             linger_until: None,
+            paused_until: None,
+            refusals: 0,
         }
     }
 
@@ -206,6 +215,7 @@ impl Forwarder {
                 }
             }
             let linger = state.linger_until;
+            let paused = state.paused_until;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -244,20 +254,31 @@ impl Forwarder {
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         let Some(pending) = state.awaiting.remove(&ack.pkid) else { continue };
-                        let refused = !matches!(ack.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers);
+                        // "No matching subscribers" means nobody will ever get the message (no
+                        // ingest session exists): for readings that is not delivery.
+                        let delivered = matches!(ack.reason, PubAckReason::Success);
                         match pending {
-                            Pending::Readings { seqs } if !refused => {
+                            Pending::Readings { seqs, .. } if delivered => {
                                 queue.ack(&seqs).await?;
                                 stats.readings_acked.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+                                state.refusals = 0;
                             }
-                            Pending::Readings { .. } => {
+                            Pending::Readings { seqs, lane } => {
                                 stats.messages_refused.fetch_add(1, Ordering::Relaxed);
-                                tracing::error!(reason = ?ack.reason, "broker refused a readings message; they stay queued");
-                                // Try again later from the queue head rather than spin on a refusal.
-                                state.disconnected();
-                                let _ = client.try_disconnect();
+                                state.refusals = state.refusals.saturating_add(1);
+                                let pause = mqtt::backoff(state.refusals, settings.max_backoff).max(Duration::from_millis(200));
+                                tracing::error!(reason = ?ack.reason, retry_in = ?pause, "broker did not take a readings message; they stay queued");
+                                state.paused_until = Some(Instant::now() + pause);
+                                // Send this batch (and what followed it on its lane) again later.
+                                let before = seqs.first().map_or(0, |s| s.saturating_sub(1));
+                                match lane {
+                                    Lane::Backlog => state.backlog_cursor = state.backlog_cursor.min(before),
+                                    Lane::Live => state.live_cursor = state.live_cursor.min(before),
+                                }
                             }
-                            Pending::Status if refused => tracing::warn!(reason = ?ack.reason, "broker refused the status message"),
+                            Pending::Status if !matches!(ack.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers) => {
+                                tracing::warn!(reason = ?ack.reason, "broker refused the status message");
+                            }
                             Pending::Status => {}
                         }
                     }
@@ -295,7 +316,9 @@ impl Forwarder {
                     }
                 },
                 () = wake.notified(), if state.connected => {}
+            () = tokio::time::sleep(settings.poll_interval), if state.connected => {}
                 () = sleep_until(linger), if linger.is_some() => fill_window_now(&mut state),
+            () = sleep_until(paused), if paused.is_some() => {}
                 () = tokio::time::sleep_until(next_status), if state.connected => {}
             }
         }
@@ -324,6 +347,12 @@ async fn fill_window(
     stats: &ForwarderStats,
 ) -> Result<(), QueueError> {
     let batch_max = settings.forward.batch_max;
+    if let Some(until) = state.paused_until {
+        if Instant::now() < until {
+            return Ok(());
+        }
+        state.paused_until = None;
+    }
     while state.in_flight() < usize::from(settings.forward.max_inflight) {
         let (lane, batch) = next_batch(queue, state, batch_max).await?;
         let Some(last) = batch.last() else {
@@ -356,7 +385,7 @@ async fn fill_window(
             // The request channel is full or closed: the event loop will report why.
             return Ok(());
         }
-        state.submitted.push_back(Pending::Readings { seqs });
+        state.submitted.push_back(Pending::Readings { seqs, lane });
         stats.messages_sent.fetch_add(1, Ordering::Relaxed);
         match lane {
             Lane::Backlog => state.backlog_cursor = last_seq,
