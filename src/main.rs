@@ -1,6 +1,7 @@
 //! `rpm`: the one binary of the remote patient monitoring system. Each part of the system is a
 //! subcommand; `rpm --help` lists what this build can do.
 
+mod bench_ingest;
 mod bench_rules;
 mod config;
 mod logging;
@@ -106,6 +107,26 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Ingest's sustained rate with durability on, beside the bare broker subscriber rate and
+    /// the raw bulk-insert rate of the same database, measured in the same run.
+    Ingest {
+        /// The broker to publish through.
+        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+        broker: String,
+        /// Also measure on this PostgreSQL database (a scratch one: the bench registers a
+        /// synthetic fleet and inserts readings).
+        #[arg(long)]
+        postgres: Option<String>,
+        /// Readings per run.
+        #[arg(long, default_value_t = 100_000)]
+        readings: usize,
+        /// Readings per MQTT message.
+        #[arg(long, default_value_t = 200)]
+        per_message: usize,
+        /// Patients in the synthetic fleet.
+        #[arg(long, default_value_t = 200)]
+        patients: usize,
+    },
     /// The rules engine: throughput and per-reading latency with many patients, and the cost
     /// per reading as one patient's history grows.
     Rules {
@@ -216,6 +237,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Devices { database, command } => {
             runtime()?.block_on(registry_cli::run_devices(&database, command))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Ingest {
+            broker,
+            postgres,
+            readings,
+            per_message,
+            patients,
+        }) => {
+            let opts = bench_ingest::Options {
+                broker,
+                postgres,
+                readings,
+                per_message,
+                patients,
+            };
+            let report = runtime()?.block_on(bench_ingest::run(&opts))?;
+            print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Rules {

@@ -1,0 +1,254 @@
+//! `rpm bench ingest`: ingest's sustained rate with durability on, beside two baselines
+//! measured in the same run on the same machine:
+//!
+//! - **bare subscriber:** the same envelopes published to the same broker and received by a
+//!   plain QoS 1 subscriber that does nothing with them (the broker's ceiling);
+//! - **raw insert:** equivalent rows bulk-inserted into the same database with the same
+//!   durability and transaction size, without validation, dedup or indexes (the database's
+//!   ceiling; [`ingest::record::Record::raw_insert_benchmark`]).
+//!
+//! Targets (issue 6): ingest ≥ 0.8 × bare subscriber and ≥ 0.5 × raw insert, and at least
+//! 20 000 readings/s on two cores.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ingest::consume::{Consumer, ConsumerSettings, IngestStats};
+use ingest::record::Record;
+use ingest::record::bench::BenchFleet;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio_util::sync::CancellationToken;
+use vitals::{BrokerConfig, Envelope};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The broker (`mqtt://host:port`), e.g. a local Mosquitto.
+    pub broker: String,
+    /// PostgreSQL to measure as well (a scratch database: the bench registers a fleet).
+    pub postgres: Option<String>,
+    /// Readings per run.
+    pub readings: usize,
+    /// Readings per MQTT message.
+    pub per_message: usize,
+    /// Patients in the synthetic fleet.
+    pub patients: usize,
+}
+
+/// Runs the benchmark and returns a markdown report.
+pub async fn run(opts: &Options) -> anyhow::Result<String> {
+    let broker: BrokerConfig = BrokerConfig::new(
+        opts.broker
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?,
+    );
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## rpm bench ingest\n\n{} readings in messages of {}, {} patients; broker {}\n",
+        opts.readings, opts.per_message, opts.patients, opts.broker
+    );
+    let _ = writeln!(
+        out,
+        "| database | bare subscriber (readings/s) | raw insert (readings/s) | ingest (readings/s) | ingest / subscriber | ingest / raw insert |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    let dir = tempfile::tempdir()?;
+    let mut targets = vec![(
+        "SQLite".to_owned(),
+        format!("sqlite:{}", dir.path().join("bench.db").display()),
+    )];
+    if let Some(pg) = &opts.postgres {
+        targets.push(("PostgreSQL".to_owned(), pg.clone()));
+    }
+    for (name, url) in targets {
+        let record = Record::connect(&url, 8)
+            .await
+            .with_context(|| format!("cannot open {name}"))?;
+        let fleet = BenchFleet::setup(&record, opts.patients).await?;
+        let raw = record
+            .raw_insert_benchmark(opts.readings, 2000)
+            .await?
+            .readings_per_sec();
+        let first = record.count_readings().await? + 1_000_000_000;
+        let bare = bare_subscriber(&broker, &fleet, first, opts).await?;
+        let ingest =
+            ingest_rate(&broker, &record, &fleet, first + opts.readings as u64, opts).await?;
+        let _ = writeln!(
+            out,
+            "| {name} | {bare:.0} | {raw:.0} | {ingest:.0} | {:.2} | {:.2} |",
+            ingest / bare,
+            ingest / raw
+        );
+        record.close().await;
+    }
+    let _ = writeln!(
+        out,
+        "\nEach rate is readings divided by wall time from the first publish to the last reading \
+         received (subscriber) or committed (ingest); one publisher, QoS 1, durability on."
+    );
+    Ok(out)
+}
+
+fn envelopes(fleet: &BenchFleet, first: u64, opts: &Options) -> Vec<Vec<u8>> {
+    let mut seq = first;
+    fleet
+        .readings(first, opts.readings)
+        .chunks(opts.per_message.max(1))
+        .map(|chunk| {
+            seq += 1;
+            Envelope {
+                v: vitals::ENVELOPE_VERSION,
+                gateway: fleet.gateway.clone(),
+                seq,
+                sent_at: time::OffsetDateTime::now_utc(),
+                readings: chunk.iter().map(|(r, _)| r.clone()).collect(),
+            }
+            .encode()
+        })
+        .collect()
+}
+
+async fn publish_all(
+    broker: BrokerConfig,
+    client_id: String,
+    payloads: Vec<Vec<u8>>,
+    topic: String,
+) -> anyhow::Result<()> {
+    let mut opts = MqttOptions::new(client_id, broker.url.host.clone(), broker.url.port);
+    opts.set_max_packet_size(Some(4 * 1024 * 1024));
+    opts.set_outgoing_inflight_upper_limit(100);
+    let (client, mut events) = AsyncClient::new(opts, 200);
+    let n = payloads.len();
+    let sender = tokio::spawn(async move {
+        for p in payloads {
+            if client
+                .publish(&topic, QoS::AtLeastOnce, false, p)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        client
+    });
+    let mut acked = 0;
+    while acked < n {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(_) => {}
+            Err(e) => anyhow::bail!("publisher lost the broker: {e}"),
+        }
+    }
+    let client = sender.await?;
+    let _ = client.disconnect().await;
+    Ok(())
+}
+
+async fn bare_subscriber(
+    broker: &BrokerConfig,
+    fleet: &BenchFleet,
+    first: u64,
+    opts: &Options,
+) -> anyhow::Result<f64> {
+    let payloads = envelopes(fleet, first, opts);
+    let expected = payloads.len();
+    let topic = vitals::Topic::new(fleet.gateway.clone(), vitals::Channel::Readings).to_string();
+    let mut sub_opts = MqttOptions::new(
+        format!("bench-sub-{first}"),
+        broker.url.host.clone(),
+        broker.url.port,
+    );
+    sub_opts.set_max_packet_size(Some(4 * 1024 * 1024));
+    let (sub, mut events) = AsyncClient::new(sub_opts, 200);
+    sub.subscribe(&topic, QoS::AtLeastOnce).await?;
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = events.poll().await? {
+            break;
+        }
+    }
+    let started = Instant::now();
+    let publisher = tokio::spawn(publish_all(
+        broker.clone(),
+        format!("bench-pub-{first}"),
+        payloads,
+        topic,
+    ));
+    let mut got = 0;
+    while got < expected {
+        match tokio::time::timeout(Duration::from_secs(60), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(_)))) => got += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => anyhow::bail!("subscriber lost the broker: {e}"),
+            Err(_) => {
+                anyhow::bail!("the bare subscriber received {got} of {expected} messages in 60 s")
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    publisher.await??;
+    let _ = sub.disconnect().await;
+    Ok(opts.readings as f64 / elapsed.as_secs_f64())
+}
+
+async fn ingest_rate(
+    broker: &BrokerConfig,
+    record: &Record,
+    fleet: &BenchFleet,
+    first: u64,
+    opts: &Options,
+) -> anyhow::Result<f64> {
+    let payloads = envelopes(fleet, first, opts);
+    let topic = vitals::Topic::new(fleet.gateway.clone(), vitals::Channel::Readings).to_string();
+    let stats = Arc::new(IngestStats::default());
+    let shutdown = CancellationToken::new();
+    let client_id = format!("bench-ingest-{first}");
+    let options = ingest::consume::client_options(broker, &client_id, 256)?;
+    let capacity = options.request_channel_capacity();
+    let consumer = Consumer {
+        settings: ConsumerSettings {
+            group: format!("bench{first}"),
+            batch_max: 2000,
+            batch_linger: Duration::from_millis(20),
+            max_inflight: 256,
+            max_future: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(2),
+        },
+        record: record.clone(),
+        mqtt: AsyncClient::new(options, capacity),
+        stats: stats.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let task = tokio::spawn(consumer.run());
+    // The consumer subscribes on connecting; give it a moment before the clock starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let publisher = tokio::spawn(publish_all(
+        broker.clone(),
+        format!("bench-pub-{first}"),
+        payloads,
+        topic,
+    ));
+    let deadline = started + Duration::from_secs(300);
+    while stats.readings_stored.load(Ordering::Relaxed) < opts.readings as u64 {
+        if Instant::now() > deadline || task.is_finished() {
+            anyhow::bail!(
+                "ingest stored {} of {} readings (rejected {})",
+                stats.readings_stored.load(Ordering::Relaxed),
+                opts.readings,
+                stats.rejected_total()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    publisher.await??;
+    shutdown.cancel();
+    let _ = task.await;
+    Ok(opts.readings as f64 / elapsed.as_secs_f64())
+}
