@@ -22,4 +22,5 @@
 
 pub mod config;
 pub mod consume;
+pub mod http;
 pub mod record;

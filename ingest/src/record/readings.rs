@@ -428,6 +428,40 @@ impl Record {
         Ok(ReadingsPage { readings, next })
     }
 
+    /// One reading by id, with its values, or `None` when the record has no such reading.
+    pub async fn reading(&self, id: &ReadingId) -> Result<Option<StoredReading>> {
+        let id = id.to_string();
+        let (row, values) = with_pool!(self, read, |pool, DB| {
+            let row: Option<ReadingDbRow> = sqlx::query_as(
+                "SELECT reading_id, patient_key, device_id, gateway_id, user_index, \
+                 reading_type, device_time, measured_at, received_at, ingested_at, flags, \
+                 gateway_seq FROM readings WHERE reading_id = $1",
+            )
+            .bind(id.as_str())
+            .fetch_optional(pool)
+            .await?;
+            let values: Vec<ValueDbRow> = if row.is_some() {
+                sqlx::query_as(
+                    "SELECT reading_id, kind, value_text, unit, absent, measured_at \
+                     FROM reading_values WHERE reading_id = $1",
+                )
+                .bind(id.as_str())
+                .fetch_all(pool)
+                .await?
+            } else {
+                Vec::new()
+            };
+            (row, values)
+        });
+        let Some(row) = row else { return Ok(None) };
+        let mut observed = values
+            .iter()
+            .map(observed_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        observed.sort_by_key(|o| o.kind);
+        reading_from_row(row, observed).map(Some)
+    }
+
     /// The most recent value of each kind the patient has readings of (absent values count:
     /// an oximeter that last said "no signal" last said that).
     pub async fn last_values(&self, patient: &PatientKey) -> Result<Vec<LastValue>> {

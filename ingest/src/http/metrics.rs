@@ -1,0 +1,105 @@
+//! `GET /metrics`: the consumer's [`IngestStats`] in the Prometheus text exposition format
+//! (version 0.0.4). Every counter is written on every scrape, rejections once per reason code
+//! (zero included), so a dashboard never has to guess whether a series exists. Labels are
+//! reason codes only; no patient key, device or gateway id ever becomes a label.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use vitals::RejectReason;
+
+use crate::consume::IngestStats;
+
+/// The exposition format's content type.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The counters as Prometheus text.
+pub fn render(stats: &IngestStats) -> String {
+    let mut out = String::with_capacity(4096);
+    let counters = [
+        (
+            "rpm_ingest_messages_total",
+            "Readings messages fully processed (committed, then acknowledged).",
+            &stats.messages,
+        ),
+        (
+            "rpm_ingest_readings_stored_total",
+            "Readings newly stored in the patient record.",
+            &stats.readings_stored,
+        ),
+        (
+            "rpm_ingest_readings_duplicate_total",
+            "Readings that were already in the record (re-sent or re-delivered).",
+            &stats.readings_duplicate,
+        ),
+        (
+            "rpm_ingest_batches_total",
+            "Transactions committed.",
+            &stats.batches,
+        ),
+        (
+            "rpm_ingest_replays_total",
+            "Envelopes with an old sequence number (flagged, still stored).",
+            &stats.replays,
+        ),
+        (
+            "rpm_ingest_statuses_total",
+            "Gateway status messages recorded.",
+            &stats.statuses,
+        ),
+        (
+            "rpm_ingest_db_retries_total",
+            "Database errors retried.",
+            &stats.db_retries,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
+    }
+    let name = "rpm_ingest_rejected_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Rejected input (a whole message counts once, a reading once), by reason code."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for reason in RejectReason::ALL {
+        // Reason codes are fixed snake_case words: nothing to escape.
+        let _ = writeln!(
+            out,
+            "{name}{{reason=\"{}\"}} {}",
+            reason.as_str(),
+            stats.rejected(reason)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_and_reason_is_exposed() {
+        let stats = IngestStats::default();
+        stats.readings_stored.store(42, Ordering::Relaxed);
+        let text = render(&stats);
+        assert!(
+            text.contains("\nrpm_ingest_readings_stored_total 42\n"),
+            "{text}"
+        );
+        for reason in RejectReason::ALL {
+            let line = format!(
+                "rpm_ingest_rejected_total{{reason=\"{}\"}} 0\n",
+                reason.as_str()
+            );
+            assert!(text.contains(&line), "{line}");
+        }
+        // Every sample line is `name[{labels}] value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').expect("name and value");
+            value.parse::<u64>().expect("a counter value");
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The HTTP API of `rpm ingest`: FHIR R4 read views of the patient record ([`fhir`]), a health
+//! check and Prometheus metrics. The console arrives with the console issue and adds
+//! authentication; until then nothing served here names a person.
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /healthz` | 200 `ok` when the database answers within two seconds, else 503 |
+//! | `GET /metrics` | the consumer's counters, Prometheus text format ([`metrics`]) |
+//! | `GET /fhir/…` | FHIR R4 JSON (see [`fhir`]) |
+//!
+//! ```no_run
+//! # async fn demo(record: ingest::record::Record) -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use ingest::http::{HttpState, router, serve};
+//! let state = HttpState::new(record, Arc::new(ingest::consume::IngestStats::default()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! serve(listener, router(state), shutdown).await
+//! # }
+//! ```
+//!
+//! Request logs carry the method, the route template and the status, never the path itself
+//! (it holds patient keys) nor the query string.
+
+pub mod fhir;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::consume::IngestStats;
+use crate::record::Record;
+
+/// How long `/healthz` waits for the database.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct HttpState {
+    /// The patient record.
+    pub record: Record,
+    /// The consumer's counters, for `/metrics`.
+    pub stats: Arc<IngestStats>,
+    /// The externally visible base URL (`[http] public_url`), used for absolute links in
+    /// Bundles; when `None`, links are built from the request's `Host` header.
+    pub public_url: Option<String>,
+}
+
+impl HttpState {
+    /// State without a configured public URL.
+    pub fn new(record: Record, stats: Arc<IngestStats>) -> Self {
+        HttpState {
+            record,
+            stats,
+            public_url: None,
+        }
+    }
+}
+
+/// Every route.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .merge(fhir::routes())
+        .fallback(not_found)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then lets requests in flight
+/// finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "HTTP API listening");
+    }
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    // The route template (`/fhir/Patient/{id}`), never the concrete path with its key.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "(unmatched)".into());
+    let response = next.run(request).await;
+    tracing::debug!(%method, route, status = response.status().as_u16(), "HTTP request");
+    response
+}
+
+async fn healthz(State(state): State<HttpState>) -> Response {
+    // A primary-key lookup of an id no reading has: one index probe, whatever the table size.
+    let probe = vitals::ReadingId(uuid::Uuid::nil());
+    match tokio::time::timeout(HEALTH_TIMEOUT, state.record.reading(&probe)).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ok\n").into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "health check: the database did not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+        }
+        Err(_) => {
+            tracing::warn!("health check: the database did not answer in time");
+            (StatusCode::SERVICE_UNAVAILABLE, "database timed out\n").into_response()
+        }
+    }
+}
+
+/// Unknown paths: an `OperationOutcome` under `/fhir`, a plain 404 elsewhere.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path() == "/fhir" || uri.path().starts_with("/fhir/") {
+        fhir::no_route(uri).await
+    } else {
+        (StatusCode::NOT_FOUND, "not found\n").into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<HttpState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        )],
+        metrics::render(&state.stats),
+    )
+        .into_response()
+}
