@@ -49,6 +49,13 @@ impl AlertId {
     }
 }
 
+impl std::str::FromStr for AlertId {
+    type Err = NoticeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AlertId::new(s)
+    }
+}
+
 impl TryFrom<String> for AlertId {
     type Error = NoticeError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
