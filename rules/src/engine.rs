@@ -98,6 +98,9 @@ struct Compiled {
     ticked: u64,
     /// Silent-gateway rules.
     gateway: u64,
+    /// Confirm-by-repeat rules that ask the patient to repeat: an abnormal reading nobody
+    /// re-measured within the window is escalated by `tick`.
+    confirming: u64,
 }
 
 impl Compiled {
@@ -108,6 +111,7 @@ impl Compiled {
             by_seen: [0; Kind::COUNT],
             ticked: 0,
             gateway: 0,
+            confirming: 0,
         };
         for (i, rule) in c.set.rules.iter().enumerate() {
             let bit = 1u64 << i;
@@ -123,6 +127,9 @@ impl Compiled {
                 _ => {
                     for k in rule.measures() {
                         c.by_value[k.index()] |= bit;
+                    }
+                    if rule.ask_repeat && matches!(rule.persistence, Persistence::Confirm { .. }) {
+                        c.confirming |= bit;
                     }
                 }
             }
@@ -319,6 +326,18 @@ struct RuleState {
     run_start: Option<EvidenceItem>,
     ring: ConfirmRing,
     det: Detector,
+    /// The first abnormal reading of a confirm-by-repeat rule still waiting for its repeat.
+    unconfirmed: Option<Box<Unconfirmed>>,
+}
+
+/// An abnormal reading the patient was asked to repeat.
+#[derive(Clone, Debug, PartialEq)]
+struct Unconfirmed {
+    at: Timestamp,
+    level: u8,
+    severity: Severity,
+    evidence: Evidence,
+    context: Context,
 }
 
 impl RuleState {
@@ -341,6 +360,7 @@ impl RuleState {
             run_start: None,
             ring: ConfirmRing::new(m),
             det,
+            unconfirmed: None,
         }
     }
 }
@@ -635,6 +655,40 @@ impl Engine {
                 patient: PatientIdx(i as u32),
                 profile: p.profile,
             };
+            let mut pending = c.confirming;
+            while pending != 0 {
+                let r = pending.trailing_zeros() as usize;
+                pending &= pending - 1;
+                let rule = &c.set.rules[r];
+                let st = &mut p.rules[r];
+                let Persistence::Confirm { within, .. } = rule.persistence else {
+                    continue;
+                };
+                let due = st
+                    .unconfirmed
+                    .as_ref()
+                    .is_some_and(|u| now.since(u.at) > within);
+                if st.open.is_some() || !due {
+                    continue;
+                }
+                // Asked to repeat, nobody did: the nurse hears of the reading unconfirmed
+                // rather than not at all.
+                if let Some(u) = st.unconfirmed.take() {
+                    st.ring.clear();
+                    raise(
+                        rule,
+                        st,
+                        ids,
+                        RuleIdx(r as u16),
+                        now,
+                        u.level,
+                        u.severity,
+                        u.evidence,
+                        u.context,
+                        out,
+                    );
+                }
+            }
             let mut bits = c.ticked;
             while bits != 0 {
                 let r = bits.trailing_zeros() as usize;
@@ -1110,9 +1164,23 @@ fn lifecycle(
                     (count >= n).then_some(e)
                 }
             };
+            if confirmed.is_none()
+                && rule.ask_repeat
+                && st.unconfirmed.is_none()
+                && matches!(rule.persistence, Persistence::Confirm { .. })
+            {
+                st.unconfirmed = Some(Box::new(Unconfirmed {
+                    at: s.at,
+                    level,
+                    severity,
+                    evidence,
+                    context,
+                }));
+            }
             match confirmed {
                 Some(e) => {
                     st.run_start = None;
+                    st.unconfirmed = None;
                     st.ring.clear();
                     raise(rule, st, ids, r, s.at, level, severity, e, context, out);
                 }
@@ -1130,6 +1198,7 @@ fn lifecycle(
         }
         Verdict::Normal(context) => {
             st.run_start = None;
+            st.unconfirmed = None;
             st.ring.push(Slot {
                 at: s.at,
                 abnormal: None,
@@ -1143,6 +1212,10 @@ fn lifecycle(
         }
         Verdict::Between | Verdict::Unknown => {
             st.run_start = None;
+            if matches!(verdict, Verdict::Between) {
+                // The repeat came back below the raise level: it did not confirm.
+                st.unconfirmed = None;
+            }
             st.ring.push(Slot {
                 at: s.at,
                 abnormal: None,

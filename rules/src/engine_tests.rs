@@ -265,6 +265,44 @@ fn confirm_window_drops_old_readings_and_diastolic_alone_can_raise() {
 }
 
 #[test]
+fn a_high_reading_nobody_re_measured_is_escalated_unconfirmed_after_the_window() {
+    let mut r = rig(BP);
+    assert_eq!(r.at(0, &bp(220.0, 125.0)).len(), 1, "repeat request");
+    assert!(
+        r.tick(10 * MIN).is_empty(),
+        "still inside the 15-minute window"
+    );
+    let e = r.tick(16 * MIN);
+    let a = *raised(&e);
+    assert!(
+        a.evidence.iter().all(|e| e.reading == rid(1)),
+        "the one reading is the evidence"
+    );
+    assert_eq!(
+        values(&a),
+        [220.0, 125.0],
+        "systolic and diastolic both beyond their limits"
+    );
+    assert_eq!(a.at, Timestamp(16 * MIN), "raised when the window ran out");
+    assert!(r.tick(30 * MIN).is_empty(), "raised once");
+    assert_eq!(r.open(), 1);
+    resolved(&r.at(40 * MIN, &bp(140.0, 85.0)));
+
+    // A repeat that comes back normal (or merely raised) cancels the escalation.
+    let mut r = rig(BP);
+    r.at(0, &bp(220.0, 125.0));
+    assert!(r.at(5 * MIN, &bp(150.0, 90.0)).is_empty());
+    assert!(r.tick(20 * MIN).is_empty(), "the repeat was normal");
+    let mut r = rig(BP);
+    r.at(0, &bp(190.0, 95.0));
+    assert!(
+        r.at(5 * MIN, &bp(170.0, 95.0)).is_empty(),
+        "between clear and raise"
+    );
+    assert!(r.tick(20 * MIN).is_empty(), "the repeat did not confirm");
+}
+
+#[test]
 fn minimum_duration_needs_a_continuous_run() {
     let mut r = rig(r#"
 [[rule]]

@@ -67,17 +67,37 @@ fn backtest_reports_every_alert_and_the_load_per_patient_day() {
     assert_eq!(report.warm_up, 20);
     assert_eq!(report.readings_in_window, 41);
     assert_eq!(report.profile, "hypertension@1");
-    // Severe BP on day 20 (confirmed); the day-25 reading only asked for a repeat. The
-    // systolic trend rule also fires on day 20 (190 is far above b's steady 135).
+    // Severe BP on day 20, confirmed by the repeat ten minutes later. The day-25 reading asked
+    // for a repeat that never came: it is escalated unconfirmed (one reading of evidence) once
+    // the 15-minute window has passed (the backtest ticks hourly). The systolic trend rule
+    // also fires on day 20 (190 is far above b's steady 135).
     let severe: Vec<_> = report
         .alerts
         .iter()
         .filter(|a| a.rule == "bp-severe")
         .collect();
-    assert_eq!(severe.len(), 1, "{:?}", report.alerts);
+    assert_eq!(severe.len(), 2, "{:?}", report.alerts);
     assert_eq!(severe[0].patient.as_str(), "b");
     assert_eq!(severe[0].max_severity, Severity::High);
     assert_eq!(severe[0].raised.evidence.len(), 2);
+    assert_eq!(
+        severe[1].raised.evidence.len(),
+        1,
+        "unconfirmed: the lone reading"
+    );
+    assert!(
+        severe[1].raised.at.0
+            - severe[1]
+                .raised
+                .evidence
+                .iter()
+                .next()
+                .expect("evidence")
+                .at
+                .0
+            > 15 * 60_000,
+        "raised after the repeat window ran out"
+    );
     assert!(severe[0].resolved_at.is_some(), "day 21's 135 clears it");
     assert_eq!(
         report.repeat_requests, 2,
