@@ -136,6 +136,7 @@ both!(
     errors_are_operation_outcomes,
     health_and_metrics,
     served_over_tcp_until_shutdown,
+    rare_code_over_a_long_history_pages_with_bounded_work,
 );
 
 async fn resources_have_the_phd_shapes(db: Db) {
@@ -633,4 +634,63 @@ async fn served_over_tcp_until_shutdown(db: Db) {
         .expect("the server stops on shutdown")
         .expect("server task")
         .expect("server result");
+}
+
+async fn rare_code_over_a_long_history_pages_with_bounded_work(db: Db) {
+    let patient = key("pk-long");
+    let thermometer = identity("eui64:00000000000000dd");
+    registry(&db.record, &patient, &thermometer).await;
+    let start = datetime!(2026-11-01 0:00 UTC);
+    // 5,100 temperatures (more than one request reads), then one SpO2.
+    let mut batch: Vec<_> = (0..5_100i64)
+        .map(|i| {
+            reading(
+                &patient,
+                &thermometer,
+                ReadingType::Temperature,
+                start + time::Duration::seconds(i),
+                vec![obs(Kind::BodyTemperature, num(&format!("36.{}", i % 10)))],
+                Flags::EMPTY,
+            )
+        })
+        .collect();
+    let spo2 = reading(
+        &patient,
+        &thermometer,
+        ReadingType::OximetrySpotCheck,
+        start + time::Duration::hours(3),
+        vec![obs(Kind::Spo2, num("97"))],
+        Flags::EMPTY,
+    );
+    batch.push(spo2.clone());
+    db.record.insert_batch(&batch).await.expect("insert");
+    let (app, _) = app(&db);
+
+    let first = get(&app, "/fhir/Observation?patient=pk-long&code=59408-5").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let b = first.json();
+    // The first request stops after its scan budget: no match yet, but a way on.
+    assert!(b.get("entry").is_none(), "{}", first.body);
+    let next = b["link"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .expect("a next link after a bounded scan")
+        .to_owned();
+    let second = get(&app, &next).await;
+    let b = second.json();
+    let entries = b["entry"].as_array().expect("the SpO2");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["resource"]["id"], format!("{}-spo2", spo2.0.id));
+    assert!(
+        !b["link"]
+            .as_array()
+            .expect("links")
+            .iter()
+            .any(|l| l["relation"] == "next"),
+        "nothing after the last match"
+    );
+    validate_fhir(&[&first.body, &second.body]);
 }
