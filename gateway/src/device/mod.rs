@@ -24,6 +24,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub mod backoff;
+#[cfg(all(feature = "bluez", target_os = "linux"))]
+pub mod bluez;
 pub mod mapping;
 pub mod record;
 pub mod session;
