@@ -77,6 +77,9 @@ pub enum ConfigError {
     /// The directory.
     #[error("notifier directory: {0}")]
     Directory(#[from] RoutingError),
+    /// Built outside a tokio runtime (the SMTP pool needs one, even to be dropped).
+    #[error("notifier config must be built inside a tokio runtime")]
+    NoRuntime,
     /// A value out of range.
     #[error("notifier {key}: {why}")]
     Invalid {
@@ -216,8 +219,12 @@ pub struct Runtime {
 }
 
 impl NotifierConfig {
-    /// Validates and builds the runtime parts. Channels connect lazily.
+    /// Validates and builds the runtime parts. Channels connect lazily. Call it inside a
+    /// tokio runtime: the SMTP connection pool belongs to one.
     pub fn build(&self) -> Result<Runtime, ConfigError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::NoRuntime);
+        }
         let d = &self.dispatch;
         if d.batch == 0 {
             return Err(ConfigError::Invalid {
@@ -253,6 +260,7 @@ impl NotifierConfig {
             });
         }
         let signer = AckSigner::new(self.links.ack_key.as_bytes().to_vec())?;
+        let directory = Arc::new(Directory::build(self.directory.clone())?);
         let channels = Channels {
             email: self.smtp.as_ref().map(EmailChannel::build).transpose()?,
             sms: self.sms.as_ref().map(SmsChannel::build).transpose()?,
@@ -288,7 +296,7 @@ impl NotifierConfig {
                 notify_from: g.notify_from,
             },
             escalation: self.escalation.clone(),
-            directory: Arc::new(Directory::build(self.directory.clone())?),
+            directory,
             signer,
         })
     }

@@ -174,7 +174,7 @@ impl<S: OutboxStore> Dispatcher<S> {
         };
         let ids: Vec<NotificationId> = rows.iter().map(|n| n.row.id).collect();
         let channel = first.row.channel;
-        let group = first.row.group.0.clone();
+        let group = first.row.group.log_id();
         let now = self.clock.now();
         let result = match self.config.templates.render(&rows, now) {
             Some(rendered) => {

@@ -138,3 +138,133 @@ pub fn plan(
     }
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notice::{AlertId, Audience};
+    use crate::routing::{DirectoryConfig, Recipient};
+    use vitals::PatientKey;
+
+    fn directory() -> Directory {
+        let config: DirectoryConfig = toml::from_str(
+            r#"
+            [[people]]
+            id = "ann"
+            name = "Ann"
+            contacts = [{ channel = "email", address = "ann@ward.test" }]
+            [[teams]]
+            id = "t"
+            patients = ["pt-1"]
+            [[teams.tiers]]
+            time_zone = "Europe/London"
+            weekly = [{ days = ["mon","tue","wed","thu","fri","sat","sun"], start = "00:00", end = "00:00", person = "ann" }]
+            [[patients]]
+            patient = "pt-1"
+            name = "Alex"
+            time_zone = "Europe/London"
+            contacts = [{ channel = "sms", address = "+447700900222" }]
+            quiet_hours = { start = "22:00", end = "07:00" }
+            action_plan = "Rest and use your inhaler."
+            "#,
+        )
+        .expect("directory toml");
+        Directory::build(config).expect("directory")
+    }
+
+    fn notice(severity: Severity, at: Timestamp) -> AlertNotice {
+        AlertNotice {
+            alert: AlertId::new("al-1").expect("id"),
+            patient: PatientKey::new("pt-1").expect("key"),
+            rule: "spo2-low".into(),
+            kind: NoticeKind::Raised,
+            severity,
+            audience: Audience::Both,
+            opened_at: at,
+            at,
+            nurse_text: "SpO2 88".into(),
+            patient_text: Some("Your oxygen is low.".into()),
+            explanation: String::new(),
+            evidence: Vec::new(),
+        }
+    }
+
+    fn split(rows: &[NewNotification]) -> (Vec<&NewNotification>, Vec<&NewNotification>) {
+        rows.iter()
+            .partition(|r| matches!(r.recipient, Recipient::Staff { .. }))
+    }
+
+    #[test]
+    fn quiet_hours_delay_non_urgent_patient_messages_but_never_the_nurse() {
+        let d = directory();
+        let policy = PlanPolicy::default();
+        // 23:30 in London in winter.
+        let now: Timestamp = "2026-01-10T23:30:00Z".parse().expect("t");
+        let rows = plan(&notice(Severity::High, now), &d, &policy, Step::FIRST, now);
+        let (staff, patient) = split(&rows);
+        assert_eq!(staff[0].not_before, add(now, policy.group_wait));
+        assert_eq!(
+            patient[0].not_before,
+            "2026-01-11T07:00:00Z".parse::<Timestamp>().expect("t")
+        );
+        assert_eq!(
+            patient[0].action_plan.as_deref(),
+            Some("Rest and use your inhaler.")
+        );
+    }
+
+    #[test]
+    fn emergencies_go_at_once_to_nurse_and_patient_even_in_quiet_hours() {
+        let d = directory();
+        let now: Timestamp = "2026-01-10T23:30:00Z".parse().expect("t");
+        let rows = plan(
+            &notice(Severity::Emergency, now),
+            &d,
+            &PlanPolicy::default(),
+            Step::FIRST,
+            now,
+        );
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|r| r.not_before == now));
+    }
+
+    #[test]
+    fn info_pages_nobody_and_patients_hear_neither_resolutions_nor_escalations() {
+        let d = directory();
+        let policy = PlanPolicy::default();
+        let now: Timestamp = "2026-01-10T12:00:00Z".parse().expect("t");
+        assert!(plan(&notice(Severity::Info, now), &d, &policy, Step::FIRST, now).is_empty());
+        let mut resolved = notice(Severity::High, now);
+        resolved.kind = NoticeKind::Resolved;
+        let rows = plan(&resolved, &d, &policy, Step::FIRST, now);
+        let (staff, patient) = split(&rows);
+        assert_eq!((staff.len(), patient.len()), (1, 0));
+        let repeat = Step { tier: 0, round: 1 };
+        let rows = plan(&notice(Severity::High, now), &d, &policy, repeat, now);
+        assert!(
+            rows.iter()
+                .all(|r| matches!(r.recipient, Recipient::Staff { .. }))
+        );
+    }
+
+    #[test]
+    fn replanning_the_same_event_gives_the_same_ids() {
+        let d = directory();
+        let policy = PlanPolicy::default();
+        let now: Timestamp = "2026-01-10T12:00:00Z".parse().expect("t");
+        let a = plan(&notice(Severity::High, now), &d, &policy, Step::FIRST, now);
+        let b = plan(&notice(Severity::High, now), &d, &policy, Step::FIRST, now);
+        assert_eq!(
+            a.iter().map(|r| r.id).collect::<Vec<_>>(),
+            b.iter().map(|r| r.id).collect::<Vec<_>>()
+        );
+        let c = plan(
+            &notice(Severity::High, now),
+            &d,
+            &policy,
+            Step { tier: 0, round: 1 },
+            now,
+        );
+        assert_ne!(a[0].id, c[0].id, "a repeat is a new notification");
+    }
+}

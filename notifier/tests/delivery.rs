@@ -88,6 +88,17 @@ async fn a_bad_night_is_one_message_per_recipient_and_channel_with_the_right_wor
         nurse.matches("https://console.rpm.test/ack?token=").count(),
         3
     );
+    let token = nurse
+        .split("ack?token=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("ack token in the email");
+    let claim = runtime
+        .signer
+        .verify(token, Timestamp::now())
+        .expect("the emailed link verifies");
+    assert_eq!(claim.recipient, "staff:ann");
+    assert!(claim.alert.as_str().starts_with("al-"));
     assert!(nurse.contains("X-Envelope-From: alerts@rpm.test"));
 
     let patient = mails

@@ -91,8 +91,9 @@ impl fmt::Display for NotificationId {
     }
 }
 
-/// Rows that are sent together: one recipient, one contact point, one patient. Holds no PHI
-/// (the address is hashed), so it may appear in logs.
+/// Rows that are sent together: one recipient, one contact point, one patient. The address
+/// is hashed, but the key still names the patient's pseudonymous key and a person id: log
+/// [`GroupKey::log_id`] instead.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GroupKey(pub String);
 
@@ -112,6 +113,11 @@ impl GroupKey {
             patient,
             hex::encode(&digest[..8])
         ))
+    }
+
+    /// An opaque, stable id for logs and traces (names neither patient nor person).
+    pub fn log_id(&self) -> String {
+        hex::encode(&Sha256::digest(self.0.as_bytes())[..6])
     }
 }
 
