@@ -130,6 +130,7 @@ async fn subscriber(port: u16) -> Seen {
 }
 
 struct Running {
+    devices: watch::Sender<Vec<DeviceStatus>>,
     task: tokio::task::JoinHandle<Result<(), publish::ForwarderError>>,
     wake: Arc<Notify>,
     stats: Arc<ForwarderStats>,
@@ -159,7 +160,7 @@ fn start(port: u16, queue: Queue, batch_max: usize) -> Running {
     let wake = Arc::new(Notify::new());
     let stats = Arc::new(ForwarderStats::default());
     let shutdown = CancellationToken::new();
-    let (_devices_tx, devices) = watch::channel(Vec::new());
+    let (devices_tx, devices) = watch::channel(Vec::new());
     let (config_tx, config) = watch::channel(None);
     let forwarder = publish::Forwarder {
         settings,
@@ -173,6 +174,7 @@ fn start(port: u16, queue: Queue, batch_max: usize) -> Running {
     };
     let task = tokio::spawn(forwarder.run());
     Running {
+        devices: devices_tx,
         task,
         wake,
         stats,
@@ -414,4 +416,70 @@ async fn readings_nobody_subscribes_to_stay_queued_until_someone_does() {
     assert_eq!(seen.ids.len(), 10);
     run.shutdown.cancel();
     let _ = run.task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_will_marks_a_crashed_gateway_offline_and_device_news_refreshes_the_status() {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = Queue::open(dir.path().join("q.db")).await.expect("queue");
+    let mut seen = subscriber(broker.port()).await;
+    let run = start(broker.port(), queue, 100);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        seen.drain();
+        if seen
+            .statuses
+            .iter()
+            .any(|s| s.state == GatewayState::Online)
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no online status");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A device reports in: the status is republished with it at once, not at the next interval.
+    run.devices
+        .send(vec![DeviceStatus {
+            id: "eui64:0011223344556677".parse().expect("valid"),
+            last_contact: Some(time::OffsetDateTime::now_utc()),
+            battery: Some(12),
+            clock_offset_ms: Some(-1500),
+        }])
+        .expect("forwarder listening");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        seen.drain();
+        if let Some(s) = seen.statuses.iter().rev().find(|s| !s.devices.is_empty()) {
+            assert_eq!(s.devices[0].battery, Some(12));
+            assert_eq!(s.devices[0].clock_offset_ms, Some(-1500));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no status with the device"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The hub crashes: no goodbye. The broker publishes its last will.
+    run.task.abort();
+    let _ = run.task.await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        seen.drain();
+        if seen
+            .statuses
+            .last()
+            .is_some_and(|s| s.state == GatewayState::Offline)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broker never published the will"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

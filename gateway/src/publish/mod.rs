@@ -176,11 +176,12 @@ impl Forwarder {
             queue,
             mqtt: (client, mut events),
             wake,
-            devices,
+            mut devices,
             config_out,
             stats,
             shutdown,
         } = self;
+        let mut devices_open = true;
         let readings_topic = Topic::new(settings.gateway.clone(), Channel::Readings).to_string();
         let status_topic = Topic::new(settings.gateway.clone(), Channel::Status).to_string();
         let config_topic = Topic::new(settings.gateway.clone(), Channel::Config).to_string();
@@ -316,6 +317,13 @@ impl Forwarder {
                     }
                 },
                 () = wake.notified(), if state.connected => {}
+            changed = devices.changed(), if devices_open => {
+                // A device reported in (battery, clock, contact): say so in the status now.
+                match changed {
+                    Ok(()) => next_status = Instant::now(),
+                    Err(_) => devices_open = false,
+                }
+            }
             () = tokio::time::sleep(settings.poll_interval), if state.connected => {}
                 () = sleep_until(linger), if linger.is_some() => fill_window_now(&mut state),
             () = sleep_until(paused), if paused.is_some() => {}
