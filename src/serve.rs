@@ -78,6 +78,16 @@ pub async fn ingest(config: ingest::config::IngestConfig) -> anyhow::Result<()> 
         shutdown: shutdown.clone(),
     };
     tracing::info!(broker = %config.broker.url, group = %config.consumer.group, "ingest starting");
+    let mut http_state = ingest::http::HttpState::new(record.clone(), stats.clone());
+    http_state.public_url = config.http.public_url.clone();
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+    let http = tokio::spawn(ingest::http::serve(
+        listener,
+        ingest::http::router(http_state),
+        shutdown.clone(),
+    ));
     let progress = {
         let stats = stats.clone();
         let shutdown = shutdown.clone();
@@ -99,6 +109,11 @@ pub async fn ingest(config: ingest::config::IngestConfig) -> anyhow::Result<()> 
     };
     consumer.run().await?;
     progress.abort();
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP API stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "the HTTP API task failed"),
+    }
     record.close().await;
     tracing::info!(
         stored = stats.readings_stored.load(Ordering::Relaxed),
@@ -133,7 +148,7 @@ pub async fn gateway(
     let capacity = options.request_channel_capacity();
     let wake = Arc::new(tokio::sync::Notify::new());
     let stats = Arc::new(ForwarderStats::default());
-    let (_devices_tx, devices) = tokio::sync::watch::channel(Vec::new());
+    let (devices_tx, devices) = tokio::sync::watch::channel(Vec::new());
     let (config_tx, _config_rx) = tokio::sync::watch::channel(None);
     let forwarder = Forwarder {
         settings: ForwarderSettings {
@@ -166,6 +181,20 @@ pub async fn gateway(
     tracing::info!(scenario = %scenario.name, days, "playing the scenario on simulated devices");
     let outcome = simulators::scenario::run_as(&scenario, &queue_path, id, Some(start)).await?;
     let played: u64 = outcome.stats.values().map(|s| s.readings_queued).sum();
+    let now = time::OffsetDateTime::now_utc();
+    let statuses: Vec<vitals::DeviceStatus> = outcome
+        .stats
+        .values()
+        .filter_map(|s| {
+            Some(vitals::DeviceStatus {
+                id: s.device?,
+                last_contact: Some(now),
+                battery: s.battery,
+                clock_offset_ms: s.clock_offset.map(|d| d.whole_milliseconds() as i64),
+            })
+        })
+        .collect();
+    let _ = devices_tx.send(statuses);
     tracing::info!(readings_queued = played, "scenario played");
     wake.notify_one();
     if exit_when_drained {

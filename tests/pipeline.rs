@@ -240,7 +240,61 @@ async fn readings_flow_from_simulated_devices_into_the_record_once_each() {
         "the independent subscriber saw each reading"
     );
     assert!(seen.values().all(|c| *c == 1), "none was published twice");
+
+    // The same readings through ingest's FHIR view.
+    let addr = ingest
+        .stderr()
+        .lines()
+        .find_map(|l| {
+            l.split("HTTP API listening addr=")
+                .nth(1)
+                .map(|a| a.trim().to_owned())
+        })
+        .expect("ingest says where its HTTP API listens");
+    let (status, _) = http_get(&addr, "/healthz").await;
+    assert_eq!(status, 200);
+    let key = scenario.patient.key.replace('.', "..").replace('_', ".-");
+    let (status, body) = http_get(
+        &addr,
+        &format!("/fhir/Observation?patient={key}&code=http://loinc.org%7C59408-5&_count=500"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let bundle: serde_json::Value = serde_json::from_str(&body).expect("a FHIR Bundle");
+    assert_eq!(bundle["resourceType"], "Bundle");
+    assert!(
+        bundle["entry"].as_array().is_some_and(|e| !e.is_empty()),
+        "SpO2 observations for the patient: {body}"
+    );
     ingest.kill().expect("stop ingest");
+}
+
+/// A plain HTTP/1.1 GET over a TCP connection: status code and body.
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the HTTP API");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    // Chunked bodies: keep only the JSON between the first '{' and the last '}'.
+    let json = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if b > a => body[a..=b].to_owned(),
+        _ => body,
+    };
+    (status, json)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
