@@ -294,6 +294,15 @@ impl Mock {
         }
     }
 
+    /// The match rules the backend holds on the bus (`None` when the daemon cannot say),
+    /// after letting asynchronous RemoveMatch calls land.
+    async fn match_rules(&mut self) -> Option<u64> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.send("match-rules");
+        let line = self.expect("MATCH_RULES").await;
+        line.split_whitespace().nth(1).and_then(|n| n.parse().ok())
+    }
+
     /// Every line the mock printed so far.
     fn drain(&mut self) -> &[String] {
         while let Ok(line) = self.lines.try_recv() {
@@ -575,6 +584,36 @@ async fn backend_scenario() {
     link.disconnect().await.expect("disconnecting");
     mock.expect("DISCONNECT cuff").await;
     drop(link);
+
+    // Match rules do not pile up: more scans, connections, subscriptions and
+    // disconnections leave the client holding as many rules as before.
+    let before = mock.match_rules().await;
+    for _ in 0..4 {
+        source
+            .scan(&ScanFilter::default_with(Duration::from_millis(300)))
+            .await
+            .expect("a short scan");
+        let mut link = source.connect(CUFF).await.expect("connecting again");
+        let mut events = link.take_events().expect("events");
+        link.discover().await.expect("discovery");
+        link.subscribe(BPM).await.expect("subscribing");
+        mock.expect("START_NOTIFY cuff 2a35").await;
+        mock.send(&format!("notify cuff 2a35 {hex}"));
+        assert!(matches!(
+            next_event(&mut events).await,
+            LinkEvent::Value { .. }
+        ));
+        mock.send("disconnect cuff");
+        assert!(matches!(
+            next_event(&mut events).await,
+            LinkEvent::Disconnected { .. }
+        ));
+        link.disconnect().await.expect("closing");
+    }
+    let after = mock.match_rules().await;
+    if let (Some(before), Some(after)) = (before, after) {
+        assert_eq!(after, before, "match rules held before and after");
+    }
 
     // A pulse oximeter link dropped without disconnect() is disconnected anyway.
     let mut oxi = source

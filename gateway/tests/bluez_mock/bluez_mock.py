@@ -20,6 +20,7 @@ The test drives it with lines on stdin:
     notify DEVICE UUID16 HEX   send a value on a characteristic (if the client subscribed)
     disconnect DEVICE          the device drops the link
     hang-reads on|off          ReadValue never answers (a wedged link)
+    match-rules                how many D-Bus match rules the clients hold (MATCH_RULES n)
     ignore-filter on|off       advertise to this client whatever another client's discovery
                                filter let in (bluetoothd merges all clients' filters)
     quit
@@ -447,6 +448,23 @@ class Mock:
                 yield service
                 yield from service.chars
 
+    def match_rules(self):
+        """Match rules the clients (everyone but us) hold on the bus, from the daemon's
+        Debug.Stats interface; "unknown" when the daemon was built without it."""
+        daemon = self.bus.get_object("org.freedesktop.DBus", "/org/freedesktop/DBus")
+        total = 0
+        try:
+            for name in daemon.ListNames(dbus_interface="org.freedesktop.DBus"):
+                if not name.startswith(":") or name == self.bus.get_unique_name():
+                    continue
+                stats = daemon.GetConnectionStats(
+                    name, dbus_interface="org.freedesktop.DBus.Debug.Stats"
+                )
+                total += int(stats.get("MatchRules", 0))
+        except dbus.DBusException:
+            return "unknown"
+        return total
+
     def command(self, line):
         words = line.split()
         if not words:
@@ -470,6 +488,8 @@ class Mock:
         elif words[0] == "ignore-filter":
             self.ignore_filter = words[1] == "on"
             say("IGNORE_FILTER", words[1])
+        elif words[0] == "match-rules":
+            say("MATCH_RULES", self.match_rules())
         elif words[0] == "quit":
             loop.quit()
         else:

@@ -4,7 +4,7 @@
 //! btleplug passes BlueZ's D-Bus errors through as `Error::Other(BluetoothError)`; the D-Bus
 //! error *name* (`org.bluez.Error.NotConnected`) is what says what happened, and for
 //! `org.bluez.Error.Failed` the message carries the ATT error code. The table is in
-//! [`from_dbus`], a pure function the unit tests below pin down.
+//! `from_dbus`, a pure function the unit tests below pin down.
 
 use bluez_async::BluetoothError;
 

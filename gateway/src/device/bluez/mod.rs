@@ -43,7 +43,8 @@
 //! - **Every BlueZ call has a timeout** ([`BluezConfig::call_timeout`], and
 //!   [`BluezConfig::connect_timeout`] for connecting). BlueZ answers some calls only after
 //!   the radio does, and a D-Bus method call to a wedged `bluetoothd` waits 25–30 s by
-//!   default; a timed-out call is [`DeviceError::Timeout`] (retryable), never a hang.
+//!   default; a timed-out call is [`DeviceError::Timeout`] (retryable), never a hang, and is
+//!   cancelled on the BlueZ thread.
 //! - **A dead link surfaces.** btleplug's `CentralEvent::DeviceDisconnected` (BlueZ's
 //!   `Connected` property turning false) becomes [`LinkEvent::Disconnected`] on that link,
 //!   after any values that were already received. A link that goes quiet without BlueZ
@@ -52,15 +53,27 @@
 //! - **Stale disconnection events.** Before a `DeviceDisconnected` ends a link, BlueZ is
 //!   asked whether the device is connected now, so a late event from the previous connection
 //!   does not end the new one.
-//! - **Match rules do not pile up.** Each btleplug event stream adds D-Bus match rules to the
-//!   connection; long-lived streams and discovery sessions left running are a known source of
-//!   slowdowns in BlueZ. Scans are bounded (the filter's duration), restarted every
-//!   `ble.scan_restart` within a long scan, and the adapter event stream that watches for
-//!   disconnections is re-created on the same period; dropping a stream removes its rules.
+//! - **Match rules do not pile up.** Every btleplug event or value stream adds D-Bus match
+//!   rules on the bus, and bluez-async removes them from a task spawned when the stream is
+//!   dropped, `unwrap`ping the answer. On a multi-threaded runtime that removal can run while
+//!   dbus-rs has the stream's filter out of its list to dispatch a signal: it fails ("No match
+//!   with that id found"), panics in the detached task and leaves the rule on the bus, once per
+//!   unlucky connection. So the backend (a) keeps streams for as long as the source lives: one
+//!   adapter event stream (disconnections for links, devices heard for scans) and one value
+//!   stream per device, shared by all its connections; and (b) runs every btleplug call and
+//!   owns every stream on a current-thread runtime on a thread of its own ("bluez"), where
+//!   dispatching and removing cannot interleave (bluez-async still opens and drops one stream
+//!   inside each `connect`). The mock test counts the rules the bus daemon holds for the
+//!   backend before and after repeated scans and connections.
+//! - **Discovery is restarted.** Scans are bounded (the filter's duration) and, within a
+//!   long scan, BlueZ discovery is stopped and started again every `ble.scan_restart`, so a
+//!   discovery session (and BlueZ's view of what is in range) never runs indefinitely.
 //! - **Reads look like notifications.** BlueZ updates a characteristic's `Value` property
 //!   (and signals the change) after a read as well as on a notification; btleplug reports
 //!   both as notifications. A link forwards values only of characteristics it subscribed to,
-//!   so the session's DIS, battery and clock reads do not come back as events.
+//!   so the session's Device Information and clock reads do not come back as events. A read
+//!   of a subscribed characteristic (the battery level the watchdog probes) does come back,
+//!   indistinguishable from a notification; the session takes it as a fresh battery level.
 //! - **Subscribing twice is harmless.** A link remembers what it subscribed; a second
 //!   `subscribe` is a no-op, and BlueZ's `InProgress` answer to a duplicate `StartNotify` is
 //!   success. Re-subscribing after a reconnect (the session's job) subscribes again on the new
@@ -76,7 +89,7 @@
 //! - **Devices BlueZ has not seen.** `connect` to an address BlueZ does not know runs a short
 //!   discovery ([`BluezConfig::find_timeout`]) for it first; a bonded device is known already.
 //!
-//! Errors map to [`DeviceError`] by BlueZ's D-Bus error names (see [`error`]): a dropped
+//! Errors map to [`DeviceError`] by BlueZ's D-Bus error names (see `error.rs`): a dropped
 //! link, a timeout, an ATT error or a missing `bluetoothd` are retryable; refused pairing,
 //! a characteristic that does not allow the operation, and a bus policy refusal are not.
 //!
@@ -86,6 +99,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -95,7 +109,7 @@ use btleplug::api::{
 };
 use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
 use futures::{FutureExt as _, Stream, StreamExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -106,7 +120,7 @@ use super::{
     DeviceSource, DisconnectReason, LINK_EVENT_CAPACITY, LinkEvent, Properties, ScanFilter, Uuid,
 };
 
-pub mod error;
+mod error;
 
 use error::Op;
 
@@ -115,7 +129,7 @@ use error::Op;
 pub struct BluezConfig {
     /// The adapter by name (`hci0`); the first one (by name) when `None`.
     pub adapter: Option<String>,
-    /// Restart discovery and re-create adapter event streams this often.
+    /// Within a longer scan, stop and start BlueZ discovery this often.
     pub scan_restart: Duration,
     /// Longest wait for any one BlueZ call (read, write, subscribe, discovery, properties).
     pub call_timeout: Duration,
@@ -148,15 +162,6 @@ impl BluezConfig {
     }
 }
 
-/// Where a disconnection event goes: the link registered for a device, by generation so an
-/// old link's cleanup never unregisters its successor.
-struct Registration {
-    generation: u64,
-    gone: CancellationToken,
-}
-
-type Registry = Arc<Mutex<HashMap<PeripheralId, Registration>>>;
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -170,19 +175,104 @@ impl Drop for Owned {
     }
 }
 
-/// One BlueZ adapter as a [`DeviceSource`].
-pub struct BluezSource {
-    adapter: Adapter,
-    name: String,
-    config: BluezConfig,
-    registry: Registry,
-    next_generation: std::sync::atomic::AtomicU64,
-    /// One discovery session at a time (scan, or looking for a device to connect).
-    discovery: tokio::sync::Mutex<()>,
-    _watch: Owned,
+/// A current-thread tokio runtime on a thread of its own, where every btleplug future runs
+/// and every btleplug stream lives and is dropped.
+///
+/// Why: bluez-async removes a stream's D-Bus match rule from a task spawned in the stream's
+/// `Drop`, and `unwrap`s the result. dbus-rs takes a signal's matching filters out of its list
+/// while it hands the signal to them; on a multi-threaded runtime the removal task can run
+/// in that window, fail with "No match with that id found", panic, and leave the rule on the
+/// bus. On one thread, dispatching a signal and removing a rule cannot interleave.
+struct BluezThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-/// Runs a BlueZ call with the timeout; maps its error.
+impl BluezThread {
+    fn start() -> Result<Arc<Self>, DeviceError> {
+        let unavailable = |e: std::io::Error| DeviceError::Other {
+            message: format!("starting the BlueZ thread: {e}"),
+            retryable: false,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(unavailable)?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("bluez".into())
+            .spawn(move || {
+                // Ends when the source (and every link) is gone; dropping the runtime here
+                // drops the remaining tasks and streams on this thread.
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+            })
+            .map_err(unavailable)?;
+        Ok(Arc::new(BluezThread {
+            handle,
+            stop: Some(stop),
+        }))
+    }
+
+    fn spawn<F>(&self, f: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(f)
+    }
+
+    /// Runs a btleplug future on the BlueZ thread, at most `limit`; a timed-out or abandoned
+    /// call is cancelled there. The outer error is the timeout, the inner one btleplug's.
+    async fn raw<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        f: impl Future<Output = btleplug::Result<T>> + Send + 'static,
+    ) -> Result<btleplug::Result<T>, DeviceError> {
+        let mut task = AbortOnDrop(self.spawn(f));
+        match timeout(limit, &mut task.0).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(DeviceError::Other {
+                message: format!("BlueZ call did not finish: {e}"),
+                retryable: true,
+            }),
+            Err(_) => Err(DeviceError::Timeout),
+        }
+    }
+
+    /// [`BluezThread::raw`] with btleplug's error mapped.
+    async fn call<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        op: Op,
+        f: impl Future<Output = btleplug::Result<T>> + Send + 'static,
+    ) -> Result<T, DeviceError> {
+        self.raw(limit, f)
+            .await?
+            .map_err(|e| error::from_btleplug(&e, op))
+    }
+}
+
+impl Drop for BluezThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Aborts a task when dropped (its caller gave up).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs a BlueZ call with the timeout on the current task (the BlueZ thread's own tasks).
 async fn call<T>(
     limit: Duration,
     op: Op,
@@ -203,16 +293,63 @@ fn to_bt_uuid(u: Uuid) -> uuid::Uuid {
     uuid::Uuid::from_u128(u.as_u128())
 }
 
+/// Where a device's values and its disconnection go: the link that is current for it.
+#[derive(Clone)]
+struct Sink {
+    generation: u64,
+    tx: mpsc::Sender<LinkEvent>,
+    subscribed: Arc<Mutex<HashSet<CharacteristicId>>>,
+    /// Cancelled when BlueZ reports the device disconnected.
+    gone: CancellationToken,
+}
+
+/// One device the source has connected to, for as long as the source lives: the btleplug
+/// peripheral (whose GATT table the value stream resolves characteristics with) and the one
+/// value stream (D-Bus match rules) that serves every link to it.
+struct DeviceEntry {
+    peripheral: Peripheral,
+    sink: watch::Sender<Option<Sink>>,
+    pump: Owned,
+}
+
+/// Shared with the background tasks.
+struct Shared {
+    /// The current link's `gone` token per device, for the disconnection watcher.
+    gone: Mutex<HashMap<PeripheralId, (u64, CancellationToken)>>,
+    /// Devices heard (discovered, RSSI, advertisement data), for scans.
+    heard: broadcast::Sender<PeripheralId>,
+}
+
+/// One BlueZ adapter as a [`DeviceSource`].
+pub struct BluezSource {
+    bt: Arc<BluezThread>,
+    adapter: Adapter,
+    name: String,
+    config: BluezConfig,
+    shared: Arc<Shared>,
+    devices: tokio::sync::Mutex<HashMap<PeripheralId, Arc<DeviceEntry>>>,
+    next_generation: AtomicU64,
+    /// One discovery session at a time (scan, or looking for a device to connect).
+    discovery: tokio::sync::Mutex<()>,
+    _watch: Owned,
+}
+
 impl BluezSource {
     /// Connects to BlueZ on the system bus and picks the adapter.
     pub async fn new(config: BluezConfig) -> Result<Self, DeviceError> {
         let limit = config.call_timeout;
-        let manager = call(limit, Op::Adapter, Manager::new()).await?;
-        let adapters = call(limit, Op::Adapter, manager.adapters()).await?;
+        let bt = BluezThread::start()?;
+        let manager = bt.call(limit, Op::Adapter, Manager::new()).await?;
+        let m = manager.clone();
+        let adapters = bt
+            .call(limit, Op::Adapter, async move { m.adapters().await })
+            .await?;
         let mut named = Vec::with_capacity(adapters.len());
         for adapter in adapters {
             // "hci0 (usb:v1D6Bp0246d0540)"; an adapter whose info does not parse keeps "?".
-            let name = match call(limit, Op::Adapter, adapter.adapter_info()).await {
+            let a = adapter.clone();
+            let info = bt.call(limit, Op::Adapter, async move { a.adapter_info().await });
+            let name = match info.await {
                 Ok(info) => info.split(' ').next().unwrap_or_default().to_string(),
                 Err(e) => {
                     debug!(error = %e, "adapter info unavailable");
@@ -233,19 +370,31 @@ impl BluezSource {
                 None => "BlueZ reports no adapter".to_string(),
             }));
         };
+        // The adapter event stream is opened here, once, so the source fails now if it
+        // cannot watch for disconnections.
+        let a = adapter.clone();
+        let events = bt
+            .call(limit, Op::Adapter, async move { a.events().await })
+            .await?;
         info!(adapter = %name, "BlueZ adapter");
-        let registry: Registry = Arc::default();
-        let watch = tokio::spawn(watch_disconnections(
+        let shared = Arc::new(Shared {
+            gone: Mutex::default(),
+            heard: broadcast::channel(256).0,
+        });
+        let watch = bt.spawn(watch_adapter(
             adapter.clone(),
-            registry.clone(),
-            config.clone(),
+            events,
+            shared.clone(),
+            limit,
         ));
         Ok(BluezSource {
+            bt,
             adapter,
             name,
             config,
-            registry,
-            next_generation: std::sync::atomic::AtomicU64::new(1),
+            shared,
+            devices: tokio::sync::Mutex::default(),
+            next_generation: AtomicU64::new(1),
             discovery: tokio::sync::Mutex::new(()),
             _watch: Owned(watch),
         })
@@ -256,17 +405,25 @@ impl BluezSource {
         &self.name
     }
 
-    async fn events(&self) -> Result<EventStream, DeviceError> {
-        call(self.config.call_timeout, Op::Scan, self.adapter.events()).await
+    /// Runs `f` with the adapter on the BlueZ thread, with the call timeout.
+    async fn on_adapter<T, Fut>(
+        &self,
+        op: Op,
+        f: impl FnOnce(Adapter) -> Fut,
+    ) -> Result<T, DeviceError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = btleplug::Result<T>> + Send + 'static,
+    {
+        self.bt
+            .call(self.config.call_timeout, op, f(self.adapter.clone()))
+            .await
     }
 
     async fn find(&self, address: Address) -> Result<Option<Peripheral>, DeviceError> {
-        let all = call(
-            self.config.call_timeout,
-            Op::Connect,
-            self.adapter.peripherals(),
-        )
-        .await?;
+        let all = self
+            .on_adapter(Op::Connect, |a| async move { a.peripherals().await })
+            .await?;
         Ok(all
             .into_iter()
             .find(|p| p.address().into_inner() == address.0))
@@ -281,48 +438,68 @@ impl BluezSource {
         // A scan in progress already discovers; otherwise run our own for a while.
         let own = self.discovery.try_lock().ok();
         if own.is_some() {
-            call(
-                self.config.call_timeout,
-                Op::Scan,
-                self.adapter.start_scan(BtScanFilter::default()),
-            )
+            self.on_adapter(Op::Scan, |a| async move {
+                a.start_scan(BtScanFilter::default()).await
+            })
             .await?;
         }
         let deadline = Instant::now() + self.config.find_timeout;
         let found = loop {
-            if let Some(p) = self.find(address).await? {
-                break Some(p);
+            match self.find(address).await {
+                Ok(Some(p)) => break Ok(Some(p)),
+                Ok(None) if Instant::now() >= deadline => break Ok(None),
+                Ok(None) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(e) => break Err(e),
             }
-            if Instant::now() >= deadline {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         };
         if own.is_some() {
             self.stop_scan().await;
         }
-        found.ok_or(DeviceError::NotFound)
+        found?.ok_or(DeviceError::NotFound)
     }
 
     async fn stop_scan(&self) {
-        if let Err(e) = call(self.config.call_timeout, Op::Scan, self.adapter.stop_scan()).await {
+        let stopped = self
+            .on_adapter(Op::Scan, |a| async move { a.stop_scan().await })
+            .await;
+        if let Err(e) = stopped {
             debug!(error = %e, "stopping discovery failed");
         }
     }
 
-    fn register(&self, id: &PeripheralId) -> (u64, CancellationToken) {
-        let generation = self
-            .next_generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let gone = CancellationToken::new();
-        lock(&self.registry).insert(
-            id.clone(),
-            Registration {
-                generation,
-                gone: gone.clone(),
-            },
-        );
-        (generation, gone)
+    /// The device's entry, made on first contact (one value stream per device for the
+    /// source's life, re-made only if it ended).
+    async fn entry(&self, address: Address) -> Result<Arc<DeviceEntry>, DeviceError> {
+        let known = |devices: &HashMap<PeripheralId, Arc<DeviceEntry>>| {
+            devices
+                .values()
+                .find(|e| e.peripheral.address().into_inner() == address.0)
+                .filter(|e| !e.pump.0.is_finished())
+                .cloned()
+        };
+        if let Some(e) = known(&*self.devices.lock().await) {
+            return Ok(e);
+        }
+        let peripheral = self.find_or_discover(address).await?;
+        let mut devices = self.devices.lock().await;
+        if let Some(e) = known(&devices) {
+            return Ok(e);
+        }
+        let p = peripheral.clone();
+        let notes = self
+            .bt
+            .call(self.config.call_timeout, Op::Connect, async move {
+                p.notifications().await
+            })
+            .await?;
+        let (sink, _) = watch::channel(None);
+        let entry = Arc::new(DeviceEntry {
+            peripheral: peripheral.clone(),
+            sink: sink.clone(),
+            pump: Owned(self.bt.spawn(pump(notes, sink))),
+        });
+        devices.insert(peripheral.id(), entry.clone());
+        Ok(entry)
     }
 
     /// Adds to `heard` the advertisers of the filtered services among the devices seen in
@@ -334,7 +511,10 @@ impl BluezSource {
         filter: &ScanFilter,
     ) {
         let limit = self.config.call_timeout;
-        let all = match call(limit, Op::Scan, self.adapter.peripherals()).await {
+        let listed = self
+            .on_adapter(Op::Scan, |a| async move { a.peripherals().await })
+            .await;
+        let all = match listed {
             Ok(all) => all,
             Err(e) => {
                 debug!(error = %e, "listing devices failed");
@@ -342,7 +522,11 @@ impl BluezSource {
             }
         };
         for p in all {
-            let props = match call(limit, Op::Scan, p.properties()).await {
+            let q = p.clone();
+            let props = self
+                .bt
+                .call(limit, Op::Scan, async move { q.properties().await });
+            let props = match props.await {
                 Ok(Some(props)) => props,
                 // Gone again between the event and now.
                 Ok(None) | Err(_) => continue,
@@ -374,53 +558,37 @@ impl BluezSource {
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = CentralEvent> + Send>>;
-
-/// Takes what an event stream has ready without waiting: the synthetic "discovered" events
-/// btleplug emits for every device BlueZ already knows, which say nothing about what is in
-/// range now.
-fn skip_ready(events: &mut EventStream) {
-    while let Some(Some(_)) = events.next().now_or_never() {}
-}
-
-fn seen_id(event: CentralEvent) -> Option<PeripheralId> {
-    match event {
-        CentralEvent::DeviceDiscovered(id)
-        | CentralEvent::DeviceUpdated(id)
-        | CentralEvent::RssiUpdate { id, .. }
-        | CentralEvent::ServicesAdvertisement { id, .. }
-        | CentralEvent::ServiceDataAdvertisement { id, .. }
-        | CentralEvent::ManufacturerDataAdvertisement { id, .. } => Some(id),
-        _ => None,
-    }
-}
-
 impl DeviceSource for BluezSource {
     type Link = BluezLink;
 
     async fn scan(&self, filter: &ScanFilter) -> Result<Vec<Advertisement>, DeviceError> {
         let _one = self.discovery.lock().await;
-        let limit = self.config.call_timeout;
         let bt_filter = BtScanFilter {
             services: filter.services.iter().copied().map(to_bt_uuid).collect(),
         };
         let deadline = Instant::now() + filter.duration;
         let restart = self.config.scan_restart.max(Duration::from_secs(1));
+        let mut events = self.shared.heard.subscribe();
         let mut seen: HashSet<PeripheralId> = HashSet::new();
         let mut heard: HashMap<PeripheralId, Advertisement> = HashMap::new();
         loop {
-            // A fresh event stream per discovery period: the old one's match rules go with it.
-            let mut events = self.events().await?;
-            skip_ready(&mut events);
-            call(limit, Op::Scan, self.adapter.start_scan(bt_filter.clone())).await?;
+            let f = bt_filter.clone();
+            self.on_adapter(Op::Scan, |a| async move { a.start_scan(f).await })
+                .await?;
             let period_end = deadline.min(Instant::now() + restart);
             loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(period_end) => break,
-                    event = events.next() => match event {
-                        Some(e) => seen.extend(seen_id(e)),
-                        // The D-Bus connection went away; what BlueZ lists below still counts.
-                        None => break,
+                    id = events.recv() => match id {
+                        Ok(id) => {
+                            seen.insert(id);
+                        }
+                        // Missed some; BlueZ's RSSI below still names them.
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => {
+                            tokio::time::sleep_until(period_end).await;
+                            break;
+                        }
                     },
                 }
             }
@@ -439,54 +607,66 @@ impl DeviceSource for BluezSource {
     }
 
     async fn connect(&self, address: Address) -> Result<BluezLink, DeviceError> {
-        let peripheral = self.find_or_discover(address).await?;
+        let entry = self.entry(address).await?;
+        let peripheral = entry.peripheral.clone();
         let id = peripheral.id();
-        let (generation, gone) = self.register(&id);
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let gone = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(LINK_EVENT_CAPACITY);
+        let subscribed: Arc<Mutex<HashSet<CharacteristicId>>> = Arc::default();
+        // Installed before connecting, so a disconnection during setup is not missed.
+        lock(&self.shared.gone).insert(id.clone(), (generation, gone.clone()));
+        entry.sink.send_replace(Some(Sink {
+            generation,
+            tx,
+            subscribed: subscribed.clone(),
+            gone,
+        }));
         let guard = LinkGuard {
-            registry: self.registry.clone(),
-            id: id.clone(),
+            bt: self.bt.clone(),
+            shared: self.shared.clone(),
+            entry: entry.clone(),
+            id,
             generation,
             peripheral: Some(peripheral.clone()),
             limit: self.config.call_timeout,
         };
         debug!(%address, "connecting");
-        match timeout(self.config.connect_timeout, peripheral.connect()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if error::is_already_connected(&e) => {}
-            Ok(Err(e)) => return Err(error::from_btleplug(&e, Op::Connect)),
-            Err(_) => return Err(DeviceError::Timeout),
+        let p = peripheral.clone();
+        match self
+            .bt
+            .raw(
+                self.config.connect_timeout,
+                async move { p.connect().await },
+            )
+            .await?
+        {
+            Ok(()) => {}
+            Err(e) if error::is_already_connected(&e) => {}
+            Err(e) => return Err(error::from_btleplug(&e, Op::Connect)),
         }
-        // Opened before anything is subscribed, so no early value is missed.
-        let notes = call(
-            self.config.call_timeout,
-            Op::Connect,
-            peripheral.notifications(),
-        )
-        .await?;
-        let (tx, rx) = mpsc::channel(LINK_EVENT_CAPACITY);
-        let subscribed: Arc<Mutex<HashSet<CharacteristicId>>> = Arc::default();
-        let stop = CancellationToken::new();
-        let pump = tokio::spawn(pump(notes, gone, stop.clone(), subscribed.clone(), tx));
         debug!(%address, "connected");
         Ok(BluezLink {
+            bt: self.bt.clone(),
             address,
             peripheral,
             limit: self.config.call_timeout,
             events: Some(rx),
             chars: HashMap::new(),
             subscribed,
-            stop,
-            _pump: Owned(pump),
             // From here the link owns the cleanup.
-            registration: Some(guard),
+            guard,
         })
     }
 }
 
-/// Unregisters a link and cancels its connection unless disarmed; dropped when `connect`
-/// fails or is cancelled half-way.
+/// Detaches a link from its device (values and disconnection events stop) and, unless
+/// disarmed, cancels its connection: dropped when `connect` fails or is cancelled half-way,
+/// or with a link dropped without `disconnect`.
 struct LinkGuard {
-    registry: Registry,
+    bt: Arc<BluezThread>,
+    shared: Arc<Shared>,
+    entry: Arc<DeviceEntry>,
     id: PeripheralId,
     generation: u64,
     peripheral: Option<Peripheral>,
@@ -494,70 +674,67 @@ struct LinkGuard {
 }
 
 impl LinkGuard {
-    /// Leaves the connection alone when dropped (it was closed another way).
-    fn disarm(&mut self) {
-        self.peripheral = None;
-    }
-
-    fn unregister(&self) {
-        let mut registry = lock(&self.registry);
-        if registry
-            .get(&self.id)
-            .is_some_and(|r| r.generation == self.generation)
-        {
-            registry.remove(&self.id);
+    fn detach(&self) {
+        let generation = self.generation;
+        let mut gone = lock(&self.shared.gone);
+        if gone.get(&self.id).is_some_and(|(g, _)| *g == generation) {
+            gone.remove(&self.id);
         }
+        drop(gone);
+        self.entry.sink.send_if_modified(|sink| {
+            if sink.as_ref().is_some_and(|s| s.generation == generation) {
+                *sink = None;
+                true
+            } else {
+                false
+            }
+        });
     }
 }
 
 impl Drop for LinkGuard {
     fn drop(&mut self) {
-        self.unregister();
+        self.detach();
         let Some(peripheral) = self.peripheral.take() else {
             return;
         };
-        // Cancel a pending or established connection nobody will use. Best effort: outside a
-        // runtime there is nothing to run it on, and BlueZ drops idle links itself.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let limit = self.limit;
-            handle.spawn(async move {
-                let _ = timeout(limit, peripheral.disconnect()).await;
-            });
-        }
+        // Cancel a pending or established connection nobody will use (best effort).
+        let limit = self.limit;
+        self.bt.spawn(async move {
+            let _ = timeout(limit, peripheral.disconnect()).await;
+        });
     }
 }
 
-/// Routes btleplug's `DeviceDisconnected` to the link registered for the device. Re-creates
-/// its event stream every `scan_restart` (and whenever it ends) so its match rules are fresh.
-async fn watch_disconnections(adapter: Adapter, registry: Registry, config: BluezConfig) {
-    let period = config.scan_restart.max(Duration::from_secs(1));
+/// Watches the adapter's events for the source's life: devices heard go to scans, and
+/// `DeviceDisconnected` ends the device's current link. The stream is re-opened only if it
+/// ends (D-Bus trouble): streams opened and dropped over and over are what leaks match rules.
+async fn watch_adapter(
+    adapter: Adapter,
+    mut events: EventStream,
+    shared: Arc<Shared>,
+    limit: Duration,
+) {
     loop {
-        let mut events = match call(config.call_timeout, Op::Adapter, adapter.events()).await {
-            Ok(e) => e,
-            Err(e) => {
-                warn!(error = %e, "BlueZ adapter events unavailable; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let renew = Instant::now() + period;
-        loop {
-            let event = tokio::select! {
-                () = tokio::time::sleep_until(renew) => break,
-                e = events.next() => e,
+        while let Some(event) = events.next().await {
+            let id = match event {
+                CentralEvent::DeviceDisconnected(id) => id,
+                CentralEvent::DeviceDiscovered(id)
+                | CentralEvent::DeviceUpdated(id)
+                | CentralEvent::RssiUpdate { id, .. }
+                | CentralEvent::ServicesAdvertisement { id, .. }
+                | CentralEvent::ServiceDataAdvertisement { id, .. }
+                | CentralEvent::ManufacturerDataAdvertisement { id, .. } => {
+                    let _ = shared.heard.send(id);
+                    continue;
+                }
+                _ => continue,
             };
-            let Some(event) = event else {
-                debug!("adapter event stream ended; re-creating");
-                break;
-            };
-            let CentralEvent::DeviceDisconnected(id) = event else {
-                continue;
-            };
-            let gone = lock(&registry).get(&id).map(|r| r.gone.clone());
+            let gone = lock(&shared.gone).get(&id).map(|(_, g)| g.clone());
             let Some(gone) = gone else { continue };
             // A late event from the previous connection must not end the current one.
-            let still_up = match timeout(config.call_timeout, adapter.peripheral(&id)).await {
-                Ok(Ok(p)) => timeout(config.call_timeout, p.is_connected())
+            let still_up = match timeout(limit, adapter.peripheral(&id)).await {
+                Ok(Ok(p)) => timeout(limit, p.is_connected())
                     .await
                     .ok()
                     .and_then(Result::ok)
@@ -570,84 +747,114 @@ async fn watch_disconnections(adapter: Adapter, registry: Registry, config: Blue
                 gone.cancel();
             }
         }
+        warn!("BlueZ adapter event stream ended; re-opening");
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match call(limit, Op::Adapter, adapter.events()).await {
+                Ok(e) => {
+                    events = e;
+                    break;
+                }
+                Err(e) => debug!(error = %e, "adapter events unavailable"),
+            }
+        }
     }
 }
 
-/// Moves values of subscribed characteristics to the link's channel; ends it with
-/// `Disconnected` when the device goes (after the values already received) or the value
-/// stream ends.
+type EventStream = Pin<Box<dyn Stream<Item = CentralEvent> + Send>>;
+
+/// Moves a device's values to its current link (only characteristics that link subscribed
+/// to), and ends the link with `Disconnected` when BlueZ reports the device gone, after the
+/// values already received. Runs for the source's life; if the value stream itself ends,
+/// the current link gets `Disconnected` and the next connection opens a new stream.
 async fn pump(
     mut notes: Pin<Box<dyn Stream<Item = ValueNotification> + Send>>,
-    gone: CancellationToken,
-    stop: CancellationToken,
-    subscribed: Arc<Mutex<HashSet<CharacteristicId>>>,
-    tx: mpsc::Sender<LinkEvent>,
+    sinks: watch::Sender<Option<Sink>>,
 ) {
-    let to_event = |n: ValueNotification| {
-        let characteristic = CharacteristicId {
-            service: to_uuid(n.service_uuid),
-            uuid: to_uuid(n.uuid),
-        };
-        lock(&subscribed)
-            .contains(&characteristic)
-            .then_some(LinkEvent::Value {
-                characteristic,
-                bytes: n.value,
-            })
-    };
-    let send = |event: LinkEvent| {
-        let tx = tx.clone();
-        let stop = stop.clone();
-        async move {
-            tokio::select! {
-                () = stop.cancelled() => false,
-                r = tx.send(event) => r.is_ok(),
+    let mut sink_rx = sinks.subscribe();
+    loop {
+        let sink = sink_rx.borrow_and_update().clone();
+        let gone = sink.as_ref().map(|s| s.gone.clone());
+        let gone = async move {
+            match gone {
+                Some(g) => g.cancelled_owned().await,
+                None => std::future::pending().await,
             }
-        }
-    };
-    let reason = loop {
+        };
         tokio::select! {
             biased;
-            () = stop.cancelled() => return,
+            changed = sink_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
             n = notes.next() => match n {
                 Some(n) => {
-                    if let Some(event) = to_event(n)
-                        && !send(event).await
-                    {
-                        return;
+                    if let Some(s) = &sink {
+                        deliver(s, n, &mut sink_rx).await;
                     }
                 }
-                None => break DisconnectReason::Unknown,
+                None => {
+                    if let Some(s) = &sink {
+                        debug!("value stream ended");
+                        let _ = s.tx.send(LinkEvent::Disconnected { reason: DisconnectReason::Unknown }).await;
+                    }
+                    return;
+                }
             },
-            () = gone.cancelled() => {
+            () = gone => {
+                let Some(s) = &sink else { continue };
                 // Values BlueZ delivered before the disconnection are already queued here.
                 while let Some(Some(n)) = notes.next().now_or_never() {
-                    if let Some(event) = to_event(n)
-                        && !send(event).await
-                    {
-                        return;
-                    }
+                    deliver(s, n, &mut sink_rx).await;
                 }
-                break DisconnectReason::RemoteClosed;
+                debug!("device disconnected");
+                let _ = s.tx.send(LinkEvent::Disconnected { reason: DisconnectReason::RemoteClosed }).await;
+                // Detached: the link's channel closes once the link lets go of its end too.
+                let generation = s.generation;
+                sinks.send_if_modified(|current| {
+                    if current.as_ref().is_some_and(|c| c.generation == generation) {
+                        *current = None;
+                        true
+                    } else {
+                        false
+                    }
+                });
             }
         }
+    }
+}
+
+/// Sends one value to the link if it subscribed to the characteristic; gives up when the
+/// link is replaced or closed meanwhile.
+async fn deliver(sink: &Sink, n: ValueNotification, sink_rx: &mut watch::Receiver<Option<Sink>>) {
+    let characteristic = CharacteristicId {
+        service: to_uuid(n.service_uuid),
+        uuid: to_uuid(n.uuid),
     };
-    debug!(?reason, "link ended");
-    let _ = send(LinkEvent::Disconnected { reason }).await;
+    if !lock(&sink.subscribed).contains(&characteristic) {
+        return;
+    }
+    let event = LinkEvent::Value {
+        characteristic,
+        bytes: n.value,
+    };
+    tokio::select! {
+        _ = sink.tx.send(event) => {}
+        _ = sink_rx.changed() => {}
+    }
 }
 
 /// One connection through BlueZ.
 pub struct BluezLink {
+    bt: Arc<BluezThread>,
     address: Address,
     peripheral: Peripheral,
     limit: Duration,
     events: Option<mpsc::Receiver<LinkEvent>>,
     chars: HashMap<CharacteristicId, btleplug::api::Characteristic>,
     subscribed: Arc<Mutex<HashSet<CharacteristicId>>>,
-    stop: CancellationToken,
-    _pump: Owned,
-    /// Unregisters and disconnects when the link is dropped without `disconnect`.
-    registration: Option<LinkGuard>,
+    guard: LinkGuard,
 }
 
 fn properties(flags: CharPropFlags) -> Properties {
@@ -680,12 +887,12 @@ impl DeviceLink for BluezLink {
     }
 
     async fn discover(&mut self) -> Result<Vec<Characteristic>, DeviceError> {
-        call(
-            self.limit,
-            Op::Discover,
-            self.peripheral.discover_services(),
-        )
-        .await?;
+        let p = self.peripheral.clone();
+        self.bt
+            .call(self.limit, Op::Discover, async move {
+                p.discover_services().await
+            })
+            .await?;
         self.chars = self
             .peripheral
             .services()
@@ -716,12 +923,12 @@ impl DeviceLink for BluezLink {
         if !c.properties.contains(CharPropFlags::READ) {
             return Err(DeviceError::NotPermitted(characteristic.uuid, "read"));
         }
-        call(
-            self.limit,
-            Op::Read(characteristic.uuid),
-            self.peripheral.read(c),
-        )
-        .await
+        let (p, c) = (self.peripheral.clone(), c.clone());
+        self.bt
+            .call(self.limit, Op::Read(characteristic.uuid), async move {
+                p.read(&c).await
+            })
+            .await
     }
 
     async fn write(
@@ -733,12 +940,12 @@ impl DeviceLink for BluezLink {
         if !c.properties.contains(CharPropFlags::WRITE) {
             return Err(DeviceError::NotPermitted(characteristic.uuid, "write"));
         }
-        call(
-            self.limit,
-            Op::Write(characteristic.uuid),
-            self.peripheral.write(c, bytes, WriteType::WithResponse),
-        )
-        .await
+        let (p, c, bytes) = (self.peripheral.clone(), c.clone(), bytes.to_vec());
+        self.bt
+            .call(self.limit, Op::Write(characteristic.uuid), async move {
+                p.write(&c, &bytes, WriteType::WithResponse).await
+            })
+            .await
     }
 
     async fn subscribe(&mut self, characteristic: CharacteristicId) -> Result<(), DeviceError> {
@@ -753,11 +960,16 @@ impl DeviceLink for BluezLink {
         if !lock(&self.subscribed).insert(characteristic) {
             return Ok(());
         }
-        let result = match timeout(self.limit, self.peripheral.subscribe(&c)).await {
+        let p = self.peripheral.clone();
+        let result = match self
+            .bt
+            .raw(self.limit, async move { p.subscribe(&c).await })
+            .await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if error::is_in_progress(&e) => Ok(()),
             Ok(Err(e)) => Err(error::from_btleplug(&e, Op::Subscribe(characteristic.uuid))),
-            Err(_) => Err(DeviceError::Timeout),
+            Err(e) => Err(e),
         };
         if result.is_err() {
             lock(&self.subscribed).remove(&characteristic);
@@ -766,22 +978,23 @@ impl DeviceLink for BluezLink {
     }
 
     async fn disconnect(&mut self) -> Result<(), DeviceError> {
-        self.stop.cancel();
-        let Some(mut registration) = self.registration.take() else {
-            return Ok(());
-        };
-        registration.unregister();
+        self.guard.detach();
         // Disconnecting here, not in the guard's drop.
-        registration.disarm();
-        match call(self.limit, Op::Disconnect, self.peripheral.disconnect()).await {
+        if self.guard.peripheral.take().is_none() {
+            return Ok(());
+        }
+        let p = self.peripheral.clone();
+        let closed = self
+            .bt
+            .call(
+                self.limit,
+                Op::Disconnect,
+                async move { p.disconnect().await },
+            )
+            .await;
+        match closed {
             Ok(()) | Err(DeviceError::Disconnected | DeviceError::NotFound) => Ok(()),
             Err(e) => Err(e),
         }
-    }
-}
-
-impl Drop for BluezLink {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
