@@ -63,6 +63,8 @@ pub async fn ingest(config: ingest::config::IngestConfig) -> anyhow::Result<()> 
         ingest::consume::client_options(&config.broker, &client_id, config.consumer.max_inflight)?;
     let capacity = options.request_channel_capacity();
     let stats = Arc::new(ingest::consume::IngestStats::default());
+    // Profiles first: a bad threshold profile stops ingest before it touches the broker.
+    let rules = ingest::consume::Rules::load(&config.rules).context("cannot load the rules")?;
     let consumer = ingest::consume::Consumer {
         settings: ingest::consume::ConsumerSettings {
             group: config.consumer.group.clone(),
@@ -107,7 +109,7 @@ pub async fn ingest(config: ingest::config::IngestConfig) -> anyhow::Result<()> 
             }
         })
     };
-    consumer.run().await?;
+    consumer.run_with(rules).await?;
     progress.abort();
     match http.await {
         Ok(Ok(())) => {}

@@ -2,6 +2,7 @@
 //! sample). Every table rejects unknown keys; durations are humantime strings ("20ms", "5m").
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,9 @@ pub struct IngestConfig {
     /// Clock-sanity policy for incoming readings.
     #[serde(default)]
     pub clock: ClockConfig,
+    /// The rules engine: where threshold profiles are, which one is the default.
+    #[serde(default)]
+    pub rules: RulesConfig,
 }
 
 /// `[database]`.
@@ -104,6 +108,36 @@ impl Default for ClockConfig {
     }
 }
 
+/// `[rules]`.
+///
+/// A patient's profile is their registry `profile_id` when set: the id of a profile in
+/// `profiles_dir`, or of an override in `profiles_dir/overrides/` (applied on top of the
+/// profile its `base` names). When unset, the profile whose id is the patient's condition
+/// (`copd`, `hypertension`, …) if there is one, else `default_profile`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Directory of threshold profiles (`*.toml`), with per-patient overrides in its
+    /// `overrides/` subdirectory. Relative paths are from the working directory; the default,
+    /// `fixtures/profiles`, suits a checkout of the repository (development and tests).
+    pub profiles_dir: PathBuf,
+    /// The profile for patients whose condition has none of its own.
+    pub default_profile: String,
+    /// How often time-driven rules (missing data, silent gateway) are checked.
+    #[serde(with = "humantime_serde")]
+    pub tick_every: Duration,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            profiles_dir: PathBuf::from("fixtures/profiles"),
+            default_profile: "default".into(),
+            tick_every: Duration::from_secs(60),
+        }
+    }
+}
+
 impl IngestConfig {
     /// Checks what serde cannot; returns the dotted key and the problem.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
@@ -132,6 +166,12 @@ impl IngestConfig {
         }
         if self.consumer.max_inflight == 0 {
             return Err(("consumer.max_inflight", "must be at least 1".into()));
+        }
+        if self.rules.default_profile.is_empty() {
+            return Err(("rules.default_profile", "must name a profile".into()));
+        }
+        if self.rules.tick_every.is_zero() {
+            return Err(("rules.tick_every", "must be more than zero".into()));
         }
         Ok(())
     }

@@ -3,9 +3,17 @@
 //! ```text
 //! broker ──(shared subscription, QoS 1, manual acks)──► event-loop task ──► bounded channel
 //!   ──► batcher: decode envelope → gateway known? → per reading: units, ranges, clock,
-//!       gateway↔device↔patient binding → insert_batch (one transaction, dedup by id)
-//!       → dead letters for what failed → PUBACK every message of the batch
+//!       gateway↔device↔patient binding → insert_batch_evaluated (one transaction: insert,
+//!       dedup by id, rules engine on the NEW readings, alert rows) → dead letters for what
+//!       failed → PUBACK every message of the batch
 //! ```
+//!
+//! **Rules** ([`Consumer::run_with`]): every new reading is evaluated by the rules engine
+//! against the patient's threshold profile, from per-patient state held in memory
+//! ([`alerting`]), and the alerts it raises, updates or resolves are committed in the same
+//! transaction as the readings. If that transaction fails, the state it changed is thrown
+//! away and rebuilt from the record, so no reading is counted twice. Time-driven rules
+//! (missing data, silent gateway) run every `[rules] tick_every` on the same task.
 //!
 //! **A message is acknowledged only after what it carried is committed**: its readings in the
 //! record, or its rejection in the dead-letter table. The session is persistent (fixed client
@@ -37,7 +45,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use vitals::{Channel, Envelope, GatewayId, GatewayStatus, Observed, Reading, RejectReason, topic};
 
-use crate::record::{Record, RecordError, SeqCheck};
+use crate::record::{BatchOutcome, Record, RecordError, SeqCheck};
+
+pub mod alerting;
+
+pub use alerting::{Rules, RulesError};
 
 /// How the consumer behaves.
 #[derive(Clone, Debug)]
@@ -73,6 +85,12 @@ pub struct IngestStats {
     pub statuses: AtomicU64,
     /// Database errors retried.
     pub db_retries: AtomicU64,
+    /// Alert events stored (raised, updated, resolved, repeat requested).
+    pub alert_events: AtomicU64,
+    /// Patients whose rules state was rebuilt from the record.
+    pub rules_rebuilds: AtomicU64,
+    /// Batches rolled back because another node had evaluated the same patient.
+    pub rules_stale: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
 }
 
@@ -140,8 +158,19 @@ enum Incoming {
 }
 
 impl Consumer {
-    /// Runs until `shutdown` is cancelled.
+    /// Runs until `shutdown` is cancelled, storing readings without evaluating rules (the
+    /// ingest path alone: benchmarks and tests of it). `rpm ingest` uses [`Consumer::run_with`].
     pub async fn run(self) -> Result<(), ConsumeError> {
+        self.run_inner(None).await
+    }
+
+    /// Runs until `shutdown` is cancelled, evaluating every new reading with `rules` and
+    /// storing the alerts with the readings. Every registered patient is enrolled first.
+    pub async fn run_with(self, rules: Rules) -> Result<(), ConsumeError> {
+        self.run_inner(Some(rules)).await
+    }
+
+    async fn run_inner(self, mut rules: Option<Rules>) -> Result<(), ConsumeError> {
         let Consumer {
             settings,
             record,
@@ -162,10 +191,27 @@ impl Consumer {
         let mut known = KnownGateways::default();
         let mut batch: Vec<Publish> = Vec::new();
         let mut readings_in_batch = 0usize;
+        // Without rules the tick branch is disabled; the period only has to be valid.
+        let tick_every = rules
+            .as_ref()
+            .map_or(Duration::from_secs(60), |r| r.tick_every);
+        if let Some(rules) = rules.as_mut() {
+            enrol_all(&settings, &record, &stats, rules, &shutdown).await;
+        }
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Wait for the first message of a batch (or the end).
+            // Wait for the first message of a batch (or the end), running time-driven rules
+            // when they are due.
             let first = tokio::select! {
                 () = shutdown.cancelled() => None,
+                _ = ticker.tick(), if rules.is_some() => {
+                    if let Some(rules) = rules.as_mut() {
+                        tick(&settings, &record, &stats, rules).await;
+                    }
+                    continue;
+                }
                 m = rx.recv() => m,
             };
             let Some(first) = first else { break };
@@ -196,7 +242,15 @@ impl Consumer {
                 };
             }
             if !batch.is_empty() {
-                process(&settings, &record, &stats, &mut known, &batch).await;
+                process(
+                    &settings,
+                    &record,
+                    &stats,
+                    &mut known,
+                    rules.as_mut(),
+                    &batch,
+                )
+                .await;
                 for p in batch.drain(..) {
                     ack(&client, &p).await?;
                 }
@@ -296,6 +350,7 @@ async fn process(
     record: &Record,
     stats: &IngestStats,
     known: &mut KnownGateways,
+    rules: Option<&mut Rules>,
     batch: &[Publish],
 ) {
     let now = OffsetDateTime::now_utc();
@@ -367,7 +422,7 @@ async fn process(
             }
         }
     }
-    store(settings, record, stats, &good, &origin, &mut dead).await;
+    store(settings, record, stats, rules, &good, &origin, &mut dead).await;
     for d in dead {
         retry(settings, stats, || {
             record.dead_letter(&d.topic, d.gateway.as_ref(), d.reason, &d.error, &d.payload)
@@ -425,6 +480,7 @@ async fn store(
     settings: &ConsumerSettings,
     record: &Record,
     stats: &IngestStats,
+    mut rules: Option<&mut Rules>,
     good: &[(Reading, Vec<Observed>)],
     origin: &[usize],
     dead: &mut Vec<Dead>,
@@ -432,7 +488,7 @@ async fn store(
     if good.is_empty() {
         return;
     }
-    match retry_permanent(settings, stats, || record.insert_batch(good)).await {
+    match insert(settings, record, stats, rules.as_deref_mut(), good).await {
         Ok(outcome) => count(stats, outcome.new_count(), outcome.duplicates),
         Err(e) => {
             tracing::error!(error = %e, "the record refused a batch; storing message by message");
@@ -444,7 +500,7 @@ async fn store(
                         .take_while(|m| **m == origin[start])
                         .count();
                 let part = &good[start..end];
-                match retry_permanent(settings, stats, || record.insert_batch(part)).await {
+                match insert(settings, record, stats, rules.as_deref_mut(), part).await {
                     Ok(outcome) => count(stats, outcome.new_count(), outcome.duplicates),
                     Err(e) => {
                         for (r, _) in part {
@@ -462,6 +518,183 @@ async fn store(
                 start = end;
             }
         }
+    }
+}
+
+/// Inserts one batch, with or without rules; transient failures are retried.
+async fn insert(
+    settings: &ConsumerSettings,
+    record: &Record,
+    stats: &IngestStats,
+    rules: Option<&mut Rules>,
+    batch: &[(Reading, Vec<Observed>)],
+) -> Result<BatchOutcome, RecordError> {
+    match rules {
+        None => retry_permanent(settings, stats, || record.insert_batch(batch)).await,
+        Some(rules) => insert_evaluated(settings, record, stats, rules, batch).await,
+    }
+}
+
+/// Rebuild what is stale → begin → insert → evaluate the new readings → alert rows →
+/// commit. A rollback for stale state rebuilds and tries again; a failed transaction throws
+/// the batch's patients' state away (it counted readings that are not in the record).
+async fn insert_evaluated(
+    settings: &ConsumerSettings,
+    record: &Record,
+    stats: &IngestStats,
+    rules: &mut Rules,
+    batch: &[(Reading, Vec<Observed>)],
+) -> Result<BatchOutcome, RecordError> {
+    let mut patients: Vec<&vitals::PatientKey> = batch.iter().map(|(r, _)| &r.patient).collect();
+    patients.sort_unstable();
+    patients.dedup();
+    let mut failures = 0u32;
+    let mut rollbacks = 0u32;
+    loop {
+        let prepared = prepare(record, stats, rules, &patients).await;
+        let result = match prepared {
+            Ok(()) => {
+                let force = rollbacks >= alerting::MAX_ROLLBACKS;
+                record
+                    .insert_batch_evaluated(batch, |new, versions| {
+                        rules.evaluate(new, versions, force)
+                    })
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(Some((outcome, written))) => {
+                stats
+                    .alert_events
+                    .fetch_add(written.len() as u64, Ordering::Relaxed);
+                return Ok(outcome);
+            }
+            Ok(None) => {
+                rollbacks += 1;
+                stats.rules_stale.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(rollbacks, "rules state was stale; rebuilding and retrying");
+            }
+            Err(e) => {
+                rules.discard(patients.iter().copied());
+                if !e.is_retryable() {
+                    return Err(e);
+                }
+                failures = failures.saturating_add(1);
+                stats.db_retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, failures, "database unavailable; retrying");
+                tokio::time::sleep(mqtt::backoff(failures, settings.max_backoff)).await;
+            }
+        }
+    }
+}
+
+/// Rebuilds the state of the patients that need it. A patient whose readings cannot be read
+/// back (a permanent error) is logged and left stale: their readings are still stored.
+async fn prepare(
+    record: &Record,
+    stats: &IngestStats,
+    rules: &mut Rules,
+    patients: &[&vitals::PatientKey],
+) -> Result<(), RecordError> {
+    let now = OffsetDateTime::now_utc();
+    for key in patients {
+        if rules.is_current(key) {
+            continue;
+        }
+        match rules.rebuild(record, key, now).await {
+            Ok(_) => {
+                stats.rules_rebuilds.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.is_retryable() => return Err(e),
+            Err(e) => tracing::error!(error = %e, "could not rebuild a patient's rules state"),
+        }
+    }
+    Ok(())
+}
+
+/// Enrols every registered patient at start-up (retrying while the database is away).
+async fn enrol_all(
+    settings: &ConsumerSettings,
+    record: &Record,
+    stats: &IngestStats,
+    rules: &mut Rules,
+    shutdown: &CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        match rules.enrol_all(record, OffsetDateTime::now_utc()).await {
+            Ok(n) => {
+                stats.rules_rebuilds.fetch_add(n as u64, Ordering::Relaxed);
+                tracing::info!(patients = n, "rules state rebuilt from the record");
+                return;
+            }
+            Err(e) if e.is_retryable() => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %e, failures, "database unavailable; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(mqtt::backoff(failures, settings.max_backoff)) => {}
+                }
+            }
+            Err(e) => {
+                // Patients are then enrolled as their readings arrive.
+                tracing::error!(error = %e, "could not rebuild rules state at start-up");
+                return;
+            }
+        }
+    }
+}
+
+/// Time-driven rules: rebuilds stale patients, ticks the engine, and stores what it raises
+/// for patients whose state matches the record (another node may have newer readings: those
+/// patients are rebuilt and checked again at the next tick).
+async fn tick(
+    settings: &ConsumerSettings,
+    record: &Record,
+    stats: &IngestStats,
+    rules: &mut Rules,
+) {
+    let stale = rules.stale();
+    let stale: Vec<&vitals::PatientKey> = stale.iter().collect();
+    if prepare(record, stats, rules, &stale).await.is_err() {
+        return; // the database is away; the next tick tries again
+    }
+    let raised = rules.tick(OffsetDateTime::now_utc());
+    if raised.is_empty() {
+        return;
+    }
+    let mut writes = Vec::with_capacity(raised.len());
+    let mut outdated = Vec::new();
+    for (key, version, write) in raised {
+        match record.rule_version(&key).await {
+            Ok(v) if v == version => writes.push(write),
+            Ok(_) => outdated.push(key),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check a rules version; tick skipped");
+                outdated.push(key);
+            }
+        }
+    }
+    rules.discard(outdated.iter());
+    match retry_permanent(settings, stats, || record.write_alerts(&writes)).await {
+        Ok(written) => {
+            stats
+                .alert_events
+                .fetch_add(written.len() as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not store time-driven alerts");
+            let keys: Vec<vitals::PatientKey> = writes.iter().map(write_patient).cloned().collect();
+            rules.discard(keys.iter());
+        }
+    }
+}
+
+fn write_patient(w: &crate::record::AlertWrite) -> &vitals::PatientKey {
+    use crate::record::AlertWrite as W;
+    match w {
+        W::Open { patient, .. } | W::Resolve { patient, .. } | W::Repeat { patient, .. } => patient,
     }
 }
 

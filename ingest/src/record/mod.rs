@@ -54,7 +54,11 @@
 //!
 //! Times are stored as Unix microseconds in 64-bit integers on both backends (the precision
 //! of a PostgreSQL `timestamptz`), so the same SQL compares and indexes them everywhere.
-//! Alerts and the notifier's outbox arrive as later migrations in the same directories.
+//! - `alerts` (at most one open per patient and rule), `alert_events` and `rule_versions`
+//!   (migration 0002), written with the readings that raised them in one transaction:
+//!   [`Record::insert_batch_evaluated`] (the `alerts.rs` module doc has the contract).
+//!
+//! The notifier's outbox arrives as a later migration in the same directories.
 //!
 //! # Durability
 //!
@@ -83,6 +87,7 @@
 //! dedup by id) and counts the replay; a reading is never dropped because its envelope's
 //! number was old.
 
+mod alerts;
 mod dead_letters;
 mod error;
 mod readings;
@@ -102,6 +107,10 @@ use time::OffsetDateTime;
 
 use crate::config::DatabaseConfig;
 
+pub use alerts::{
+    AlertEventKind, AlertState, AlertWrite, Evaluate, OpenAlert, RuleVersion, StoredAlert,
+    StoredAlertEvent, WrittenEvent, audience_str,
+};
 pub use dead_letters::{DeadLetter, MAX_DEAD_LETTER_PAYLOAD, SeqCheck};
 pub use error::{RecordError, Result};
 pub use readings::{BatchOutcome, LastValue, Page, ReadingsPage, StoredReading};

@@ -90,6 +90,17 @@ impl Record {
     /// Patients and gateways must be in the registry (the consumer checks bindings first);
     /// a reading for an unknown one fails the whole batch with [`RecordError::Constraint`].
     pub async fn insert_batch(&self, batch: &[(Reading, Vec<Observed>)]) -> Result<BatchOutcome> {
+        let outcome = self.insert_batch_inner(batch, None).await?;
+        Ok(outcome.map(|(o, _)| o).unwrap_or_default())
+    }
+
+    /// [`Record::insert_batch`], with `evaluate` run inside the transaction on the new
+    /// readings (see [`Record::insert_batch_evaluated`]). `None` when it asked for a rollback.
+    pub(super) async fn insert_batch_inner(
+        &self,
+        batch: &[(Reading, Vec<Observed>)],
+        evaluate: Option<&mut super::alerts::Evaluate<'_>>,
+    ) -> Result<Option<(BatchOutcome, Vec<super::alerts::WrittenEvent>)>> {
         let ingested_at = now_us();
         let mut seen = HashSet::with_capacity(batch.len());
         let rows = batch
@@ -99,7 +110,7 @@ impl Record {
             .collect::<Result<Vec<_>>>()?;
         let in_batch_duplicates = batch.len() - rows.len();
         if rows.is_empty() {
-            return Ok(BatchOutcome::default());
+            return Ok(Some((BatchOutcome::default(), Vec::new())));
         }
 
         // Devices and gateways touched by the batch, with their latest times.
@@ -121,10 +132,13 @@ impl Record {
         gateways.dedup();
 
         let span = tracing::debug_span!("insert_batch", readings = batch.len());
-        let new_ids = self
-            .write_batch(&rows, &devices, &gateways, ingested_at)
+        let Some((new_ids, written)) = self
+            .write_batch(&rows, &devices, &gateways, ingested_at, evaluate)
             .instrument(span)
-            .await?;
+            .await?
+        else {
+            return Ok(None);
+        };
 
         let new: Vec<ReadingId> = rows
             .iter()
@@ -140,19 +154,21 @@ impl Record {
             duplicates = outcome.duplicates,
             "batch committed"
         );
-        Ok(outcome)
+        Ok(Some((outcome, written)))
     }
 
-    /// The transaction of [`Record::insert_batch`]; returns the ids that were new.
+    /// The transaction of [`Record::insert_batch`]; returns the ids that were new and what
+    /// `evaluate` stored, or `None` when `evaluate` asked for a rollback.
     async fn write_batch(
         &self,
         rows: &[ReadingRow<'_>],
         devices: &[&ReadingRow<'_>],
         gateways: &[&str],
         ingested_at: i64,
-    ) -> Result<HashSet<String>> {
+        evaluate: Option<&mut super::alerts::Evaluate<'_>>,
+    ) -> Result<Option<(HashSet<String>, Vec<super::alerts::WrittenEvent>)>> {
         let max_binds = self.max_binds();
-        let new_ids: HashSet<String> = with_pool!(self, write, |pool, DB| {
+        let done = with_pool!(self, write, |pool, DB| {
             let mut tx = pool.begin().await?;
             let mut new_ids = HashSet::with_capacity(rows.len());
             for chunk in rows.chunks(max_binds / READING_BINDS) {
@@ -241,11 +257,32 @@ impl Record {
                 q.build().execute(&mut *tx).await?;
             }
 
-            tx.commit().await?;
-            new_ids
+            // The rules see the new readings before anything is committed: their alerts
+            // commit with them, or neither does.
+            let written = match evaluate {
+                None => Some(Vec::new()),
+                Some(evaluate) => {
+                    let new: Vec<&Reading> = rows
+                        .iter()
+                        .filter(|r| new_ids.contains(&r.id))
+                        .map(|r| r.reading)
+                        .collect();
+                    super::alerts::in_batch::<DB>(&mut *tx, &new, evaluate).await?
+                }
+            };
+            match written {
+                Some(written) => {
+                    tx.commit().await?;
+                    Some((new_ids, written))
+                }
+                None => {
+                    tx.rollback().await?;
+                    None
+                }
+            }
         });
 
-        Ok(new_ids)
+        Ok(done)
     }
 }
 

@@ -1,0 +1,604 @@
+//! The rules engine inside the consumer: threshold profiles loaded at start-up, per-patient
+//! state in memory, rebuilt from the record when it may be out of date, and the engine's
+//! events turned into the record's [`AlertWrite`]s.
+//!
+//! # Profiles
+//!
+//! [`Rules::load`] reads every `*.toml` in `[rules] profiles_dir` as a [`Profile`] and every
+//! `*.toml` in its `overrides/` subdirectory as a [`ProfileOverride`] on the profile its
+//! `base` names, and builds them all; a bad file refuses start-up with the file named and the
+//! engine's precise [`ProfileError`]. Profile and override ids share one namespace. A
+//! patient's ruleset is their registry `profile_id` when set (a profile id, or an override id:
+//! the override on its base); else the profile named like their condition (`copd`,
+//! `hypertension`, …) when there is one; else `[rules] default_profile`. A `profile_id` that
+//! names nothing loaded falls back the same way, with a warning (the id, never the patient).
+//!
+//! # State, and when it is rebuilt
+//!
+//! Patients become dense engine indices the first time this node meets them; every
+//! registered patient is enrolled at start-up, so time-driven rules (missing data, silent
+//! gateway) cover patients who have stopped measuring. A patient's state is rebuilt
+//! ([`Engine::rebuild`], replaying the record over the longest window its ruleset looks back,
+//! at most [`rules::MAX_DAYS`] days) when:
+//!
+//! - the node has not built it since start;
+//! - the record's `rule_versions` row for the patient says another node evaluated readings
+//!   this node did not see (checked in the batch transaction: the node rolls back, rebuilds
+//!   and tries again);
+//! - a transaction this node evaluated did not commit: the evaluation changed state for
+//!   readings that are not in the record, so it is thrown away, never double-counted.
+//!
+//! Replay raises nothing: alerts already open in the record stay as they are, and the
+//! engine's open alerts after replay are what later readings update or resolve.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rules::{
+    Alert, Check, Context, Engine, Event, PatientIdx, Persistence, Profile, ProfileError,
+    ProfileIdx, ProfileOverride, RepeatReason, Ruleset, Timestamp,
+};
+use serde_json::{Value as Json, json};
+use time::OffsetDateTime;
+use vitals::{DeviceIdentity, PatientKey, Reading};
+
+use crate::config::RulesConfig;
+use crate::record::{AlertWrite, OpenAlert, Page, Record, RecordError, RuleVersion, StoredReading};
+
+/// Why the rules could not be loaded. The consumer does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    /// A directory or file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// What.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A profile or override was refused.
+    #[error("{path}: {source}")]
+    Profile {
+        /// The file.
+        path: PathBuf,
+        /// The engine's reason (rule and field named).
+        #[source]
+        source: ProfileError,
+    },
+    /// Two files define the same id.
+    #[error("{path}: id `{id}` is already defined by {other}")]
+    Duplicate {
+        /// The second file.
+        path: PathBuf,
+        /// The id.
+        id: String,
+        /// The first file.
+        other: PathBuf,
+    },
+    /// An override names a base profile that is not loaded.
+    #[error("{path}: override `{id}` is for profile `{base}`, which is not in {dir}")]
+    UnknownBase {
+        /// The override file.
+        path: PathBuf,
+        /// The override id.
+        id: String,
+        /// Its base.
+        base: String,
+        /// The profiles directory.
+        dir: PathBuf,
+    },
+    /// The default profile is not among the loaded ones.
+    #[error("{dir}: no profile with the default id `{id}` ([rules] default_profile)")]
+    NoDefault {
+        /// The profiles directory.
+        dir: PathBuf,
+        /// The id looked for.
+        id: String,
+    },
+}
+
+/// The validated rulesets, by id.
+#[derive(Debug)]
+struct Profiles {
+    sets: Vec<Ruleset>,
+    by_id: HashMap<String, usize>,
+    default: usize,
+}
+
+fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, RulesError> {
+    let read = |e| RulesError::Read {
+        path: dir.to_path_buf(),
+        source: e,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read)? {
+        let path = entry.map_err(read)?.path();
+        if path.is_file() && path.extension().is_some_and(|e| e == "toml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn read_text(path: &Path) -> Result<String, RulesError> {
+    std::fs::read_to_string(path).map_err(|e| RulesError::Read {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
+impl Profiles {
+    fn load(dir: &Path, default: &str) -> Result<Self, RulesError> {
+        let mut sets = Vec::new();
+        let mut by_id: HashMap<String, usize> = HashMap::new();
+        let mut files: Vec<PathBuf> = Vec::new();
+        let mut bases: HashMap<String, Profile> = HashMap::new();
+        let mut add = |id: &str, set: Ruleset, path: &Path| {
+            if let Some(&i) = by_id.get(id) {
+                return Err(RulesError::Duplicate {
+                    path: path.to_path_buf(),
+                    id: id.to_owned(),
+                    other: files[i].clone(),
+                });
+            }
+            by_id.insert(id.to_owned(), sets.len());
+            sets.push(set);
+            files.push(path.to_path_buf());
+            Ok(())
+        };
+        let refused = |path: &Path, source| RulesError::Profile {
+            path: path.to_path_buf(),
+            source,
+        };
+        for path in toml_files(dir)? {
+            let profile = Profile::from_toml(&read_text(&path)?).map_err(|e| refused(&path, e))?;
+            let set = profile.build().map_err(|e| refused(&path, e))?;
+            add(&profile.id, set, &path)?;
+            bases.insert(profile.id.clone(), profile);
+        }
+        let overrides = dir.join("overrides");
+        if overrides.is_dir() {
+            for path in toml_files(&overrides)? {
+                let o = ProfileOverride::from_toml(&read_text(&path)?)
+                    .map_err(|e| refused(&path, e))?;
+                let base = bases.get(&o.base).ok_or_else(|| RulesError::UnknownBase {
+                    path: path.clone(),
+                    id: o.id.clone(),
+                    base: o.base.clone(),
+                    dir: dir.to_path_buf(),
+                })?;
+                let set = base.build_with(&o).map_err(|e| refused(&path, e))?;
+                add(&o.id, set, &path)?;
+            }
+        }
+        let default = *by_id.get(default).ok_or_else(|| RulesError::NoDefault {
+            dir: dir.to_path_buf(),
+            id: default.to_owned(),
+        })?;
+        Ok(Profiles {
+            sets,
+            by_id,
+            default,
+        })
+    }
+
+    /// The ruleset for a patient (see the module doc).
+    fn for_patient(&self, profile_id: Option<&str>, condition: &str) -> usize {
+        if let Some(id) = profile_id {
+            if let Some(&i) = self.by_id.get(id) {
+                return i;
+            }
+            tracing::warn!(
+                profile = id,
+                "a patient's profile is not loaded; using the condition's or the default"
+            );
+        }
+        self.by_id
+            .get(&condition.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(self.default)
+    }
+}
+
+/// How far back a ruleset looks: the replay window of a rebuild.
+fn history_window(set: &Ruleset) -> time::Duration {
+    const DAY: i64 = 86_400_000;
+    let mut ms = DAY;
+    for rule in &set.rules {
+        let needed = match rule.check {
+            Check::BaselineDrop { days, .. } | Check::BestDrop { days, .. } => {
+                (i64::from(days) + 1) * DAY
+            }
+            Check::Missing { within, .. } | Check::SilentGateway { within } => within,
+            Check::News2 { fresh, .. } => fresh,
+            _ => 0,
+        };
+        let persistence = match rule.persistence {
+            Persistence::MinDuration(ms) => ms,
+            Persistence::Confirm { within, .. } => within,
+            Persistence::Immediate => 0,
+        };
+        ms = ms.max(needed).max(persistence);
+    }
+    time::Duration::milliseconds(ms.min((i64::from(rules::MAX_DAYS) + 1) * DAY))
+}
+
+/// A patient this node has met.
+#[derive(Debug)]
+struct Slot {
+    key: PatientKey,
+    /// Index into `Profiles::sets`.
+    set: usize,
+    /// The record's rule version the state matches; `None`: rebuild before use.
+    version: Option<i64>,
+}
+
+/// The rules engine and what the consumer keeps beside it. Built once at start-up by
+/// [`Rules::load`] and handed to [`super::Consumer::run_with`].
+#[derive(Debug)]
+pub struct Rules {
+    engine: Engine,
+    profiles: Profiles,
+    /// The engine's index of each of `profiles.sets`.
+    engine_sets: Vec<ProfileIdx>,
+    windows: Vec<time::Duration>,
+    /// By `PatientIdx`.
+    slots: Vec<Slot>,
+    /// How often [`Rules::tick`] runs.
+    pub(crate) tick_every: Duration,
+    events: Vec<Event>,
+}
+
+/// Rollbacks for stale state before a batch is evaluated on the state at hand (another node
+/// writing the same patient continuously); keeps a hot patient from starving the consumer.
+pub(crate) const MAX_ROLLBACKS: u32 = 4;
+
+impl Rules {
+    /// Loads and validates the profiles named in `[rules]`.
+    pub fn load(config: &RulesConfig) -> Result<Self, RulesError> {
+        let profiles = Profiles::load(&config.profiles_dir, &config.default_profile)?;
+        let mut engine = Engine::new();
+        let engine_sets = profiles
+            .sets
+            .iter()
+            .map(|s| engine.add_profile(s.clone()))
+            .collect();
+        let windows = profiles.sets.iter().map(history_window).collect();
+        tracing::info!(
+            profiles = profiles.sets.len(),
+            dir = %config.profiles_dir.display(),
+            "threshold profiles loaded"
+        );
+        Ok(Rules {
+            engine,
+            profiles,
+            engine_sets,
+            windows,
+            slots: Vec::new(),
+            tick_every: config.tick_every,
+            events: Vec::with_capacity(16),
+        })
+    }
+
+    /// Whether the patient's state can be used as it is.
+    pub(crate) fn is_current(&self, key: &PatientKey) -> bool {
+        self.engine
+            .patient_index(key)
+            .and_then(|i| self.slots.get(i.0 as usize))
+            .is_some_and(|s| s.version.is_some())
+    }
+
+    /// Patients whose state must be rebuilt before use.
+    pub(crate) fn stale(&self) -> Vec<PatientKey> {
+        self.slots
+            .iter()
+            .filter(|s| s.version.is_none())
+            .map(|s| s.key.clone())
+            .collect()
+    }
+
+    /// Throws the patients' state away: rebuilt before next use.
+    pub(crate) fn discard<'a>(&mut self, keys: impl IntoIterator<Item = &'a PatientKey>) {
+        for key in keys {
+            if let Some(i) = self.engine.patient_index(key)
+                && let Some(s) = self.slots.get_mut(i.0 as usize)
+            {
+                s.version = None;
+            }
+        }
+    }
+
+    /// Rebuilds one patient's state from the record (enrolling them on first sight).
+    /// `Ok(false)`: the patient is not in the registry, so is not evaluated.
+    pub(crate) async fn rebuild(
+        &mut self,
+        record: &Record,
+        key: &PatientKey,
+        now: OffsetDateTime,
+    ) -> Result<bool, RecordError> {
+        let Some(patient) = record.patient(key).await? else {
+            return Ok(false);
+        };
+        let set = self
+            .profiles
+            .for_patient(patient.profile_id.as_deref(), &patient.condition);
+        // The version first: readings stored after it make the state newer than it says,
+        // which at worst costs one more rebuild, never a missed reading.
+        let version = record.rule_version(key).await?;
+        let from = now - self.windows[set];
+        let to = now + time::Duration::days(1);
+        let mut readings = Vec::new();
+        let mut page = Page::first(1000);
+        loop {
+            let got = record.readings_for_patient(key, from, to, page).await?;
+            readings.extend(got.readings.into_iter().map(as_reading));
+            match got.next {
+                Some(next) => page = next,
+                None => break,
+            }
+        }
+        let idx = match self.engine.patient_index(key) {
+            Some(idx) => {
+                let slot = &mut self.slots[idx.0 as usize];
+                if slot.set != set {
+                    slot.set = set;
+                    self.engine
+                        .set_profile(idx, self.engine_sets[set])
+                        .map_err(engine_bug)?;
+                }
+                idx
+            }
+            None => {
+                let idx = self
+                    .engine
+                    .add_patient(
+                        key.clone(),
+                        self.engine_sets[set],
+                        Timestamp::from(patient.created_at),
+                    )
+                    .map_err(engine_bug)?;
+                debug_assert_eq!(idx.0 as usize, self.slots.len());
+                self.slots.push(Slot {
+                    key: key.clone(),
+                    set,
+                    version: None,
+                });
+                idx
+            }
+        };
+        let replayed = self.engine.rebuild(idx, &readings).map_err(engine_bug)?;
+        self.slots[idx.0 as usize].version = Some(version);
+        tracing::debug!(patient = %key, replayed, version, "rules state rebuilt");
+        Ok(true)
+    }
+
+    /// The batch transaction's callback: checks versions, then evaluates the new readings in
+    /// measurement order. `None` (roll back) when some patient's state is stale, unless
+    /// `force`.
+    pub(crate) fn evaluate(
+        &mut self,
+        new: &[&Reading],
+        versions: &[RuleVersion],
+        force: bool,
+    ) -> Option<Vec<AlertWrite>> {
+        let mut stale = Vec::new();
+        for v in versions {
+            let Some(i) = self.engine.patient_index(&v.patient) else {
+                continue; // not in the registry: stored, not evaluated
+            };
+            if self.slots[i.0 as usize].version != Some(v.version - 1) {
+                stale.push(i);
+            }
+        }
+        if !stale.is_empty() && !force {
+            for i in stale {
+                self.slots[i.0 as usize].version = None;
+            }
+            return None;
+        }
+        for v in versions {
+            if let Some(i) = self.engine.patient_index(&v.patient) {
+                self.slots[i.0 as usize].version = Some(v.version);
+            }
+        }
+        let mut order: Vec<&Reading> = new.to_vec();
+        order.sort_by_key(|r| r.measured_at);
+        let mut writes = Vec::new();
+        for r in order {
+            let Some(idx) = self.engine.patient_index(&r.patient) else {
+                continue;
+            };
+            self.events.clear();
+            if let Err(e) = self.engine.evaluate_reading(idx, r, &mut self.events) {
+                tracing::error!(error = %e, "rules engine refused a reading");
+                continue;
+            }
+            for i in 0..self.events.len() {
+                let event = self.events[i];
+                writes.extend(self.write_for(idx, &event));
+            }
+        }
+        Some(writes)
+    }
+
+    /// Runs time-driven rules at `now`. Returns the writes and the patients they concern with
+    /// the version their state was built at (to check before storing).
+    pub(crate) fn tick(&mut self, now: OffsetDateTime) -> Vec<(PatientKey, i64, AlertWrite)> {
+        self.events.clear();
+        self.engine.tick(Timestamp::from(now), &mut self.events);
+        let mut out = Vec::new();
+        for i in 0..self.events.len() {
+            let event = self.events[i];
+            let idx = match &event {
+                Event::Raised(a) | Event::Updated(a) | Event::Resolved(a) => a.patient,
+                Event::RepeatRequested(r) => r.patient,
+            };
+            let Some(slot) = self.slots.get(idx.0 as usize) else {
+                continue;
+            };
+            // Stale state ticks on old last-seen times: it is rebuilt before it speaks.
+            let Some(version) = slot.version else {
+                continue;
+            };
+            let key = slot.key.clone();
+            if let Some(w) = self.write_for(idx, &event) {
+                out.push((key, version, w));
+            }
+        }
+        out
+    }
+
+    /// Enrols every registered patient (start-up), so time-driven rules cover them all.
+    pub(crate) async fn enrol_all(
+        &mut self,
+        record: &Record,
+        now: OffsetDateTime,
+    ) -> Result<usize, RecordError> {
+        let mut n = 0;
+        for p in record.list_patients().await? {
+            if !self.is_current(&p.key) && self.rebuild(record, &p.key, now).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The record's form of one engine event.
+    fn write_for(&self, idx: PatientIdx, event: &Event) -> Option<AlertWrite> {
+        let slot = self.slots.get(idx.0 as usize)?;
+        let patient = slot.key.clone();
+        match event {
+            Event::Raised(a) | Event::Updated(a) => {
+                let text = self.engine.describe(a)?;
+                Some(AlertWrite::Open {
+                    patient,
+                    raised: matches!(event, Event::Raised(_)),
+                    alert: OpenAlert {
+                        rule: text.rule,
+                        profile: text.profile,
+                        severity: a.severity,
+                        audience: a.audience,
+                        opened_at: a.opened_at.to_datetime(),
+                        at: a.at.to_datetime(),
+                        explanation: explanation(a, &text.explanation),
+                        nurse: text.nurse,
+                        patient_text: text.patient,
+                    },
+                })
+            }
+            Event::Resolved(a) => {
+                let text = self.engine.describe(a)?;
+                Some(AlertWrite::Resolve {
+                    patient,
+                    rule: text.rule,
+                    at: a.at.to_datetime(),
+                    payload: explanation(a, &text.explanation),
+                })
+            }
+            Event::RepeatRequested(r) => {
+                let mut payload = json!({
+                    "reading": r.reading.to_string(),
+                    "patient_text": r.reason.patient_message(),
+                });
+                match r.reason {
+                    RepeatReason::DeviceQuality(flags) => {
+                        payload["reason"] = json!("device_quality");
+                        payload["flags"] = flags.iter().map(|f| f.as_str()).collect();
+                    }
+                    RepeatReason::Confirm(rule) => {
+                        payload["reason"] = json!("confirm");
+                        let set = self.engine.profile(self.engine_sets[slot.set])?;
+                        payload["rule"] = json!(set.rules.get(usize::from(rule.0))?.id);
+                    }
+                }
+                Some(AlertWrite::Repeat {
+                    patient,
+                    at: r.at.to_datetime(),
+                    payload,
+                })
+            }
+        }
+    }
+}
+
+/// The engine refused its own indices: a bug here, reported as a record-side invariant.
+fn engine_bug(e: rules::EngineError) -> RecordError {
+    RecordError::Invalid(format!("rules engine: {e}"))
+}
+
+/// A stored reading in the form the engine replays (identical to the live one).
+fn as_reading(s: StoredReading) -> Reading {
+    Reading {
+        id: s.id,
+        seq: s.gateway_seq,
+        gateway: s.gateway,
+        patient: s.patient,
+        device: DeviceIdentity::new(s.device),
+        user_index: s.user_index,
+        reading_type: s.reading_type,
+        device_time: s.device_time,
+        measured_at: s.measured_at,
+        received_at: s.received_at,
+        values: s.values,
+        flags: s.flags,
+    }
+}
+
+/// The explanation stored with an alert: the evidence (reading ids, times, values), the
+/// figures compared, and the engine's one-line text.
+fn explanation(a: &Alert, text: &str) -> Json {
+    let evidence: Vec<Json> = a
+        .evidence
+        .iter()
+        .map(|e| {
+            json!({
+                "reading": e.reading.to_string(),
+                "at": e.at.millis(),
+                "kind": e.kind.as_str(),
+                "value": e.value,
+            })
+        })
+        .collect();
+    let context = match a.context {
+        Context::Threshold { limit, clear } => {
+            json!({"type": "threshold", "limit": limit, "clear": clear})
+        }
+        Context::Baseline {
+            baseline,
+            drop,
+            days,
+        } => json!({"type": "baseline", "baseline": baseline, "drop": drop, "days": days}),
+        Context::PersonalBest { best, drop_percent } => {
+            json!({"type": "personal_best", "best": best, "drop_percent": drop_percent})
+        }
+        Context::Trend { mean, sd, limit } => {
+            json!({"type": "trend", "mean": mean, "sd": sd, "limit": limit})
+        }
+        Context::Cusum {
+            sum,
+            limit,
+            mean,
+            sd,
+        } => json!({"type": "cusum", "sum": sum, "limit": limit, "mean": mean, "sd": sd}),
+        Context::Missing {
+            kind,
+            last_seen,
+            within,
+        } => json!({"type": "missing", "kind": kind.as_str(), "last_seen": last_seen.millis(),
+                    "within_ms": within}),
+        Context::SilentGateway { last_heard, within } => {
+            json!({"type": "silent_gateway", "last_heard": last_heard.millis(), "within_ms": within})
+        }
+        Context::News2(s) => json!({"type": "news2", "score": s.total,
+                                    "response": s.response.as_str(), "partial": true}),
+    };
+    json!({
+        "severity": a.severity.as_str(),
+        "evidence": evidence,
+        "context": context,
+        "text": text,
+    })
+}

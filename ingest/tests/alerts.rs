@@ -1,0 +1,545 @@
+//! Rules inside ingest, against a real Mosquitto and a real record (SQLite and PostgreSQL):
+//! an alert is committed with the readings that raised it, updated and resolved in place,
+//! never raised twice (duplicates, restarts, another node), and never by a doubtful reading.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ingest::config::RulesConfig;
+use ingest::consume::{Consumer, ConsumerSettings, IngestStats, Rules, client_options};
+use ingest::record::{
+    AlertEventKind, AlertState, AlertWrite, Audit, NewBinding, NewPatient, OpenAlert, Record,
+    StoredAlert,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, MqttOptions};
+use testkit::{Mosquitto, PgDatabase, unavailable};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use vitals::*;
+
+const AUDIT: Audit<'static> = Audit {
+    who: "test",
+    why: "alert test set-up",
+};
+const TOPIC: &str = "rpm/v1/gw/gw-1/readings";
+
+fn key() -> PatientKey {
+    PatientKey::new("pk-1").expect("valid")
+}
+
+fn gw() -> GatewayId {
+    GatewayId::new("gw-1").expect("valid")
+}
+
+fn device() -> DeviceId {
+    "eui64:0011223344556677".parse().expect("valid")
+}
+
+fn rules_config() -> RulesConfig {
+    RulesConfig {
+        profiles_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/profiles").into(),
+        ..RulesConfig::default()
+    }
+}
+
+/// A COPD patient (no profile id: the condition picks the `copd` profile) with an oximeter.
+async fn registry(record: &Record) {
+    record
+        .create_patient(
+            &NewPatient {
+                key: key(),
+                display_name: Some("Ada Example".into()),
+                condition: "copd".into(),
+                profile_id: None,
+                care_team: None,
+            },
+            &AUDIT,
+        )
+        .await
+        .expect("patient");
+    record.create_gateway(&gw(), &AUDIT).await.expect("gateway");
+    record
+        .create_device(&DeviceIdentity::new(device()), &AUDIT)
+        .await
+        .expect("device");
+    record
+        .bind(
+            &NewBinding {
+                gateway: gw(),
+                device: device(),
+                patient: key(),
+                user_index: None,
+                valid_from: OffsetDateTime::UNIX_EPOCH,
+            },
+            &AUDIT,
+        )
+        .await
+        .expect("binding");
+}
+
+/// An SpO2 reading `minute` minutes into the last hour.
+fn spo2(minute: i64, value: &str, flags: Flags) -> Reading {
+    let at = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("valid")
+        - time::Duration::minutes(60)
+        + time::Duration::minutes(minute);
+    Reading {
+        id: ReadingId(Default::default()),
+        seq: minute as u64,
+        gateway: gw(),
+        patient: key(),
+        device: DeviceIdentity::new(device()),
+        user_index: None,
+        reading_type: ReadingType::OximetrySpotCheck,
+        device_time: None,
+        measured_at: at,
+        received_at: at,
+        values: vec![Observed {
+            kind: Kind::Spo2,
+            value: Value::Number(value.parse().expect("decimal")),
+            unit: Unit::Percent,
+        }],
+        flags,
+    }
+    .with_computed_id()
+}
+
+fn envelope(seq: u64, readings: Vec<Reading>) -> Vec<u8> {
+    Envelope {
+        v: 1,
+        gateway: gw(),
+        seq,
+        sent_at: OffsetDateTime::now_utc(),
+        readings,
+    }
+    .encode()
+}
+
+struct Node {
+    stats: Arc<IngestStats>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), ingest::consume::ConsumeError>>,
+}
+
+impl Node {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("joined").expect("clean stop");
+    }
+}
+
+async fn start(broker: &Mosquitto, record: Record) -> Node {
+    let config = BrokerConfig::new(broker.url().parse().expect("url"));
+    let options = client_options(&config, "ingest-alerts", 32).expect("options");
+    let cap = options.request_channel_capacity();
+    let stats = Arc::new(IngestStats::default());
+    let shutdown = CancellationToken::new();
+    let rules = Rules::load(&rules_config()).expect("the shipped profiles load");
+    let consumer = Consumer {
+        settings: ConsumerSettings {
+            group: "ingest".into(),
+            batch_max: 500,
+            batch_linger: Duration::from_millis(10),
+            max_inflight: 32,
+            max_future: Duration::from_secs(300),
+            max_backoff: Duration::from_millis(200),
+        },
+        record,
+        mqtt: AsyncClient::new(options, cap),
+        stats: stats.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let node = Node {
+        stats,
+        shutdown,
+        task: tokio::spawn(consumer.run_with(rules)),
+    };
+    wait_for("the consumer's subscription", || {
+        broker
+            .log()
+            .matches("$share/ingest/rpm/v1/gw/+/readings")
+            .count()
+            >= 1
+    })
+    .await;
+    node
+}
+
+async fn publisher(broker: &Mosquitto) -> AsyncClient {
+    let opts = MqttOptions::new("test-publisher", "127.0.0.1", broker.port());
+    let (client, mut events) = AsyncClient::new(opts, 100);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    client
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes one message and waits until the node has committed it.
+async fn send(client: &AsyncClient, node: &Node, payload: Vec<u8>) {
+    let before = node.stats.messages.load(Ordering::Relaxed);
+    client
+        .publish(TOPIC, QoS::AtLeastOnce, false, payload)
+        .await
+        .expect("publish");
+    let stats = node.stats.clone();
+    wait_for("the message committed", || {
+        stats.messages.load(Ordering::Relaxed) > before
+    })
+    .await;
+}
+
+async fn spo2_low(record: &Record) -> Vec<StoredAlert> {
+    record
+        .alerts_for_patient(&key())
+        .await
+        .expect("alerts")
+        .into_iter()
+        .filter(|a| a.rule == "spo2-low")
+        .collect()
+}
+
+async fn event_kinds(record: &Record, alert: i64) -> Vec<AlertEventKind> {
+    record
+        .alert_events_for_patient(&key())
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.alert_id == Some(alert))
+        .map(|e| e.kind)
+        .collect()
+}
+
+fn evidence_readings(a: &StoredAlert) -> Vec<String> {
+    a.explanation["evidence"]
+        .as_array()
+        .expect("evidence array")
+        .iter()
+        .map(|e| e["reading"].as_str().expect("reading id").to_owned())
+        .collect()
+}
+
+async fn spo2_low_is_raised_updated_and_resolved_once(record: Record) {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    registry(&record).await;
+    let node = start(&broker, record.clone()).await;
+    let client = publisher(&broker).await;
+
+    // One low reading only asks for a repeat (the profile wants 2 of 2 within 15 minutes).
+    let first = spo2(0, "89", Flags::EMPTY);
+    let second = spo2(5, "89", Flags::EMPTY);
+    send(&client, &node, envelope(1, vec![first.clone()])).await;
+    assert!(
+        spo2_low(&record).await.is_empty(),
+        "one low reading raises nothing"
+    );
+    send(&client, &node, envelope(2, vec![second.clone()])).await;
+    let alerts = spo2_low(&record).await;
+    assert_eq!(alerts.len(), 1, "two low readings raise one alert");
+    let alert = &alerts[0];
+    assert_eq!(alert.state, AlertState::Open);
+    assert_eq!(alert.severity, "medium");
+    assert_eq!(alert.profile, "copd@1");
+    assert_eq!(alert.audience, "both");
+    assert!(alert.nurse.contains("SpO2 89"), "{}", alert.nurse);
+    assert!(alert.patient_text.is_some());
+    let evidence = evidence_readings(alert);
+    for r in [&first, &second] {
+        assert!(
+            evidence.contains(&r.id.to_string()),
+            "evidence {evidence:?} names {}",
+            r.id
+        );
+    }
+    assert_eq!(alert.explanation["context"]["type"], "threshold");
+    assert_eq!(
+        event_kinds(&record, alert.id).await,
+        [AlertEventKind::Raised]
+    );
+
+    // A lower third reading escalates the same alert.
+    let third = spo2(8, "87", Flags::EMPTY);
+    send(&client, &node, envelope(3, vec![third.clone()])).await;
+    let alerts = spo2_low(&record).await;
+    assert_eq!(alerts.len(), 1, "updated, not duplicated");
+    assert_eq!(alerts[0].id, alert.id);
+    assert_eq!(alerts[0].severity, "high");
+    assert!(evidence_readings(&alerts[0]).contains(&third.id.to_string()));
+
+    // Back to 93 (over the clear level of 92) resolves it.
+    send(
+        &client,
+        &node,
+        envelope(4, vec![spo2(12, "93", Flags::EMPTY)]),
+    )
+    .await;
+    let alerts = spo2_low(&record).await;
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].state, AlertState::Resolved);
+    assert!(alerts[0].resolved_at.is_some());
+    assert_eq!(
+        event_kinds(&record, alert.id).await,
+        [
+            AlertEventKind::Raised,
+            AlertEventKind::Updated,
+            AlertEventKind::Resolved
+        ]
+    );
+
+    // The same readings again (re-sent after a gateway crash): stored once, nothing new.
+    let events = record
+        .alert_events_for_patient(&key())
+        .await
+        .expect("events");
+    let duplicates = node.stats.readings_duplicate.load(Ordering::Relaxed);
+    send(
+        &client,
+        &node,
+        envelope(5, vec![first, second, third, spo2(12, "93", Flags::EMPTY)]),
+    )
+    .await;
+    assert_eq!(
+        node.stats.readings_duplicate.load(Ordering::Relaxed),
+        duplicates + 4
+    );
+    assert_eq!(
+        record
+            .alert_events_for_patient(&key())
+            .await
+            .expect("events"),
+        events,
+        "duplicates raise nothing"
+    );
+    assert_eq!(spo2_low(&record).await.len(), 1);
+    node.stop().await;
+}
+
+async fn a_restarted_consumer_rebuilds_state_and_does_not_raise_twice(record: Record) {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    registry(&record).await;
+    let client = publisher(&broker).await;
+    let node = start(&broker, record.clone()).await;
+    send(
+        &client,
+        &node,
+        envelope(
+            1,
+            vec![spo2(0, "89", Flags::EMPTY), spo2(5, "89", Flags::EMPTY)],
+        ),
+    )
+    .await;
+    assert_eq!(
+        spo2_low(&record).await.len(),
+        1,
+        "raised before the restart"
+    );
+    node.stop().await;
+
+    // A new consumer on the same record: it must know the alert is open and where the
+    // readings stand, from the record alone.
+    let node = start(&broker, record.clone()).await;
+    let stats = node.stats.clone();
+    wait_for("the patient enrolled from the record", || {
+        stats.rules_rebuilds.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    send(
+        &client,
+        &node,
+        envelope(2, vec![spo2(8, "89", Flags::EMPTY)]),
+    )
+    .await;
+    let alerts = spo2_low(&record).await;
+    assert_eq!(alerts.len(), 1, "no second alert after the restart");
+    assert_eq!(alerts[0].state, AlertState::Open);
+    // Only a node that rebuilt knows there is an alert to resolve.
+    send(
+        &client,
+        &node,
+        envelope(3, vec![spo2(12, "93", Flags::EMPTY)]),
+    )
+    .await;
+    let alerts = spo2_low(&record).await;
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(
+        alerts[0].state,
+        AlertState::Resolved,
+        "the restarted consumer resolved the alert it rebuilt"
+    );
+    assert_eq!(
+        event_kinds(&record, alerts[0].id).await,
+        [AlertEventKind::Raised, AlertEventKind::Resolved]
+    );
+    node.stop().await;
+}
+
+async fn a_flagged_reading_raises_no_alert(record: Record) {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    registry(&record).await;
+    let node = start(&broker, record.clone()).await;
+    let client = publisher(&broker).await;
+    let mut flags = Flags::EMPTY;
+    flags.insert(Flag::LowPerfusion);
+    send(
+        &client,
+        &node,
+        envelope(1, vec![spo2(0, "84", flags), spo2(3, "84", flags)]),
+    )
+    .await;
+    assert_eq!(node.stats.readings_stored.load(Ordering::Relaxed), 2);
+    assert!(
+        record
+            .alerts_for_patient(&key())
+            .await
+            .expect("alerts")
+            .is_empty(),
+        "doubtful readings raise no alert"
+    );
+    let events = record
+        .alert_events_for_patient(&key())
+        .await
+        .expect("events");
+    assert_eq!(events.len(), 2, "one repeat prompt per doubtful reading");
+    for e in &events {
+        assert_eq!(e.kind, AlertEventKind::RepeatRequested);
+        assert_eq!(e.alert_id, None);
+        assert_eq!(e.payload["reason"], "device_quality");
+        assert_eq!(e.payload["flags"][0], "low_perfusion");
+    }
+    node.stop().await;
+}
+
+/// Two nodes raising the same alert: the partial unique index keeps one open row, and the
+/// second raise is stored as an update.
+async fn the_database_keeps_one_open_alert_per_patient_and_rule(record: Record) {
+    registry(&record).await;
+    let now = OffsetDateTime::now_utc();
+    let raise = |opened_at: OffsetDateTime, severity| AlertWrite::Open {
+        patient: key(),
+        raised: true,
+        alert: OpenAlert {
+            rule: "spo2-low".into(),
+            profile: "copd@1".into(),
+            severity,
+            audience: rules::Audience::Nurse,
+            opened_at,
+            at: opened_at,
+            explanation: serde_json::json!({"evidence": []}),
+            nurse: "SpO2 low".into(),
+            patient_text: None,
+        },
+    };
+    let a = record
+        .write_alerts(&[raise(now, rules::Severity::Medium)])
+        .await
+        .expect("first node");
+    let b = record
+        .write_alerts(&[raise(
+            now + time::Duration::seconds(1),
+            rules::Severity::High,
+        )])
+        .await
+        .expect("second node: not an error");
+    assert_eq!(a[0].kind, AlertEventKind::Raised);
+    assert_eq!(b[0].kind, AlertEventKind::Updated);
+    assert!(b[0].raised_elsewhere);
+    assert_eq!(a[0].alert_id, b[0].alert_id);
+    let alerts = spo2_low(&record).await;
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].severity, "high");
+    // Once resolved, the rule may open a new alert.
+    let resolved = record
+        .write_alerts(&[AlertWrite::Resolve {
+            patient: key(),
+            rule: "spo2-low".into(),
+            at: now + time::Duration::minutes(5),
+            payload: serde_json::json!({}),
+        }])
+        .await
+        .expect("resolve");
+    assert_eq!(resolved[0].kind, AlertEventKind::Resolved);
+    record
+        .write_alerts(&[raise(
+            now + time::Duration::minutes(9),
+            rules::Severity::Medium,
+        )])
+        .await
+        .expect("a new episode");
+    let alerts = spo2_low(&record).await;
+    assert_eq!(alerts.len(), 2);
+    assert_eq!(alerts[1].state, AlertState::Open);
+}
+
+#[test]
+fn a_bad_profile_refuses_to_start_with_the_precise_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("default.toml"),
+        "id = \"default\"\nversion = 1\n[[rule]]\nid = \"spo2-low\"\nkind = \"below\"\n\
+         measure = \"spo2\"\nraise = 92\nclear = 90\nseverity = \"high\"\nnurse = \"x\"\n",
+    )
+    .expect("write");
+    let err = Rules::load(&RulesConfig {
+        profiles_dir: dir.path().into(),
+        ..RulesConfig::default()
+    })
+    .expect_err("clear on the wrong side of raise");
+    let text = err.to_string();
+    assert!(text.contains("default.toml"), "{text}");
+    assert!(text.contains("spo2-low"), "{text}");
+    let missing = Rules::load(&RulesConfig {
+        profiles_dir: dir.path().join("nowhere"),
+        ..RulesConfig::default()
+    })
+    .expect_err("no directory");
+    assert!(missing.to_string().contains("nowhere"), "{missing}");
+}
+
+#[test]
+fn the_shipped_profiles_and_override_load() {
+    Rules::load(&rules_config()).expect("fixtures/profiles load");
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let url = format!("sqlite:{}", dir.path().join("record.db").display());
+                super::$name(super::Record::connect(&url, 4).await.expect("record")).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = super::unavailable(super::PgDatabase::create().await) else {
+                    return;
+                };
+                super::$name(super::Record::connect(db.url(), 4).await.expect("record")).await;
+            }
+        }
+    )*};
+}
+
+both!(
+    spo2_low_is_raised_updated_and_resolved_once,
+    a_restarted_consumer_rebuilds_state_and_does_not_raise_twice,
+    a_flagged_reading_raises_no_alert,
+    the_database_keeps_one_open_alert_per_patient_and_rule,
+);
