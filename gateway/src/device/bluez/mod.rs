@@ -166,15 +166,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A task that ends when its owner is dropped.
-struct Owned(JoinHandle<()>);
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// A current-thread tokio runtime on a thread of its own, where every btleplug future runs
 /// and every btleplug stream lives and is dropped.
 ///
@@ -263,7 +254,7 @@ impl Drop for BluezThread {
     }
 }
 
-/// Aborts a task when dropped (its caller gave up).
+/// A task that ends when its owner is dropped (or its caller gave up).
 struct AbortOnDrop<T>(JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
@@ -309,7 +300,7 @@ struct Sink {
 struct DeviceEntry {
     peripheral: Peripheral,
     sink: watch::Sender<Option<Sink>>,
-    pump: Owned,
+    pump: AbortOnDrop<()>,
 }
 
 /// Shared with the background tasks.
@@ -331,7 +322,7 @@ pub struct BluezSource {
     next_generation: AtomicU64,
     /// One discovery session at a time (scan, or looking for a device to connect).
     discovery: tokio::sync::Mutex<()>,
-    _watch: Owned,
+    _watch: AbortOnDrop<()>,
 }
 
 impl BluezSource {
@@ -396,7 +387,7 @@ impl BluezSource {
             devices: tokio::sync::Mutex::default(),
             next_generation: AtomicU64::new(1),
             discovery: tokio::sync::Mutex::new(()),
-            _watch: Owned(watch),
+            _watch: AbortOnDrop(watch),
         })
     }
 
@@ -496,7 +487,7 @@ impl BluezSource {
         let entry = Arc::new(DeviceEntry {
             peripheral: peripheral.clone(),
             sink: sink.clone(),
-            pump: Owned(self.bt.spawn(pump(notes, sink))),
+            pump: AbortOnDrop(self.bt.spawn(pump(notes, sink))),
         });
         devices.insert(peripheral.id(), entry.clone());
         Ok(entry)
