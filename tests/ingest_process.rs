@@ -7,7 +7,7 @@ use ingest::record::{Audit, NewBinding, NewPatient, Record};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use testkit::{Mosquitto, PgDatabase, RpmProcess, unavailable};
+use testkit::{Mosquitto, PgDatabase, PgServer, RpmProcess, unavailable};
 use time::OffsetDateTime;
 use vitals::*;
 
@@ -187,5 +187,92 @@ async fn no_reading_lost_or_doubled_when_ingest_is_killed_mid_batch() {
         "nothing was rejected"
     );
     assert!(acked.load(std::sync::atomic::Ordering::Relaxed) >= u64::from(total_messages));
+    ingest.kill().expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reading_lost_when_postgresql_crashes_under_load() {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let Some(mut pg) = unavailable(PgServer::start()) else {
+        return;
+    };
+    let url = pg.url("postgres");
+    let record = Record::connect(&url, 2).await.expect("record");
+    register(&record).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path(), &broker, &url);
+    let cfg = config.to_str().expect("utf8");
+    let mut ingest =
+        RpmProcess::spawn(env!("CARGO_BIN_EXE_rpm"), &["ingest", "--config", cfg], &[])
+            .expect("spawn ingest");
+    ingest
+        .wait_for_output("ingest connected to the broker", Duration::from_secs(20))
+        .expect("ingest connects");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !broker.log().contains("$share/ingest/rpm/v1/gw/+/readings") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ingest never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (client, mut events) =
+        AsyncClient::new(MqttOptions::new("gw-1", "127.0.0.1", broker.port()), 200);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let (total_messages, per_message) = (60u32, 50u32);
+    for m in 0..total_messages {
+        let readings: Vec<Reading> = (m * per_message..(m + 1) * per_message)
+            .map(reading)
+            .collect();
+        let envelope = Envelope {
+            v: 1,
+            gateway: GatewayId::new("gw-1").expect("valid"),
+            seq: u64::from(m) + 1,
+            sent_at: OffsetDateTime::now_utc(),
+            readings,
+        };
+        client
+            .publish(
+                "rpm/v1/gw/gw-1/readings",
+                QoS::AtLeastOnce,
+                false,
+                envelope.encode(),
+            )
+            .await
+            .expect("publish");
+        if m == 20 {
+            // The database crashes under load and is away for a while.
+            pg.stop("immediate").expect("crash PostgreSQL");
+        }
+        if m == 40 {
+            pg.start_again().expect("PostgreSQL recovers");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let record = Record::connect(&url, 2)
+        .await
+        .expect("record after recovery");
+    let expected = u64::from(total_messages * per_message);
+    let stored = wait_count(&record, expected, Duration::from_secs(90)).await;
+    assert_eq!(
+        stored,
+        expected,
+        "every reading is in the record once\n{}",
+        ingest.stderr()
+    );
+    assert!(
+        record
+            .dead_letter_counts()
+            .await
+            .expect("counts")
+            .is_empty(),
+        "an outage is not a rejection"
+    );
+    assert!(
+        ingest.stderr().contains("database unavailable; retrying"),
+        "ingest saw the outage and waited it out"
+    );
     ingest.kill().expect("stop");
 }

@@ -319,6 +319,158 @@ impl Drop for PgDatabase {
     }
 }
 
+/// A private PostgreSQL server (its own `initdb` cluster in a temporary directory, on a free
+/// port, trust authentication on loopback) that a test may stop, restart or kill — unlike the
+/// machine's shared server, which other tests are using. Run as root, the server runs as the
+/// `postgres` user, as PostgreSQL requires.
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: PathBuf,
+    running: bool,
+}
+
+impl PgServer {
+    /// Creates a cluster and starts it (a few seconds).
+    pub fn start() -> Result<Self, ServiceError> {
+        let bin = pg_bin_dir().ok_or_else(|| service_err("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin (scripts/services installs them)"))?;
+        let dir = tempfile::tempdir().map_err(service_err)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
+                .map_err(service_err)?;
+        }
+        let data = dir.path().join("data");
+        fs::create_dir(&data).map_err(service_err)?;
+        if is_root() {
+            run_checked(
+                Command::new("chown")
+                    .arg("-R")
+                    .arg("postgres:postgres")
+                    .arg(dir.path()),
+            )?;
+        }
+        let port = free_port().map_err(service_err)?;
+        let server = PgServer {
+            dir,
+            port,
+            bin,
+            running: false,
+        };
+        run_checked(
+            server
+                .as_postgres(&server.bin.join("initdb"))
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+                .arg(&data),
+        )?;
+        let mut server = server;
+        server.start_again()?;
+        Ok(server)
+    }
+
+    fn as_postgres(&self, program: &Path) -> Command {
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    /// Starts the server again after [`PgServer::stop`] (waits until it accepts connections).
+    pub fn start_again(&mut self) -> Result<(), ServiceError> {
+        if self.running {
+            return Ok(());
+        }
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("postgres.log");
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=on",
+            self.port,
+            self.dir.path().display()
+        );
+        run_checked(
+            self.as_postgres(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-o", &opts, "-w", "-t", "60", "start"]),
+        )?;
+        self.running = true;
+        wait_for_port(self.port, Duration::from_secs(30)).map_err(service_err)
+    }
+
+    /// Stops the server: `fast` (clean shutdown) or `immediate` (like a crash: recovery runs on
+    /// the next start).
+    pub fn stop(&mut self, mode: &str) -> Result<(), ServiceError> {
+        if !self.running {
+            return Ok(());
+        }
+        let data = self.dir.path().join("data");
+        run_checked(
+            self.as_postgres(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-m", mode, "-w", "stop"]),
+        )?;
+        self.running = false;
+        Ok(())
+    }
+
+    /// The URL of database `db` on this server (`postgres` always exists).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = self.stop("immediate");
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+fn pg_bin_dir() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, bin): &(u32, PathBuf)| bin.join("pg_ctl").exists())
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn run_checked(cmd: &mut Command) -> Result<(), ServiceError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| service_err(format!("cannot run {cmd:?}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(service_err(format!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
 /// An `rpm` subcommand running as a child process, its output captured to files so a test
 /// can read it while the process runs, kill it with SIGKILL and start it again.
 pub struct RpmProcess {

@@ -179,3 +179,34 @@ fn a_missing_service_skips_locally_and_fails_under_ci() {
     }
     assert_eq!(unavailable::<_, &str>(Ok(5)), Some(5));
 }
+
+#[tokio::test]
+async fn a_private_postgresql_survives_a_crash_and_keeps_committed_rows() {
+    use sqlx::Connection;
+    let Some(mut server) = unavailable(testkit::PgServer::start()) else {
+        return;
+    };
+    let url = server.url("postgres");
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::query("CREATE TABLE t (x int)")
+        .execute(&mut conn)
+        .await
+        .expect("create");
+    sqlx::query("INSERT INTO t VALUES (1)")
+        .execute(&mut conn)
+        .await
+        .expect("insert");
+    drop(conn);
+    server.stop("immediate").expect("crash");
+    assert!(
+        sqlx::PgConnection::connect(&url).await.is_err(),
+        "down means down"
+    );
+    server.start_again().expect("recovers");
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("reconnect");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(n, 1, "a committed row survives the crash");
+}
