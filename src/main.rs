@@ -51,8 +51,8 @@ enum Command {
     /// Validate an MQTT readings payload (wire envelope v1) and say exactly what is wrong.
     #[command(subcommand)]
     Envelope(EnvelopeCommand),
-    /// The home hub: devices → durable queue → MQTT. This build drives it with simulated
-    /// devices (`--simulate`); the BlueZ backend for real devices is not in it yet.
+    /// The home hub: BLE devices (through BlueZ, or simulated with `--simulate`) → durable
+    /// queue → MQTT (runs until Ctrl-C or SIGTERM).
     Gateway {
         /// The gateway configuration file (see `rpm config sample gateway`).
         #[arg(long)]
@@ -60,8 +60,8 @@ enum Command {
         /// Play a clinical scenario on simulated devices that speak the real GATT bytes: a
         /// shipped name (copd_stable, copd_exacerbation, hypertensive_crisis, hypotension,
         /// measurement_faults, clock_faults, week_away) or a scenario file.
-        #[arg(long, required = true)]
-        simulate: String,
+        #[arg(long)]
+        simulate: Option<String>,
         /// Exit once the scenario has played and every reading was acknowledged by the broker.
         #[arg(long)]
         exit_when_drained: bool,
@@ -205,18 +205,23 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 config::load::<gateway::config::GatewayConfig>(Component::Gateway, &config, |c| {
                     c.check()
                 })?;
-            let scenario = match simulators::scenario::Scenario::builtin(&simulate) {
-                Some(s) => s?,
-                None => simulators::scenario::Scenario::load(&simulate).with_context(|| {
-                    let names: Vec<&str> =
-                        simulators::scenario::Scenario::builtin_names().collect();
-                    format!(
-                        "`{simulate}` is neither a shipped scenario ({}) nor a readable file",
-                        names.join(", ")
-                    )
-                })?,
+            let devices = match simulate {
+                None => serve::Devices::Bluetooth,
+                Some(name) => {
+                    serve::Devices::Simulate(match simulators::scenario::Scenario::builtin(&name) {
+                        Some(s) => s?,
+                        None => simulators::scenario::Scenario::load(&name).with_context(|| {
+                            let names: Vec<&str> =
+                                simulators::scenario::Scenario::builtin_names().collect();
+                            format!(
+                                "`{name}` is neither a shipped scenario ({}) nor a readable file",
+                                names.join(", ")
+                            )
+                        })?,
+                    })
+                }
             };
-            runtime()?.block_on(serve::gateway(config, scenario, exit_when_drained))?;
+            runtime()?.block_on(serve::gateway(config, devices, exit_when_drained))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ingest { config } => {

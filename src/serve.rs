@@ -125,11 +125,19 @@ pub async fn ingest(config: ingest::config::IngestConfig) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// `rpm gateway --simulate`: the scenario's devices feed the real device sessions and the
-/// durable queue; the forwarder drains the queue to the broker.
+/// Where `rpm gateway` gets readings from.
+pub enum Devices {
+    /// Simulated devices playing a scenario (`--simulate`).
+    Simulate(simulators::scenario::Scenario),
+    /// Real devices through BlueZ.
+    Bluetooth,
+}
+
+/// `rpm gateway`: devices feed the device sessions and the durable queue; the forwarder
+/// drains the queue to the broker.
 pub async fn gateway(
     config: gateway::config::GatewayConfig,
-    scenario: simulators::scenario::Scenario,
+    devices: Devices,
     exit_when_drained: bool,
 ) -> anyhow::Result<()> {
     use gateway::publish::{Forwarder, ForwarderSettings, ForwarderStats};
@@ -150,8 +158,8 @@ pub async fn gateway(
     let capacity = options.request_channel_capacity();
     let wake = Arc::new(tokio::sync::Notify::new());
     let stats = Arc::new(ForwarderStats::default());
-    let (devices_tx, devices) = tokio::sync::watch::channel(Vec::new());
-    let (config_tx, _config_rx) = tokio::sync::watch::channel(None);
+    let (devices_tx, device_statuses) = tokio::sync::watch::channel(Vec::new());
+    let (config_tx, config_rx) = tokio::sync::watch::channel(None);
     let forwarder = Forwarder {
         settings: ForwarderSettings {
             gateway: id.clone(),
@@ -164,41 +172,28 @@ pub async fn gateway(
         queue: queue.clone(),
         mqtt: rumqttc::v5::AsyncClient::new(options, capacity),
         wake: wake.clone(),
-        devices,
+        devices: device_statuses,
         config_out: config_tx,
         stats: stats.clone(),
         shutdown: shutdown.clone(),
     };
     let forwarding = tokio::spawn(forwarder.run());
-    if !config.devices.is_empty() {
-        tracing::info!(
-            "simulating: the scenario's devices and bindings replace the configured allowlist"
-        );
+    match devices {
+        Devices::Simulate(scenario) => {
+            simulate(&config, scenario, &queue_path, &devices_tx).await?;
+            wake.notify_one();
+        }
+        Devices::Bluetooth => {
+            bluetooth(
+                &config,
+                queue.clone(),
+                &devices_tx,
+                config_rx,
+                shutdown.clone(),
+            )
+            .await?;
+        }
     }
-    // The scenario ends today, so its readings are recent.
-    let days = i64::from(scenario.days);
-    let start = (time::OffsetDateTime::now_utc().date() - time::Duration::days(days))
-        .midnight()
-        .assume_utc();
-    tracing::info!(scenario = %scenario.name, days, "playing the scenario on simulated devices");
-    let outcome = simulators::scenario::run_as(&scenario, &queue_path, id, Some(start)).await?;
-    let played: u64 = outcome.stats.values().map(|s| s.readings_queued).sum();
-    let now = time::OffsetDateTime::now_utc();
-    let statuses: Vec<vitals::DeviceStatus> = outcome
-        .stats
-        .values()
-        .filter_map(|s| {
-            Some(vitals::DeviceStatus {
-                id: s.device?,
-                last_contact: Some(now),
-                battery: s.battery,
-                clock_offset_ms: s.clock_offset.map(|d| d.whole_milliseconds() as i64),
-            })
-        })
-        .collect();
-    let _ = devices_tx.send(statuses);
-    tracing::info!(readings_queued = played, "scenario played");
-    wake.notify_one();
     if exit_when_drained {
         loop {
             let depth = queue.depth().await?.readings;
@@ -220,5 +215,186 @@ pub async fn gateway(
         messages = stats.messages_sent.load(Ordering::Relaxed),
         "gateway stopped"
     );
+    Ok(())
+}
+
+/// Plays the scenario on simulated devices into the queue, ending today.
+async fn simulate(
+    config: &gateway::config::GatewayConfig,
+    scenario: simulators::scenario::Scenario,
+    queue_path: &std::path::Path,
+    devices_tx: &tokio::sync::watch::Sender<Vec<vitals::DeviceStatus>>,
+) -> anyhow::Result<()> {
+    if !config.devices.is_empty() {
+        tracing::info!(
+            "simulating: the scenario's devices and bindings replace the configured allowlist"
+        );
+    }
+    let days = i64::from(scenario.days);
+    let start = (time::OffsetDateTime::now_utc().date() - time::Duration::days(days))
+        .midnight()
+        .assume_utc();
+    tracing::info!(scenario = %scenario.name, days, "playing the scenario on simulated devices");
+    let outcome = simulators::scenario::run_as(
+        &scenario,
+        queue_path,
+        config.gateway.id.clone(),
+        Some(start),
+    )
+    .await?;
+    let played: u64 = outcome.stats.values().map(|s| s.readings_queued).sum();
+    let stats: Vec<gateway::device::SessionStats> = outcome.stats.into_values().collect();
+    let _ = devices_tx.send(device_statuses(&stats));
+    tracing::info!(readings_queued = played, "scenario played");
+    Ok(())
+}
+
+fn device_statuses(stats: &[gateway::device::SessionStats]) -> Vec<vitals::DeviceStatus> {
+    let now = time::OffsetDateTime::now_utc();
+    stats
+        .iter()
+        .filter_map(|s| {
+            Some(vitals::DeviceStatus {
+                id: s.device?,
+                last_contact: (s.connects > 0).then_some(now),
+                battery: s.battery,
+                clock_offset_ms: s.clock_offset.map(|d| d.whole_milliseconds() as i64),
+            })
+        })
+        .collect()
+}
+
+/// The allowlist the hub works with: the server's last good config if it sent one (kept in
+/// the data directory), else the configuration file's `[[devices]]`.
+fn allowlist(config: &gateway::config::GatewayConfig) -> Vec<vitals::DeviceBinding> {
+    let saved = config.gateway.data_dir.join("server-config.json");
+    match std::fs::read(&saved)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<vitals::GatewayConfig>(&b).ok())
+    {
+        Some(c) if c.gateway == config.gateway.id => {
+            tracing::info!(
+                version = c.version,
+                devices = c.devices.len(),
+                "using the server's last good configuration"
+            );
+            c.devices
+        }
+        _ => config.devices.clone(),
+    }
+}
+
+/// Keeps a configuration the server sent, atomically (write, sync, rename).
+fn save_server_config(dir: &std::path::Path, c: &vitals::GatewayConfig) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = dir.join("server-config.json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(c).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join("server-config.json"))
+}
+
+/// Real devices through BlueZ: scans for health-service advertisers and keeps one device
+/// session per device found (the session connects, checks the allowlist against the device's
+/// identity, and queues its readings). A new configuration from the server replaces the
+/// allowlist and restarts the sessions.
+async fn bluetooth(
+    config: &gateway::config::GatewayConfig,
+    queue: gateway::queue::Queue,
+    devices_tx: &tokio::sync::watch::Sender<Vec<vitals::DeviceStatus>>,
+    mut server_config: tokio::sync::watch::Receiver<Option<vitals::GatewayConfig>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use gateway::device::bluez::{BluezConfig, BluezSource};
+    use gateway::device::session::{Session, SessionConfig, SystemClock};
+    use gateway::device::{Address, DeviceSource as _, ScanFilter};
+    use std::collections::HashMap;
+
+    const RETRY_REFUSED: Duration = Duration::from_secs(600);
+    let source = Arc::new(BluezSource::new(BluezConfig::from_ble(&config.ble)).await?);
+    let mut bindings: Arc<[vitals::DeviceBinding]> = allowlist(config).into();
+    let mut sessions: HashMap<Address, gateway::device::session::SessionHandle> = HashMap::new();
+    let mut refused: HashMap<Address, tokio::time::Instant> = HashMap::new();
+    let mut failures = 0u32;
+    tracing::info!(
+        devices = bindings.len(),
+        "scanning for the allowlisted devices"
+    );
+    loop {
+        // Sessions that ended (a device not on the allowlist, a permanent error) are not
+        // retried for a while.
+        sessions.retain(|address, h| {
+            if h.is_finished() {
+                refused.insert(*address, tokio::time::Instant::now());
+                false
+            } else {
+                true
+            }
+        });
+        refused.retain(|_, at| at.elapsed() < RETRY_REFUSED);
+        let filter = ScanFilter::default();
+        let found = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = source.scan(&filter) => r,
+        };
+        match found {
+            Ok(ads) => {
+                failures = 0;
+                for ad in ads {
+                    if sessions.contains_key(&ad.address) || refused.contains_key(&ad.address) {
+                        continue;
+                    }
+                    let session = Session::new(
+                        source.clone(),
+                        ad.address,
+                        bindings.clone(),
+                        queue.clone(),
+                        Arc::new(SystemClock),
+                        SessionConfig::from_ble(config.gateway.id.clone(), &config.ble),
+                    );
+                    sessions.insert(ad.address, session.spawn(shutdown.child_token()));
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %e, "Bluetooth scan failed");
+            }
+        }
+        let stats: Vec<_> = sessions
+            .values()
+            .map(|h| h.stats().borrow().clone())
+            .collect();
+        devices_tx.send_if_modified(|current| {
+            let next = device_statuses(&stats);
+            let changed = *current != next;
+            *current = next;
+            changed
+        });
+        let pause = if failures > 0 {
+            mqtt::backoff(failures, Duration::from_secs(60))
+        } else {
+            Duration::from_secs(5)
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(pause) => {}
+            changed = server_config.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let Some(c) = server_config.borrow_and_update().clone() else { continue };
+                if let Err(e) = save_server_config(&config.gateway.data_dir, &c) {
+                    tracing::error!(error = %e, "could not keep the server's configuration on disk");
+                }
+                tracing::info!(version = c.version, devices = c.devices.len(), "new allowlist: restarting device sessions");
+                bindings = c.devices.into();
+                sessions.clear();
+                refused.clear();
+            }
+        }
+    }
+    for (_, h) in sessions.drain() {
+        let _ = h.shutdown().await;
+    }
     Ok(())
 }

@@ -60,74 +60,6 @@ fn session_over_bluez_queues_an_indicated_reading_and_resubscribes_after_reconne
     run_scenario("session");
 }
 
-/// A `dbus-daemon` on a socket in a temporary directory, killed on drop.
-struct Bus {
-    child: Child,
-    address: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Bus {
-    fn start() -> Result<Bus, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-        let socket = dir.path().join("bus");
-        let config = dir.path().join("bus.conf");
-        // A session-style bus: anyone may own any name (the mock takes org.bluez).
-        std::fs::write(
-            &config,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"#,
-                socket.display()
-            ),
-        )
-        .map_err(|e| format!("writing the bus config: {e}"))?;
-        let mut child = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config.display()))
-            .arg("--nofork")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("dbus-daemon (Debian package `dbus-daemon`): {e}"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("dbus-daemon exited: {status}"));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("dbus-daemon did not create its socket within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Bus {
-            child,
-            address: format!("unix:path={}", socket.display()),
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The first python that can import what the mock needs.
 fn mock_python() -> Result<String, String> {
     let mut candidates = Vec::new();
@@ -156,7 +88,7 @@ fn mock_python() -> Result<String, String> {
 }
 
 fn run_scenario(name: &str) {
-    let Some(bus) = testkit::unavailable(Bus::start()) else {
+    let Some(bus) = testkit::unavailable(testkit::DbusDaemon::start()) else {
         return;
     };
     let Some(python) = testkit::unavailable(mock_python()) else {
@@ -174,7 +106,7 @@ fn run_scenario(name: &str) {
         ])
         .env(SCENARIO, name)
         .env(PYTHON, &python)
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).expect("stdout file"))
         .stderr(std::fs::File::create(&err_path).expect("stderr file"))

@@ -471,6 +471,87 @@ fn run_checked(cmd: &mut Command) -> Result<(), ServiceError> {
     }
 }
 
+/// A private `dbus-daemon` on a socket in a temporary directory, with a session-style policy
+/// (anyone may own any name): the system bus of tests that mock BlueZ. Point a child
+/// process at it with `DBUS_SYSTEM_BUS_ADDRESS=`[`DbusDaemon::address`]. Killed on drop.
+pub struct DbusDaemon {
+    child: Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl DbusDaemon {
+    /// Starts the daemon and waits for its socket.
+    pub fn start() -> Result<DbusDaemon, ServiceError> {
+        let dir = tempfile::tempdir().map_err(service_err)?;
+        let socket = dir.path().join("bus");
+        let config = dir.path().join("bus.conf");
+        fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#,
+                socket.display()
+            ),
+        )
+        .map_err(service_err)?;
+        let mut child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .arg("--nofork")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                service_err(format!(
+                    "dbus-daemon (Debian package `dbus-daemon`; scripts/services installs it): {e}"
+                ))
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(service_err(format!("dbus-daemon exited: {status}")));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(service_err(
+                    "dbus-daemon did not create its socket within 10 s",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(DbusDaemon {
+            child,
+            address: format!("unix:path={}", socket.display()),
+            _dir: dir,
+        })
+    }
+
+    /// The bus address (`unix:path=…`).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+impl Drop for DbusDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// An `rpm` subcommand running as a child process, its output captured to files so a test
 /// can read it while the process runs, kill it with SIGKILL and start it again.
 pub struct RpmProcess {
