@@ -207,8 +207,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 })?;
             let devices = match simulate {
                 None => serve::Devices::Bluetooth,
-                Some(name) => {
-                    serve::Devices::Simulate(match simulators::scenario::Scenario::builtin(&name) {
+                Some(name) => serve::Devices::Simulate(Box::new(
+                    match simulators::scenario::Scenario::builtin(&name) {
                         Some(s) => s?,
                         None => simulators::scenario::Scenario::load(&name).with_context(|| {
                             let names: Vec<&str> =
@@ -218,8 +218,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                                 names.join(", ")
                             )
                         })?,
-                    })
-                }
+                    },
+                )),
             };
             runtime()?.block_on(serve::gateway(config, devices, exit_when_drained))?;
             Ok(ExitCode::SUCCESS)

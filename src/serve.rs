@@ -128,7 +128,7 @@ pub async fn ingest(config: ingest::config::IngestConfig) -> anyhow::Result<()> 
 /// Where `rpm gateway` gets readings from.
 pub enum Devices {
     /// Simulated devices playing a scenario (`--simulate`).
-    Simulate(simulators::scenario::Scenario),
+    Simulate(Box<simulators::scenario::Scenario>),
     /// Real devices through BlueZ.
     Bluetooth,
 }
@@ -180,7 +180,7 @@ pub async fn gateway(
     let forwarding = tokio::spawn(forwarder.run());
     match devices {
         Devices::Simulate(scenario) => {
-            simulate(&config, scenario, &queue_path, &devices_tx).await?;
+            simulate(&config, *scenario, &queue_path, &devices_tx).await?;
             wake.notify_one();
         }
         Devices::Bluetooth => {
