@@ -378,8 +378,12 @@ fn decode_exits_non_zero_with_the_reason() {
 #[test]
 fn the_systemd_units_start_commands_this_build_accepts() {
     for unit in ["rpm-gateway.service", "rpm-ingest.service"] {
-        let text = std::fs::read_to_string(fixture(&format!("config/systemd/{unit}"))).expect("unit file");
-        let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
+        let text =
+            std::fs::read_to_string(fixture(&format!("config/systemd/{unit}"))).expect("unit file");
+        let exec = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("ExecStart");
         let mut words = exec.split_whitespace();
         assert_eq!(words.next(), Some("/usr/local/bin/rpm"), "{unit}");
         let mut args: Vec<&str> = words.collect();
