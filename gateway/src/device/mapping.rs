@@ -118,12 +118,28 @@ pub fn observed(kind: Kind, v: Float11073, unit: Unit) -> Result<Observed, MapEr
 }
 
 /// `(device_time, measured_at)` for a device time stamp.
+///
+/// A stamp whose only unknown part is the year (year 0 on the wire: a clock set without a
+/// year) is still what the device said, so it stays in `device_time` as year 0 and keeps the
+/// reading's id stable when the device sends the record again; its `measured_at` is the
+/// receive time, since the stamp cannot be placed on the calendar.
 pub fn times(
     stamp: Option<&DateTime>,
     ctx: &MapContext<'_>,
 ) -> (Option<PrimitiveDateTime>, OffsetDateTime) {
-    let device_time = stamp.and_then(DateTime::to_primitive);
-    let measured_at = match device_time {
+    let full = stamp.and_then(DateTime::to_primitive);
+    let device_time = full.or_else(|| {
+        let s = stamp?;
+        if s.year.is_some() {
+            return None;
+        }
+        DateTime {
+            year: Some(0),
+            ..s.clone()
+        }
+        .to_primitive()
+    });
+    let measured_at = match full {
         Some(t) => {
             let on_device = t.assume_offset(ctx.clock.zone);
             match ctx.clock.device_minus_gateway {
@@ -415,6 +431,46 @@ mod tests {
     fn bpm() -> BloodPressureMeasurement {
         BloodPressureMeasurement::decode(&[0x00, 0x78, 0x00, 0x50, 0x00, 0x5D, 0x00])
             .expect("valid")
+    }
+
+    #[test]
+    fn a_stamp_without_a_year_keeps_the_id_stable_when_the_record_is_sent_again() {
+        let stamp = DateTime {
+            year: None,
+            ..DateTime::new(2025, 4, 17, 20, 41, 59)
+        };
+        let mut m = bpm();
+        m.user_id = Some(2);
+        m.timestamp = Some(stamp);
+        let first = with_ctx(None, |ctx| blood_pressure(&m, ctx).expect("maps"));
+        assert_eq!(
+            first.device_time.map(|t| t.year()),
+            Some(0),
+            "what the device said, year unknown"
+        );
+        assert_eq!(
+            first.measured_at,
+            time::macros::datetime!(2025-03-04 09:00:00 UTC),
+            "placed at receipt"
+        );
+        // The same record re-sent an hour later: same id.
+        let gw = GatewayId::new("gw-1").expect("valid");
+        let b = binding();
+        let identity = DeviceIdentity::new(b.id);
+        let later = MapContext {
+            gateway: &gw,
+            binding: &b,
+            identity: &identity,
+            received_at: time::macros::datetime!(2025-03-04 10:00:00 UTC),
+            clock: ClockCorrection {
+                device_minus_gateway: None,
+                zone: UtcOffset::UTC,
+            },
+            from_storage: true,
+            low_battery: false,
+        };
+        let again = blood_pressure(&m, &later).expect("maps");
+        assert_eq!(again.id, first.id);
     }
 
     #[test]
