@@ -1,6 +1,7 @@
 //! `rpm`: the one binary of the remote patient monitoring system. Each part of the system is a
 //! subcommand; `rpm --help` lists what this build can do.
 
+mod bench_gateway;
 mod bench_ingest;
 mod bench_rules;
 mod config;
@@ -107,6 +108,19 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// The home hub: readings forwarded per second from a full durable queue, CPU time per
+    /// 1 000 readings and resident memory, beside a bare publisher's rate to the same broker.
+    Gateway {
+        /// The broker to publish to.
+        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+        broker: String,
+        /// Readings queued before forwarding starts.
+        #[arg(long, default_value_t = 100_000)]
+        readings: usize,
+        /// Readings per MQTT message.
+        #[arg(long, default_value_t = 200)]
+        batch: usize,
+    },
     /// Ingest's sustained rate with durability on, beside the bare broker subscriber rate and
     /// the raw bulk-insert rate of the same database, measured in the same run.
     Ingest {
@@ -242,6 +256,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Devices { database, command } => {
             runtime()?.block_on(registry_cli::run_devices(&database, command))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Gateway {
+            broker,
+            readings,
+            batch,
+        }) => {
+            let opts = bench_gateway::Options {
+                broker,
+                readings,
+                batch,
+            };
+            let report = runtime()?.block_on(bench_gateway::run(&opts))?;
+            print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Ingest {
