@@ -135,7 +135,7 @@ pub fn times(
         }
         DateTime {
             year: Some(0),
-            ..s.clone()
+            ..*s
         }
         .to_primitive()
     });
