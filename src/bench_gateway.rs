@@ -125,10 +125,10 @@ async fn counter(broker: &BrokerConfig, topic: &str, id: &str) -> anyhow::Result
     tokio::spawn(async move {
         let _client = client;
         while let Ok(ev) = events.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = ev {
-                if let Ok(e) = Envelope::decode(&p.payload) {
-                    c.fetch_add(e.readings.len() as u64, Ordering::Relaxed);
-                }
+            if let Event::Incoming(Packet::Publish(p)) = ev
+                && let Ok(e) = Envelope::decode(&p.payload)
+            {
+                c.fetch_add(e.readings.len() as u64, Ordering::Relaxed);
             }
         }
     });
