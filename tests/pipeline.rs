@@ -469,3 +469,76 @@ async fn no_reading_lost_when_the_gateway_is_killed_mid_forward() {
         "only what was in flight at the kill (one message of 5) may arrive twice: {doubled}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reading_lost_when_the_broker_restarts_while_the_gateway_forwards() {
+    let Some(mut broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let mut observed = subscriber(broker.port()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scenario = long_scenario(dir.path());
+    let cfg = write(
+        dir.path(),
+        "gateway.toml",
+        format!(
+            "[gateway]\nid = \"gw-e2e\"\ndata_dir = \"{}\"\n[broker]\nurl = \"mqtt://127.0.0.1:{}\"\n\
+             [forward]\nbatch_max = 5\nlinger = \"50ms\"\nmax_inflight = 1\n",
+            dir.path().join("gw-data").display(),
+            broker.port()
+        ),
+    );
+    let args = [
+        "--log-format",
+        "json",
+        "gateway",
+        "--config",
+        &cfg,
+        "--simulate",
+        &scenario,
+        "--exit-when-drained",
+    ];
+    let mut gw = RpmProcess::spawn(BIN, &args, &[("RUST_LOG", "info")]).expect("spawn gateway");
+    let mut seen = HashMap::new();
+    let first = tokio::time::timeout(Duration::from_secs(60), observed.recv())
+        .await
+        .expect("forwarding starts")
+        .expect("observer");
+    *seen.entry(first).or_default() += 1;
+    drain(&mut observed, &mut seen);
+    let before_restart = seen.len();
+    // The broker goes away mid-forward for a while (a clean stop: it saves its sessions), and
+    // comes back on the same port.
+    broker.terminate();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    broker.start_again().expect("broker back");
+    let status = gw
+        .wait_timeout(Duration::from_secs(120))
+        .expect("gateway exits");
+    assert!(status.success(), "{}", gw.stderr());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drain(&mut observed, &mut seen);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let played = simulators::scenario::run(
+        &Scenario::load(&scenario).expect("scenario"),
+        &scratch.path().join("q.db"),
+    )
+    .await
+    .expect("plays")
+    .readings
+    .len();
+    assert!(
+        before_restart < played,
+        "the restart came mid-forward ({before_restart} of {played})"
+    );
+    assert_eq!(
+        seen.len(),
+        played,
+        "every reading reached the observer across the restart"
+    );
+    let doubled = seen.values().filter(|c| **c > 1).count();
+    assert!(
+        doubled <= 5,
+        "only the message in flight at the restart may arrive twice: {doubled}"
+    );
+}
