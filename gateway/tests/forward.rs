@@ -139,16 +139,26 @@ struct Running {
 }
 
 fn start(port: u16, queue: Queue, batch_max: usize) -> Running {
+    start_tuned(port, queue, batch_max, 8, 1)
+}
+
+fn start_tuned(
+    port: u16,
+    queue: Queue,
+    batch_max: usize,
+    max_inflight: u16,
+    disk_low_bytes: u64,
+) -> Running {
     let broker = BrokerConfig::new(format!("mqtt://127.0.0.1:{port}").parse().expect("url"));
     let settings = ForwarderSettings {
         gateway: gw(),
         forward: ForwardConfig {
             batch_max,
             linger: Duration::from_millis(20),
-            max_inflight: 8,
+            max_inflight,
         },
         status_interval: Duration::from_secs(60),
-        disk_low_bytes: 1,
+        disk_low_bytes,
         max_backoff: Duration::from_millis(500),
         poll_interval: Duration::from_secs(1),
     };
@@ -482,4 +492,80 @@ async fn the_last_will_marks_a_crashed_gateway_offline_and_device_news_refreshes
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The order readings arrive in, as the independent subscriber sees it.
+fn arrival_order(seen: &mut Seen, order: &mut Vec<ReadingId>) {
+    while let Ok((topic, payload, _)) = seen.rx.try_recv() {
+        if topic.ends_with("/readings") {
+            let e = Envelope::decode_from(&topic, &payload).expect("valid envelope");
+            order.extend(e.readings.iter().map(|r| r.id));
+        } else if topic.ends_with("/status") {
+            seen.statuses
+                .push(serde_json::from_slice(&payload).expect("valid status"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_reading_is_not_stuck_behind_a_week_of_backlog_and_a_full_disk_is_reported() {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = Queue::open(dir.path().join("q.db")).await.expect("queue");
+    // The backlog: queued while the link was down.
+    let backlog: Vec<Reading> = (0..3000).map(reading).collect();
+    queue.push(&backlog).await.expect("push");
+    let mut seen = subscriber(broker.port()).await;
+    // One message of 50 in flight at a time; the disk floor is set so high the disk is "low".
+    let run = start_tuned(broker.port(), queue.clone(), 50, 1, u64::MAX);
+    let mut order = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while order.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "forwarding never started"
+        );
+        arrival_order(&mut seen, &mut order);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Today's reading arrives while the backlog drains.
+    let live = reading(100_000);
+    queue.push(std::slice::from_ref(&live)).await.expect("push");
+    run.wake.notify_one();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while order.len() < 3001 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not everything arrived: {}",
+            order.len()
+        );
+        arrival_order(&mut seen, &mut order);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let at = order
+        .iter()
+        .position(|id| *id == live.id)
+        .expect("the live reading arrived");
+    assert!(
+        at < 500,
+        "the live reading came after {at} backlog readings: it waited for the backlog"
+    );
+    // The backlog itself arrives oldest first.
+    let backlog_order: Vec<ReadingId> = order.iter().copied().filter(|id| *id != live.id).collect();
+    assert_eq!(
+        backlog_order,
+        backlog.iter().map(|r| r.id).collect::<Vec<_>>(),
+        "in order"
+    );
+    let status = seen
+        .statuses
+        .iter()
+        .rev()
+        .find_map(|s| s.queue.clone())
+        .expect("a status with the queue");
+    assert!(status.disk_low, "the hub says its disk is low");
+    run.shutdown.cancel();
+    let _ = run.task.await;
 }
