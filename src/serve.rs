@@ -51,9 +51,34 @@ fn default_client_id(prefix: &str) -> String {
 /// `rpm ingest`.
 pub async fn ingest(config: ingest::config::IngestConfig) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals();
-    let record = ingest::record::Record::open(&config.database)
+    let mut record = ingest::record::Record::open(&config.database)
         .await
         .context("cannot open the patient record")?;
+    // The notifier: its rows are enqueued with the alerts (same transaction), so it is set
+    // on the record before anything clones it.
+    let notifier_runtime = match &config.notifier {
+        Some(n) => {
+            let runtime = n.build().context("invalid [notifier] configuration")?;
+            record = record.with_notifications(Arc::new(
+                ingest::notify::Notifications::from_runtime(&runtime),
+            ));
+            Some(runtime)
+        }
+        None => {
+            tracing::info!("no [notifier]: alerts are stored, nobody is notified");
+            None
+        }
+    };
+    // Dispatcher and escalator before the consumer: rows a crash left unsent go out, and
+    // open, unacknowledged alerts are followed again.
+    let notifier = match &notifier_runtime {
+        Some(runtime) => Some(
+            ingest::notify::start(&record, runtime, shutdown.clone())
+                .await
+                .context("cannot start the notifier")?,
+        ),
+        None => None,
+    };
     let client_id = config
         .broker
         .client_id
@@ -82,6 +107,12 @@ pub async fn ingest(config: ingest::config::IngestConfig) -> anyhow::Result<()> 
     tracing::info!(broker = %config.broker.url, group = %config.consumer.group, "ingest starting");
     let mut http_state = ingest::http::HttpState::new(record.clone(), stats.clone());
     http_state.public_url = config.http.public_url.clone();
+    if let (Some(runtime), Some(running)) = (&notifier_runtime, &notifier) {
+        http_state.ack = Some(ingest::http::ack::AckLinks {
+            signer: runtime.signer.clone(),
+            escalator: running.escalator.clone(),
+        });
+    }
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
@@ -115,6 +146,11 @@ pub async fn ingest(config: ingest::config::IngestConfig) -> anyhow::Result<()> 
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP API stopped with an error"),
         Err(e) => tracing::warn!(error = %e, "the HTTP API task failed"),
+    }
+    if let Some(running) = notifier {
+        // The consumer has returned: make sure the notifier tasks stop too.
+        shutdown.cancel();
+        running.join().await;
     }
     record.close().await;
     tracing::info!(

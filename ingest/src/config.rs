@@ -28,6 +28,15 @@ pub struct IngestConfig {
     /// The rules engine: where threshold profiles are, which one is the default.
     #[serde(default)]
     pub rules: RulesConfig,
+    /// Notifications: channels, the care teams and their rotas, escalation. Absent: alerts
+    /// are stored but nobody is notified. See [`notifier::config`] for the keys. Printed
+    /// with its secrets (passwords, webhook secret, link key) redacted.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redacted"
+    )]
+    pub notifier: Option<notifier::NotifierConfig>,
 }
 
 /// `[database]`.
@@ -138,6 +147,31 @@ impl Default for RulesConfig {
     }
 }
 
+/// What a printed configuration shows instead of a secret.
+pub const REDACTED: &str = "(redacted)";
+
+fn redacted<S: serde::Serializer>(
+    notifier: &Option<notifier::NotifierConfig>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut shown = notifier.clone();
+    if let Some(n) = shown.as_mut() {
+        if let Some(smtp) = n.smtp.as_mut()
+            && smtp.password.is_some()
+        {
+            smtp.password = Some(REDACTED.into());
+        }
+        if let Some(w) = n.webhook.as_mut() {
+            w.secret = REDACTED.into();
+        }
+        if let Some(sms) = n.sms.as_mut() {
+            sms.password = REDACTED.into();
+        }
+        n.links.ack_key = REDACTED.into();
+    }
+    shown.serialize(serializer)
+}
+
 impl IngestConfig {
     /// Checks what serde cannot; returns the dotted key and the problem.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
@@ -172,6 +206,15 @@ impl IngestConfig {
         }
         if self.rules.tick_every.is_zero() {
             return Err(("rules.tick_every", "must be more than zero".into()));
+        }
+        if let Some(n) = &self.notifier {
+            // The rest (channels, timings) is checked when `rpm ingest` builds it.
+            if let Err(e) = notifier::AckSigner::new(n.links.ack_key.as_bytes().to_vec()) {
+                return Err(("notifier.links.ack_key", e.to_string()));
+            }
+            if let Err(e) = notifier::Directory::build(n.directory.clone()) {
+                return Err(("notifier.directory", e.to_string()));
+            }
         }
         Ok(())
     }

@@ -23,4 +23,5 @@
 pub mod config;
 pub mod consume;
 pub mod http;
+pub mod notify;
 pub mod record;

@@ -7,6 +7,7 @@
 //! | `GET /healthz` | 200 `ok` when the database answers within two seconds, else 503 |
 //! | `GET /metrics` | the consumer's counters, Prometheus text format ([`metrics`]) |
 //! | `GET /fhir/…` | FHIR R4 JSON (see [`fhir`]) |
+//! | `GET`/`POST /ack?token=…` | acknowledges an alert by the signed link in a notification: 200 and a small plain page; 400 for a bad token, 410 for an expired one, 404 without `[notifier]` |
 //!
 //! ```no_run
 //! # async fn demo(record: ingest::record::Record) -> std::io::Result<()> {
@@ -22,6 +23,7 @@
 //! Request logs carry the method, the route template and the status, never the path itself
 //! (it holds patient keys) nor the query string.
 
+pub mod ack;
 pub mod fhir;
 pub mod metrics;
 
@@ -52,6 +54,8 @@ pub struct HttpState {
     /// The externally visible base URL (`[http] public_url`), used for absolute links in
     /// Bundles; when `None`, links are built from the request's `Host` header.
     pub public_url: Option<String>,
+    /// Acknowledgement links (`/ack`), when the notifier runs.
+    pub ack: Option<ack::AckLinks>,
 }
 
 impl HttpState {
@@ -61,6 +65,7 @@ impl HttpState {
             record,
             stats,
             public_url: None,
+            ack: None,
         }
     }
 }
@@ -70,6 +75,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .route("/ack", get(ack::acknowledge).post(ack::acknowledge))
         .merge(fhir::routes())
         .fallback(not_found)
         .layer(middleware::from_fn(log_request))

@@ -43,15 +43,19 @@
 //! what happened to it. The notifier's outbox enqueue belongs right after
 //! [`AlertSql::write`] inside [`in_batch`] (and in [`Record::write_alerts`]): it runs on the
 //! same connection, in the same transaction, so an alert is never committed without its
-//! notifications, nor a notification without its alert. Not done yet: the outbox table is the
-//! notifier's migration.
+//! notifications, nor a notification without its alert. Done when the record carries
+//! [`crate::notify::Notifications`] ([`Record::with_notifications`]): each raise, update and
+//! resolve is planned and enqueued in `notifier_outbox` (migration 0003) before the commit,
+//! and [`WrittenEvent::notice`] carries the notice so the escalator is told after it.
 
+use notifier::{AlertNotice, NewNotification, NoticeKind};
 use serde_json::Value as Json;
 use sqlx::QueryBuilder;
 use time::OffsetDateTime;
 use vitals::{PatientKey, Reading};
 
 use super::{Record, RecordError, Result, from_us, now_us, to_us, with_pool};
+use crate::notify::{NoticeParts, Notifications, PgOutbox, notice_for};
 use crate::record::BatchOutcome;
 
 /// The callback [`Record::insert_batch_evaluated`] runs inside its transaction.
@@ -161,8 +165,8 @@ pub enum AlertWrite {
     },
 }
 
-/// What a write did, for counting and (later) for the notifier's outbox.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a write did, for counting and for the notifier.
+#[derive(Clone, Debug, PartialEq)]
 pub struct WrittenEvent {
     /// The alert row (none for a repeat request, or a resolve that found nothing open).
     pub alert_id: Option<i64>,
@@ -174,6 +178,9 @@ pub struct WrittenEvent {
     pub kind: AlertEventKind,
     /// A raise that met an alert another node (or an earlier run) had already opened.
     pub raised_elsewhere: bool,
+    /// The notice whose notifications were enqueued with it (only when the record carries
+    /// [`Notifications`]; none for repeat requests and raises met elsewhere).
+    pub notice: Option<AlertNotice>,
 }
 
 /// Open or resolved.
@@ -251,18 +258,53 @@ fn alert_uid(patient: &PatientKey, rule: &str, opened_at: OffsetDateTime) -> Str
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
 }
 
+/// Enqueueing outbox rows on a backend's connection (inside the caller's transaction).
+pub(crate) trait OutboxSql: sqlx::Database {
+    /// Inserts the rows; ids already there are ignored.
+    async fn enqueue_outbox(conn: &mut Self::Connection, rows: &[NewNotification])
+    -> Result<usize>;
+}
+
+fn store_err(e: notifier::StoreError) -> RecordError {
+    match e {
+        notifier::StoreError::Database(e) => RecordError::from(e),
+        other => RecordError::Invalid(other.to_string()),
+    }
+}
+
+impl OutboxSql for sqlx::Sqlite {
+    async fn enqueue_outbox(
+        conn: &mut sqlx::SqliteConnection,
+        rows: &[NewNotification],
+    ) -> Result<usize> {
+        notifier::SqliteOutbox::enqueue_in(conn, rows)
+            .await
+            .map_err(store_err)
+    }
+}
+
+impl OutboxSql for sqlx::Postgres {
+    async fn enqueue_outbox(
+        conn: &mut sqlx::PgConnection,
+        rows: &[NewNotification],
+    ) -> Result<usize> {
+        PgOutbox::enqueue_in(conn, rows).await.map_err(store_err)
+    }
+}
+
 /// The SQL of alerts, written once and expanded for each backend.
-pub(crate) trait AlertSql: sqlx::Database {
+pub(crate) trait AlertSql: OutboxSql {
     /// Bumps the rule versions of `patients` (sorted, distinct) and returns the new ones.
     async fn bump_versions(
         conn: &mut Self::Connection,
         patients: &[&str],
     ) -> Result<Vec<(String, i64)>>;
-    /// Writes the changes, in order.
+    /// Writes the changes, in order, with their notifications when `notify` is given.
     async fn write(
         conn: &mut Self::Connection,
         writes: &[AlertWrite],
         now: i64,
+        notify: Option<&Notifications>,
     ) -> Result<Vec<WrittenEvent>>;
 }
 
@@ -296,10 +338,11 @@ macro_rules! alert_sql {
                 conn: &mut <$db as sqlx::Database>::Connection,
                 writes: &[AlertWrite],
                 now: i64,
+                notify: Option<&Notifications>,
             ) -> Result<Vec<WrittenEvent>> {
                 let mut out = Vec::with_capacity(writes.len());
                 for w in writes {
-                    let (alert, kind, patient, at, payload, elsewhere) = match w {
+                    let (alert, kind, patient, at, payload, elsewhere, notice) = match w {
                         AlertWrite::Open {
                             patient,
                             raised,
@@ -345,6 +388,27 @@ macro_rules! alert_sql {
                                 "explanation": alert.explanation,
                                 "raised_elsewhere": elsewhere,
                             });
+                            // The node that opened it notified; a raise met here is not news.
+                            let notice = match notify {
+                                Some(_) if !elsewhere => notice_for(&NoticeParts {
+                                    uid: &stored_uid,
+                                    patient,
+                                    rule: &alert.rule,
+                                    kind: if kind == AlertEventKind::Raised {
+                                        NoticeKind::Raised
+                                    } else {
+                                        NoticeKind::Updated
+                                    },
+                                    severity: alert.severity.as_str(),
+                                    audience: audience_str(alert.audience),
+                                    opened_at: alert.opened_at,
+                                    at: alert.at,
+                                    nurse: &alert.nurse,
+                                    patient_text: alert.patient_text.as_deref(),
+                                    explanation: &alert.explanation,
+                                }),
+                                _ => None,
+                            };
                             (
                                 Some((id, stored_uid)),
                                 kind,
@@ -352,6 +416,7 @@ macro_rules! alert_sql {
                                 alert.at,
                                 payload,
                                 elsewhere,
+                                notice,
                             )
                         }
                         AlertWrite::Resolve {
@@ -360,30 +425,58 @@ macro_rules! alert_sql {
                             at,
                             payload,
                         } => {
-                            let row: Option<(i64, String)> = sqlx::query_as(
+                            #[allow(clippy::type_complexity)]
+                            let row: Option<(
+                                i64,
+                                String,
+                                String,
+                                String,
+                                i64,
+                                String,
+                                Option<String>,
+                            )> = sqlx::query_as(
                                 "UPDATE alerts SET state = 'resolved', resolved_at = $1, \
                                  updated_at = $1 \
                                  WHERE patient_key = $2 AND rule_id = $3 AND state = 'open' \
-                                 RETURNING alert_id, alert_uid",
+                                 RETURNING alert_id, alert_uid, severity, audience, opened_at, \
+                                 nurse_text, patient_text",
                             )
                             .bind(to_us(*at))
                             .bind(patient.as_str())
                             .bind(rule.as_str())
                             .fetch_optional(&mut *conn)
                             .await?;
-                            if row.is_none() {
+                            let Some((id, uid, severity, audience, opened_at, nurse, text)) = row
+                            else {
                                 // Resolved by another node, or opened before the record kept
                                 // alerts: nothing to close.
                                 tracing::debug!(rule = %rule, "resolve found no open alert");
                                 continue;
-                            }
+                            };
+                            let notice = match notify {
+                                Some(_) => notice_for(&NoticeParts {
+                                    uid: &uid,
+                                    patient,
+                                    rule,
+                                    kind: NoticeKind::Resolved,
+                                    severity: &severity,
+                                    audience: &audience,
+                                    opened_at: from_us(opened_at, "alerts")?,
+                                    at: *at,
+                                    nurse: &nurse,
+                                    patient_text: text.as_deref(),
+                                    explanation: payload,
+                                }),
+                                None => None,
+                            };
                             (
-                                row,
+                                Some((id, uid)),
                                 AlertEventKind::Resolved,
                                 patient,
                                 *at,
                                 payload.clone(),
                                 false,
+                                notice,
                             )
                         }
                         AlertWrite::Repeat {
@@ -397,6 +490,7 @@ macro_rules! alert_sql {
                             *at,
                             payload.clone(),
                             false,
+                            None,
                         ),
                     };
                     sqlx::query(
@@ -411,6 +505,11 @@ macro_rules! alert_sql {
                     .bind(payload.to_string())
                     .execute(&mut *conn)
                     .await?;
+                    // The alert's notifications, on the same connection: they commit with it.
+                    if let (Some(n), Some(notice)) = (notify, notice.as_ref()) {
+                        let rows = n.plan(notice, notifier::Timestamp::now());
+                        <$db as OutboxSql>::enqueue_outbox(&mut *conn, &rows).await?;
+                    }
                     let (alert_id, alert_uid) = alert.unzip();
                     out.push(WrittenEvent {
                         alert_id,
@@ -418,6 +517,7 @@ macro_rules! alert_sql {
                         patient: patient.clone(),
                         kind,
                         raised_elsewhere: elsewhere,
+                        notice,
                     });
                 }
                 Ok(out)
@@ -434,6 +534,7 @@ pub(super) async fn in_batch<DB: AlertSql>(
     conn: &mut DB::Connection,
     new: &[&Reading],
     evaluate: &mut Evaluate<'_>,
+    notify: Option<&Notifications>,
 ) -> Result<Option<Vec<WrittenEvent>>> {
     if new.is_empty() {
         return Ok(Some(Vec::new()));
@@ -453,7 +554,7 @@ pub(super) async fn in_batch<DB: AlertSql>(
     let Some(writes) = evaluate(new, &versions) else {
         return Ok(None);
     };
-    DB::write(conn, &writes, now_us()).await.map(Some)
+    DB::write(conn, &writes, now_us(), notify).await.map(Some)
 }
 
 #[derive(sqlx::FromRow)]
@@ -484,6 +585,34 @@ struct EventDbRow {
     payload: String,
 }
 
+fn stored_alert(r: AlertDbRow) -> Result<StoredAlert> {
+    Ok(StoredAlert {
+        id: r.alert_id,
+        uid: r.alert_uid,
+        patient: PatientKey::new(r.patient_key).map_err(|e| RecordError::corrupt("alerts", e))?,
+        rule: r.rule_id,
+        profile: r.profile,
+        severity: r.severity,
+        audience: r.audience,
+        state: match r.state.as_str() {
+            "open" => AlertState::Open,
+            "resolved" => AlertState::Resolved,
+            other => {
+                return Err(RecordError::corrupt(
+                    "alerts",
+                    format!("unknown state `{other}`"),
+                ));
+            }
+        },
+        opened_at: from_us(r.opened_at, "alerts")?,
+        updated_at: from_us(r.updated_at, "alerts")?,
+        resolved_at: r.resolved_at.map(|t| from_us(t, "alerts")).transpose()?,
+        explanation: json(&r.explanation, "alerts")?,
+        nurse: r.nurse_text,
+        patient_text: r.patient_text,
+    })
+}
+
 fn json(text: &str, table: &'static str) -> Result<Json> {
     serde_json::from_str(text).map_err(|e| RecordError::corrupt(table, e))
 }
@@ -504,7 +633,11 @@ impl Record {
     where
         F: FnMut(&[&Reading], &[RuleVersion]) -> Option<Vec<AlertWrite>> + Send,
     {
-        self.insert_batch_inner(batch, Some(&mut evaluate)).await
+        let done = self.insert_batch_inner(batch, Some(&mut evaluate)).await?;
+        if let (Some(n), Some((_, written))) = (&self.notifications, &done) {
+            n.committed(written).await;
+        }
+        Ok(done)
     }
 
     /// Stores alert changes in a transaction of their own (time-driven rules).
@@ -513,12 +646,35 @@ impl Record {
             return Ok(Vec::new());
         }
         let now = now_us();
-        Ok(with_pool!(self, write, |pool, DB| {
+        let notify = self.notifications.as_deref();
+        let written = with_pool!(self, write, |pool, DB| {
             let mut tx = pool.begin().await?;
-            let written = <DB as AlertSql>::write(&mut *tx, writes, now).await?;
+            let written = <DB as AlertSql>::write(&mut *tx, writes, now, notify).await?;
             tx.commit().await?;
             written
-        }))
+        });
+        if let Some(n) = notify {
+            n.committed(&written).await;
+        }
+        Ok(written)
+    }
+
+    /// Open alerts nobody has acknowledged (no `alert.acknowledge` row on `alert:{uid}` in
+    /// the audit log), oldest first: what the escalator follows again after a restart.
+    pub async fn open_unacknowledged_alerts(&self) -> Result<Vec<StoredAlert>> {
+        let rows: Vec<AlertDbRow> = with_pool!(self, read, |pool, DB| {
+            sqlx::query_as(
+                "SELECT alert_id, alert_uid, patient_key, rule_id, profile, severity, audience, \
+                 state, opened_at, updated_at, resolved_at, explanation, nurse_text, \
+                 patient_text FROM alerts a WHERE state = 'open' AND NOT EXISTS \
+                 (SELECT 1 FROM audit_log l WHERE l.target = 'alert:' || a.alert_uid \
+                  AND l.action = $1) ORDER BY alert_id",
+            )
+            .bind(crate::notify::ACK_ACTION)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter().map(stored_alert).collect()
     }
 
     /// The patient's rule version: how many batches of their readings have been evaluated
@@ -545,36 +701,7 @@ impl Record {
             .fetch_all(pool)
             .await?
         });
-        rows.into_iter()
-            .map(|r| {
-                Ok(StoredAlert {
-                    id: r.alert_id,
-                    uid: r.alert_uid,
-                    patient: PatientKey::new(r.patient_key)
-                        .map_err(|e| RecordError::corrupt("alerts", e))?,
-                    rule: r.rule_id,
-                    profile: r.profile,
-                    severity: r.severity,
-                    audience: r.audience,
-                    state: match r.state.as_str() {
-                        "open" => AlertState::Open,
-                        "resolved" => AlertState::Resolved,
-                        other => {
-                            return Err(RecordError::corrupt(
-                                "alerts",
-                                format!("unknown state `{other}`"),
-                            ));
-                        }
-                    },
-                    opened_at: from_us(r.opened_at, "alerts")?,
-                    updated_at: from_us(r.updated_at, "alerts")?,
-                    resolved_at: r.resolved_at.map(|t| from_us(t, "alerts")).transpose()?,
-                    explanation: json(&r.explanation, "alerts")?,
-                    nurse: r.nurse_text,
-                    patient_text: r.patient_text,
-                })
-            })
-            .collect()
+        rows.into_iter().map(stored_alert).collect()
     }
 
     /// The patient's alert events, in the order they were written.

@@ -58,7 +58,8 @@
 //!   (migration 0002), written with the readings that raised them in one transaction:
 //!   [`Record::insert_batch_evaluated`] (the `alerts.rs` module doc has the contract).
 //!
-//! The notifier's outbox arrives as a later migration in the same directories.
+//! - `notifier_outbox`, `notifier_attempts`, `notifier_groups` (migration 0003): the
+//!   notifier's outbox, written in the alert's transaction (see [`crate::notify`]).
 //!
 //! # Durability
 //!
@@ -183,6 +184,8 @@ pub struct Record {
     backend: Backend,
     /// Shared by clones, so a change made through one is seen by all.
     bindings: std::sync::Arc<RwLock<registry::BindingCache>>,
+    /// When set, alert writes enqueue their notifications in the same transaction.
+    notifications: Option<std::sync::Arc<crate::notify::Notifications>>,
 }
 
 impl std::fmt::Debug for Record {
@@ -216,6 +219,7 @@ impl Record {
         let record = Record {
             backend,
             bindings: std::sync::Arc::new(RwLock::new(registry::BindingCache::default())),
+            notifications: None,
         };
         tracing::debug!(backend = ?record.kind(), "patient record open");
         Ok(record)
@@ -272,6 +276,37 @@ impl Record {
             }
         }
         Ok(Backend::Postgres(pool))
+    }
+
+    /// This record, enqueueing notifications for every alert it writes, in the alert's own
+    /// transaction (see [`crate::notify`]). Clones made after this share it.
+    pub fn with_notifications(mut self, n: std::sync::Arc<crate::notify::Notifications>) -> Self {
+        self.notifications = Some(n);
+        self
+    }
+
+    /// What [`Record::with_notifications`] set.
+    pub fn notifications(&self) -> Option<&std::sync::Arc<crate::notify::Notifications>> {
+        self.notifications.as_ref()
+    }
+
+    /// The notifier's outbox in this database (migration 0003).
+    pub async fn outbox(&self) -> Result<crate::notify::RecordOutbox> {
+        let store_err = |e: notifier::StoreError| match e {
+            notifier::StoreError::Database(e) => RecordError::from(e),
+            other => RecordError::Invalid(other.to_string()),
+        };
+        Ok(match &self.backend {
+            Backend::Sqlite { write, .. } => crate::notify::RecordOutbox::Sqlite {
+                outbox: notifier::SqliteOutbox::with_pool(write.clone())
+                    .await
+                    .map_err(store_err)?,
+                pool: write.clone(),
+            },
+            Backend::Postgres(pool) => {
+                crate::notify::RecordOutbox::Postgres(crate::notify::PgOutbox::new(pool.clone()))
+            }
+        })
     }
 
     /// Which database this is.

@@ -267,7 +267,13 @@ impl Record {
                         .filter(|r| new_ids.contains(&r.id))
                         .map(|r| r.reading)
                         .collect();
-                    super::alerts::in_batch::<DB>(&mut *tx, &new, evaluate).await?
+                    super::alerts::in_batch::<DB>(
+                        &mut *tx,
+                        &new,
+                        evaluate,
+                        self.notifications.as_deref(),
+                    )
+                    .await?
                 }
             };
             match written {

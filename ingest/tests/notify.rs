@@ -1,0 +1,830 @@
+//! The notifier wired into ingest, against a real Mosquitto, a real record (SQLite and
+//! PostgreSQL) and a real SMTP server (aiosmtpd): an alert and its notifications commit
+//! together, the on-duty nurse gets the email, a crash between commit and send still sends
+//! exactly once, and the signed link acknowledges (audit log) and stops escalation.
+//! Missing services skip locally and fail under CI=true (testkit::unavailable).
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use ingest::config::RulesConfig;
+use ingest::consume::{Consumer, ConsumerSettings, IngestStats, Rules, client_options};
+use ingest::http::{HttpState, ack::AckLinks, router};
+use ingest::notify::{self, Notifications};
+use ingest::record::{
+    AlertState, AlertWrite, Audit, NewBinding, NewPatient, OpenAlert, Record, StoredAlert,
+};
+use notifier::{AlertId, NotificationStatus, NotifierConfig, OutboxStore, Timestamp};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, MqttOptions};
+use testkit::{Mosquitto, PgDatabase, unavailable};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+use vitals::*;
+
+const AUDIT: Audit<'static> = Audit {
+    who: "test",
+    why: "notifier wiring test set-up",
+};
+const TOPIC: &str = "rpm/v1/gw/gw-1/readings";
+const ACK_KEY: &str = "ingest-notify-test-key-0123456789abcdef";
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------
+// A real SMTP server: aiosmtpd with the notifier tests' sink (one .eml file per message).
+
+fn python_with_aiosmtpd() -> Result<String, String> {
+    for python in ["python3", "/usr/bin/python3"] {
+        let ok = Command::new(python)
+            .args(["-c", "import aiosmtpd"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(python.to_owned());
+        }
+    }
+    Err("no python3 can import aiosmtpd; scripts/services installs it".to_owned())
+}
+
+struct SmtpSink {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    fn start() -> Result<Self, String> {
+        let python = python_with_aiosmtpd()?;
+        let port = testkit::free_port().map_err(|e| e.to_string())?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let sink_module = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../notifier/tests");
+        let child = Command::new(&python)
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "smtp_sink.Sink"])
+            .arg(dir.path())
+            .env("PYTHONPATH", &sink_module)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot run {python} -m aiosmtpd: {e}"))?;
+        let sink = SmtpSink { child, port, dir };
+        testkit::wait_for_port(port, Duration::from_secs(15))
+            .map_err(|e| format!("aiosmtpd did not start: {e}"))?;
+        Ok(sink)
+    }
+
+    /// Messages so far (envelope lines, then the raw message), quoted-printable undone.
+    fn messages(&self) -> Vec<String> {
+        let mut names: Vec<PathBuf> = fs::read_dir(self.dir.path())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        names.retain(|p| p.extension().is_some_and(|x| x == "eml"));
+        names.sort();
+        names
+            .iter()
+            .filter_map(|p| fs::read_to_string(p).ok())
+            .map(|m| {
+                m.replace("=\r\n", "")
+                    .replace("=\n", "")
+                    .replace("=3D", "=")
+            })
+            .collect()
+    }
+
+    fn to(&self, address: &str) -> Vec<String> {
+        let line = format!("X-Envelope-To: {address}");
+        self.messages()
+            .into_iter()
+            .filter(|m| m.contains(&line))
+            .collect()
+    }
+
+    async fn wait_for_mail_to(&self, address: &str) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(m) = self.to(address).into_iter().next() {
+                return m;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no email to {address} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The care team: Dee on duty (tier 0), Cal the charge nurse (tier 1), and the patient.
+
+const NURSE: &str = "dee@ward.test";
+const CHARGE: &str = "cal@ward.test";
+const PATIENT: &str = "ada@home.test";
+
+/// The `[notifier]` table (JSON has the same shape as the TOML table).
+fn notifier_config(smtp_port: u16, escalate: bool) -> NotifierConfig {
+    let every_day = r#"["mon", "tue", "wed", "thu", "fri", "sat", "sun"]"#;
+    let escalation = if escalate {
+        r#"{ "medium": { "ack_within": "3s" } }"#
+    } else {
+        "{}"
+    };
+    let text = format!(
+        r#"{{
+        "smtp": {{ "host": "127.0.0.1", "port": {smtp_port}, "security": "none",
+                   "from": "RPM alerts <alerts@rpm.test>", "timeout": "2s" }},
+        "links": {{ "console_url": "https://console.rpm.test", "ack_key": "{ACK_KEY}",
+                    "ack_ttl": "1h" }},
+        "dispatch": {{ "lease": "3s", "poll": "100ms", "batch": 16, "retry_base": "100ms",
+                       "retry_cap": "400ms", "max_attempts": 100 }},
+        "grouping": {{ "group_wait": "200ms", "group_interval": "1s",
+                       "immediate_from": "emergency", "patient_urgent_from": "emergency",
+                       "notify_from": "low" }},
+        "escalation": {escalation},
+        "directory": {{
+            "people": [
+                {{ "id": "nurse.dee", "name": "Dee", "contacts": [{{ "channel": "email", "address": "{NURSE}" }}] }},
+                {{ "id": "charge.cal", "name": "Cal", "contacts": [{{ "channel": "email", "address": "{CHARGE}" }}] }}
+            ],
+            "teams": [{{ "id": "copd", "patients": ["pk-1"], "tiers": [
+                {{ "time_zone": "UTC", "weekly": [{{ "days": {every_day}, "start": "00:00", "end": "00:00", "person": "nurse.dee" }}] }},
+                {{ "time_zone": "UTC", "weekly": [{{ "days": {every_day}, "start": "00:00", "end": "00:00", "person": "charge.cal" }}] }}
+            ] }}],
+            "patients": [{{ "patient": "pk-1", "name": "Ada", "time_zone": "UTC",
+                            "contacts": [{{ "channel": "email", "address": "{PATIENT}" }}] }}]
+        }}
+    }}"#
+    );
+    serde_json::from_str(&text).expect("test notifier config parses")
+}
+
+// ---------------------------------------------------------------------------------------
+// The record, its patient, readings through Mosquitto.
+
+/// A database that outlives the records opened on it (a restart opens a new one).
+struct Db {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    _pg: Option<PgDatabase>,
+}
+
+impl Db {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Db {
+            url: format!("sqlite:{}", dir.path().join("record.db").display()),
+            _dir: Some(dir),
+            _pg: None,
+        }
+    }
+
+    async fn postgres() -> Option<Self> {
+        let pg = unavailable(PgDatabase::create().await)?;
+        Some(Db {
+            url: pg.url().to_owned(),
+            _dir: None,
+            _pg: Some(pg),
+        })
+    }
+
+    /// A record that enqueues notifications with its alerts.
+    async fn open(&self, runtime: &notifier::Runtime) -> Record {
+        Record::connect(&self.url, 4)
+            .await
+            .expect("record")
+            .with_notifications(Arc::new(Notifications::from_runtime(runtime)))
+    }
+}
+
+fn key() -> PatientKey {
+    PatientKey::new("pk-1").expect("valid")
+}
+
+fn gw() -> GatewayId {
+    GatewayId::new("gw-1").expect("valid")
+}
+
+fn device() -> DeviceId {
+    "eui64:0011223344556677".parse().expect("valid")
+}
+
+async fn registry(record: &Record) {
+    record
+        .create_patient(
+            &NewPatient {
+                key: key(),
+                display_name: Some("Ada Example".into()),
+                condition: "copd".into(),
+                profile_id: None,
+                care_team: None,
+            },
+            &AUDIT,
+        )
+        .await
+        .expect("patient");
+    record.create_gateway(&gw(), &AUDIT).await.expect("gateway");
+    record
+        .create_device(&DeviceIdentity::new(device()), &AUDIT)
+        .await
+        .expect("device");
+    record
+        .bind(
+            &NewBinding {
+                gateway: gw(),
+                device: device(),
+                patient: key(),
+                user_index: None,
+                valid_from: OffsetDateTime::UNIX_EPOCH,
+            },
+            &AUDIT,
+        )
+        .await
+        .expect("binding");
+}
+
+/// An SpO2 reading `minute` minutes into the last hour.
+fn spo2(minute: i64, value: &str) -> Reading {
+    let at = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("valid")
+        - time::Duration::minutes(60)
+        + time::Duration::minutes(minute);
+    Reading {
+        id: ReadingId(Default::default()),
+        seq: minute as u64,
+        gateway: gw(),
+        patient: key(),
+        device: DeviceIdentity::new(device()),
+        user_index: None,
+        reading_type: ReadingType::OximetrySpotCheck,
+        device_time: None,
+        measured_at: at,
+        received_at: at,
+        values: vec![Observed {
+            kind: Kind::Spo2,
+            value: Value::Number(value.parse().expect("decimal")),
+            unit: Unit::Percent,
+        }],
+        flags: Flags::EMPTY,
+    }
+    .with_computed_id()
+}
+
+fn envelope(seq: u64, readings: Vec<Reading>) -> Vec<u8> {
+    Envelope {
+        v: 1,
+        gateway: gw(),
+        seq,
+        sent_at: OffsetDateTime::now_utc(),
+        readings,
+    }
+    .encode()
+}
+
+struct Node {
+    stats: Arc<IngestStats>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), ingest::consume::ConsumeError>>,
+}
+
+impl Node {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("joined").expect("clean stop");
+    }
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn start_consumer(broker: &Mosquitto, record: Record) -> Node {
+    let config = BrokerConfig::new(broker.url().parse().expect("url"));
+    let options = client_options(&config, "ingest-notify", 32).expect("options");
+    let cap = options.request_channel_capacity();
+    let stats = Arc::new(IngestStats::default());
+    let shutdown = CancellationToken::new();
+    let rules = Rules::load(&RulesConfig {
+        profiles_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/profiles").into(),
+        ..RulesConfig::default()
+    })
+    .expect("the shipped profiles load");
+    let consumer = Consumer {
+        settings: ConsumerSettings {
+            group: "ingest".into(),
+            batch_max: 500,
+            batch_linger: Duration::from_millis(10),
+            max_inflight: 32,
+            max_future: Duration::from_secs(300),
+            max_backoff: Duration::from_millis(200),
+        },
+        record,
+        mqtt: AsyncClient::new(options, cap),
+        stats: stats.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let node = Node {
+        stats,
+        shutdown,
+        task: tokio::spawn(consumer.run_with(rules)),
+    };
+    let subscription = "$share/ingest/rpm/v1/gw/+/readings";
+    wait_until("the consumer's subscription", || {
+        broker.log().matches(subscription).count() >= 1
+    })
+    .await;
+    node
+}
+
+async fn publisher(broker: &Mosquitto) -> AsyncClient {
+    let opts = MqttOptions::new("test-publisher", "127.0.0.1", broker.port());
+    let (client, mut events) = AsyncClient::new(opts, 100);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    client
+}
+
+/// Publishes one message and waits until the node has committed it.
+async fn send(client: &AsyncClient, node: &Node, payload: Vec<u8>) {
+    let before = node.stats.messages.load(Ordering::Relaxed);
+    client
+        .publish(TOPIC, QoS::AtLeastOnce, false, payload)
+        .await
+        .expect("publish");
+    let stats = node.stats.clone();
+    wait_until("the message committed", || {
+        stats.messages.load(Ordering::Relaxed) > before
+    })
+    .await;
+}
+
+/// Two low SpO2 readings (the profile wants 2 of 2 within 15 minutes): one alert.
+async fn raise_spo2_low(client: &AsyncClient, node: &Node) {
+    send(client, node, envelope(1, vec![spo2(0, "89")])).await;
+    send(client, node, envelope(2, vec![spo2(5, "89")])).await;
+}
+
+async fn the_alert(record: &Record) -> StoredAlert {
+    let alerts: Vec<StoredAlert> = record
+        .alerts_for_patient(&key())
+        .await
+        .expect("alerts")
+        .into_iter()
+        .filter(|a| a.rule == "spo2-low")
+        .collect();
+    assert_eq!(alerts.len(), 1, "two low readings raise one alert");
+    alerts.into_iter().next().expect("one alert")
+}
+
+fn addresses(rows: &[notifier::Notification]) -> Vec<&str> {
+    let mut a: Vec<&str> = rows.iter().map(|n| n.row.address.as_str()).collect();
+    a.sort_unstable();
+    a
+}
+
+/// Whether any of `mails` is about `rule`.
+fn about(mails: &[String], rule: &str) -> bool {
+    mails.iter().any(|m| m.contains(&format!(" {rule} (")))
+}
+
+/// The acknowledgement link of the spo2-low item (the message may list other alerts).
+fn ack_token(mail: &str) -> String {
+    let item = mail
+        .split_once("MEDIUM spo2-low")
+        .map(|(_, rest)| rest)
+        .expect("the spo2-low item in the nurse's email");
+    item.split("ack?token=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|t| t.trim_end_matches(['>', ')', '.']).to_owned())
+        .expect("an acknowledgement link in the nurse's email")
+}
+
+async fn hit(app: &axum::Router, method: &str, uri: &str) -> (StatusCode, String) {
+    let response = app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .expect("body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests.
+
+async fn an_alert_commits_with_its_notifications_and_the_on_duty_nurse_is_emailed(db: Db) {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let Some(smtp) = unavailable(SmtpSink::start()) else {
+        return;
+    };
+    let runtime = notifier_config(smtp.port, true)
+        .build()
+        .expect("config builds");
+    let record = db.open(&runtime).await;
+    registry(&record).await;
+    let shutdown = CancellationToken::new();
+    let running = notify::start(&record, &runtime, shutdown.clone())
+        .await
+        .expect("notifier starts");
+    assert_eq!(running.retracked, 0);
+    let node = start_consumer(&broker, record.clone()).await;
+    let client = publisher(&broker).await;
+
+    send(&client, &node, envelope(1, vec![spo2(0, "89")])).await;
+    assert!(
+        !record
+            .alerts_for_patient(&key())
+            .await
+            .expect("alerts")
+            .iter()
+            .any(|a| a.rule == "spo2-low"),
+        "one low reading does not raise spo2-low"
+    );
+    send(&client, &node, envelope(2, vec![spo2(5, "89")])).await;
+    // Committed together: once the batch is acknowledged, the alert row and its
+    // notification rows are both there.
+    let alert = the_alert(&record).await;
+    assert_eq!(alert.state, AlertState::Open);
+    assert_eq!(alert.severity, "medium");
+    let outbox = record.outbox().await.expect("outbox");
+    let rows = outbox.for_alert(&alert.uid).await.expect("outbox rows");
+    assert_eq!(
+        addresses(&rows),
+        [PATIENT, NURSE],
+        "the nurse on duty and the patient"
+    );
+    for n in &rows {
+        assert_eq!(n.row.notice.alert.as_str(), alert.uid);
+        assert_eq!(n.row.notice.rule, "spo2-low");
+        assert_eq!(n.row.notice.kind, notifier::NoticeKind::Raised);
+        assert_eq!(n.row.notice.severity, notifier::Severity::Medium);
+        assert_eq!(n.row.notice.nurse_text, alert.nurse);
+        assert_eq!(n.row.notice.evidence.len(), 2, "both readings as evidence");
+    }
+
+    let mail = smtp.wait_for_mail_to(NURSE).await;
+    // Other rules of the profile (NEWS2) may be in the same message: one per nurse and
+    // patient.
+    assert!(mail.contains("Subject: [RPM] MEDIUM: "), "{mail}");
+    assert!(mail.contains("open alert(s) for patient pk-1"), "{mail}");
+    assert!(mail.contains("MEDIUM spo2-low"), "{mail}");
+    assert!(mail.contains("SpO2 89"), "{mail}");
+    assert!(
+        mail.contains("https://console.rpm.test/ack?token="),
+        "{mail}"
+    );
+    assert!(
+        !mail.contains("Ada Example"),
+        "no registry name in the email"
+    );
+    let patient = smtp.wait_for_mail_to(PATIENT).await;
+    assert!(
+        patient.contains("Your oxygen level is lower than usual."),
+        "{patient}"
+    );
+    assert!(!patient.contains("ack?token"), "{patient}");
+    // Nobody acknowledges within 3 s: the charge nurse (tier 1) is told.
+    let escalated = smtp.wait_for_mail_to(CHARGE).await;
+    assert!(escalated.contains("ESCALATED (tier 1)"), "{escalated}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !about(&smtp.to(CHARGE), "spo2-low") {
+        assert!(tokio::time::Instant::now() < deadline, "spo2-low escalated");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        smtp.to(NURSE)
+            .iter()
+            .filter(|m| m.contains("MEDIUM spo2-low"))
+            .count(),
+        1,
+        "the nurse is told about spo2-low once"
+    );
+
+    let rows = outbox.for_alert(&alert.uid).await.expect("outbox rows");
+    let nurse_row = rows
+        .iter()
+        .find(|n| n.row.address == NURSE)
+        .expect("nurse row");
+    assert_eq!(nurse_row.status, NotificationStatus::Sent);
+    node.stop().await;
+    shutdown.cancel();
+    running.join().await;
+}
+
+async fn a_crash_between_commit_and_send_sends_exactly_once_after_restart(db: Db) {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let Some(smtp) = unavailable(SmtpSink::start()) else {
+        return;
+    };
+    let runtime = notifier_config(smtp.port, false)
+        .build()
+        .expect("config builds");
+    // First life: alerts are committed with their notifications, but the process dies
+    // before any dispatcher runs.
+    let record = db.open(&runtime).await;
+    registry(&record).await;
+    let node = start_consumer(&broker, record.clone()).await;
+    let client = publisher(&broker).await;
+    raise_spo2_low(&client, &node).await;
+    let alert = the_alert(&record).await;
+    let outbox = record.outbox().await.expect("outbox");
+    let rows = outbox.for_alert(&alert.uid).await.expect("rows");
+    assert_eq!(addresses(&rows), [PATIENT, NURSE]);
+    assert!(
+        rows.iter()
+            .all(|n| n.status == NotificationStatus::Pending && n.attempts == 0)
+    );
+    let open = record
+        .open_unacknowledged_alerts()
+        .await
+        .expect("open alerts")
+        .len();
+    node.stop().await;
+    record.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        smtp.messages().is_empty(),
+        "nothing was sent before the crash"
+    );
+
+    // Second life: a new record on the same database, the notifier started as `rpm ingest`
+    // starts it.
+    let record = db.open(&runtime).await;
+    let shutdown = CancellationToken::new();
+    let running = notify::start(&record, &runtime, shutdown.clone())
+        .await
+        .expect("notifier starts");
+    assert_eq!(
+        running.retracked, open,
+        "the open alerts are followed again"
+    );
+    let mail = smtp.wait_for_mail_to(NURSE).await;
+    assert!(mail.contains("spo2-low"), "{mail}");
+    smtp.wait_for_mail_to(PATIENT).await;
+    // Anything doubled would arrive within a few polls.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let nurse: Vec<String> = smtp.to(NURSE);
+    assert_eq!(
+        nurse
+            .iter()
+            .filter(|m| m.contains("MEDIUM spo2-low"))
+            .count(),
+        1,
+        "sent exactly once to the nurse: {nurse:?}"
+    );
+    assert_eq!(
+        smtp.to(PATIENT).len(),
+        1,
+        "sent exactly once to the patient"
+    );
+    let outbox = record.outbox().await.expect("outbox");
+    for n in outbox.for_alert(&alert.uid).await.expect("rows") {
+        assert_eq!(n.status, NotificationStatus::Sent);
+        let attempts = outbox.attempts(n.row.id).await.expect("attempts");
+        assert_eq!(attempts.len(), 1, "one attempt, recorded");
+        assert_eq!(attempts[0].outcome, notifier::AttemptOutcome::Sent);
+    }
+    shutdown.cancel();
+    running.join().await;
+}
+
+async fn the_signed_link_acknowledges_is_audited_and_stops_escalation(db: Db) {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let Some(smtp) = unavailable(SmtpSink::start()) else {
+        return;
+    };
+    let runtime = notifier_config(smtp.port, true)
+        .build()
+        .expect("config builds");
+    let record = db.open(&runtime).await;
+    registry(&record).await;
+    let shutdown = CancellationToken::new();
+    let running = notify::start(&record, &runtime, shutdown.clone())
+        .await
+        .expect("notifier starts");
+    let mut state = HttpState::new(record.clone(), Arc::new(IngestStats::default()));
+    state.ack = Some(AckLinks {
+        signer: runtime.signer.clone(),
+        escalator: running.escalator.clone(),
+    });
+    let app = router(state);
+    let node = start_consumer(&broker, record.clone()).await;
+    let client = publisher(&broker).await;
+    raise_spo2_low(&client, &node).await;
+    let alert = the_alert(&record).await;
+    let mail = smtp.wait_for_mail_to(NURSE).await;
+    let token = ack_token(&mail);
+
+    // Refusals first: they must not acknowledge anything.
+    let (status, body) = hit(&app, "GET", "/ack").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = hit(&app, "GET", "/ack?token=not-a-token").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("not valid"), "{body}");
+    let tampered = format!("{}x", &token[..token.len() - 1]);
+    let (status, _) = hit(&app, "GET", &format!("/ack?token={tampered}")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let expired = runtime.signer.sign(
+        &AlertId::new(alert.uid.clone()).expect("id"),
+        "staff:nurse.dee",
+        Timestamp::now()
+            .checked_sub(Duration::from_secs(60))
+            .expect("a minute ago"),
+    );
+    let (status, body) = hit(&app, "GET", &format!("/ack?token={expired}")).await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    assert!(body.contains("expired"), "{body}");
+    let unacknowledged = |alerts: Vec<StoredAlert>| alerts.iter().any(|a| a.uid == alert.uid);
+    assert!(unacknowledged(
+        record.open_unacknowledged_alerts().await.expect("open")
+    ));
+
+    // The link from the email.
+    let (status, body) = hit(&app, "GET", &format!("/ack?token={token}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("acknowledged"), "{body}");
+    let audit = record
+        .audit_log(Some(&format!("alert:{}", alert.uid)), 10)
+        .await
+        .expect("audit log");
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].action, "alert.acknowledge");
+    assert_eq!(
+        audit[0].actor, "staff:nurse.dee",
+        "the recipient id, never a name"
+    );
+    assert!(
+        !unacknowledged(record.open_unacknowledged_alerts().await.expect("open")),
+        "a restart would not escalate it again"
+    );
+    // POST does the same (a second acknowledgement is recorded too).
+    let (status, _) = hit(&app, "POST", &format!("/ack?token={token}")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Past the 3 s acknowledgement time: the charge nurse is not paged.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !about(&smtp.to(CHARGE), "spo2-low"),
+        "escalation of the acknowledged alert stopped"
+    );
+    node.stop().await;
+    shutdown.cancel();
+    running.join().await;
+}
+
+/// A raise written directly (as time-driven rules write them).
+fn raise(at: OffsetDateTime) -> AlertWrite {
+    AlertWrite::Open {
+        patient: key(),
+        raised: true,
+        alert: OpenAlert {
+            rule: "spo2-low".into(),
+            profile: "copd@1".into(),
+            severity: rules::Severity::High,
+            audience: rules::Audience::Nurse,
+            opened_at: at,
+            at,
+            explanation: serde_json::json!({
+                "severity": "high",
+                "evidence": [{"reading": "r-1", "at": 1_700_000_000_000i64, "kind": "spo2",
+                              "value": 87.0}],
+                "context": {"type": "threshold", "limit": 90, "clear": 92},
+                "text": "SpO2 87 under 90",
+            }),
+            nurse: "SpO2 87 % (at or under 90 %)".into(),
+            patient_text: None,
+        },
+    }
+}
+
+/// Breaks the outbox behind the record's back (a full disk, a missing migration): the alert
+/// must not commit without its notifications.
+async fn break_outbox(url: &str) {
+    let sql = "ALTER TABLE notifier_outbox RENAME TO notifier_outbox_gone";
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.expect("sqlite");
+        sqlx::query(sql).execute(&pool).await.expect("rename");
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.expect("postgres");
+        sqlx::query(sql).execute(&pool).await.expect("rename");
+        pool.close().await;
+    }
+}
+
+async fn an_alert_never_commits_without_its_notifications(db: Db) {
+    // No SMTP needed: nothing is sent, only planned.
+    let runtime = notifier_config(1, false).build().expect("config builds");
+    let record = db.open(&runtime).await;
+    registry(&record).await;
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).expect("t");
+    let written = record.write_alerts(&[raise(now)]).await.expect("written");
+    let notice = written[0].notice.clone().expect("a notice for the raise");
+    assert_eq!(notice.severity, notifier::Severity::High);
+    assert_eq!(notice.evidence.len(), 1);
+    assert_eq!(notice.explanation, "SpO2 87 under 90");
+    let uid = written[0].alert_uid.clone().expect("uid");
+    let outbox = record.outbox().await.expect("outbox");
+    let rows = outbox.for_alert(&uid).await.expect("rows");
+    assert_eq!(
+        addresses(&rows),
+        [NURSE],
+        "audience nurse: the patient is not told"
+    );
+    // Resolving it enqueues the resolution for the nurse, in its own transaction.
+    let resolved = record
+        .write_alerts(&[AlertWrite::Resolve {
+            patient: key(),
+            rule: "spo2-low".into(),
+            at: now + time::Duration::minutes(5),
+            payload: serde_json::json!({"severity": "high", "evidence": [], "text": "cleared"}),
+        }])
+        .await
+        .expect("resolved");
+    assert_eq!(
+        resolved[0].notice.as_ref().map(|n| n.kind),
+        Some(notifier::NoticeKind::Resolved)
+    );
+    assert_eq!(outbox.for_alert(&uid).await.expect("rows").len(), 2);
+
+    break_outbox(&db.url).await;
+    let later = now + time::Duration::minutes(10);
+    record
+        .write_alerts(&[raise(later)])
+        .await
+        .expect_err("the outbox insert fails, so the transaction fails");
+    let open: Vec<StoredAlert> = record
+        .alerts_for_patient(&key())
+        .await
+        .expect("alerts")
+        .into_iter()
+        .filter(|a| a.state == AlertState::Open)
+        .collect();
+    assert!(
+        open.is_empty(),
+        "no alert committed without its notifications"
+    );
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Db::sqlite()).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = super::Db::postgres().await else { return };
+                super::$name(db).await;
+            }
+        }
+    )*};
+}
+
+both!(
+    an_alert_never_commits_without_its_notifications,
+    an_alert_commits_with_its_notifications_and_the_on_duty_nurse_is_emailed,
+    a_crash_between_commit_and_send_sends_exactly_once_after_restart,
+    the_signed_link_acknowledges_is_audited_and_stops_escalation,
+);
