@@ -382,7 +382,7 @@ async fn no_reading_lost_when_the_gateway_is_killed_while_the_broker_is_away() {
 }
 
 /// Two months of a stable COPD patient: enough readings that the gateway is still forwarding
-/// when it is killed.
+/// when something goes wrong.
 fn long_scenario(dir: &std::path::Path) -> String {
     let base = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/scenarios/copd_stable.toml"),
@@ -398,76 +398,111 @@ fn long_scenario(dir: &std::path::Path) -> String {
     path.to_str().expect("utf8").to_owned()
 }
 
+/// A gateway forwarding the long scenario slowly (one message of five readings in flight),
+/// watched by an independent subscriber.
+struct SlowForward {
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    observed: mpsc::UnboundedReceiver<ReadingId>,
+    seen: HashMap<ReadingId, u32>,
+}
+
+impl SlowForward {
+    async fn start(broker: &Mosquitto) -> (SlowForward, RpmProcess) {
+        let observed = subscriber(broker.port()).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scenario = long_scenario(dir.path());
+        let cfg = write(
+            dir.path(),
+            "gateway.toml",
+            format!(
+                "[gateway]\nid = \"gw-e2e\"\ndata_dir = \"{}\"\n[broker]\nurl = \"mqtt://127.0.0.1:{}\"\n\
+                 [forward]\nbatch_max = 5\nlinger = \"50ms\"\nmax_inflight = 1\n",
+                dir.path().join("gw-data").display(),
+                broker.port()
+            ),
+        );
+        let args: Vec<String> = [
+            "--log-format",
+            "json",
+            "gateway",
+            "--config",
+            &cfg,
+            "--simulate",
+            &scenario,
+            "--exit-when-drained",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        let mut slow = SlowForward {
+            dir,
+            args,
+            observed,
+            seen: HashMap::new(),
+        };
+        let gw = slow.spawn();
+        // Wait for the first reading to reach the broker.
+        let first = tokio::time::timeout(Duration::from_secs(60), slow.observed.recv())
+            .await
+            .expect("forwarding starts")
+            .expect("observer");
+        *slow.seen.entry(first).or_default() += 1;
+        (slow, gw)
+    }
+
+    fn spawn(&self) -> RpmProcess {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        RpmProcess::spawn(BIN, &args, &[("RUST_LOG", "info")]).expect("spawn gateway")
+    }
+
+    fn drain(&mut self) -> usize {
+        drain(&mut self.observed, &mut self.seen);
+        self.seen.len()
+    }
+
+    /// After the gateway drained: every reading the scenario makes reached the broker, and only
+    /// the message in flight at the fault (five readings) may have come twice.
+    async fn check_complete(&mut self, before_fault: usize) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.drain();
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let scenario = Scenario::load(self.dir.path().join("long.toml")).expect("scenario");
+        let played = simulators::scenario::run(&scenario, &scratch.path().join("q.db"))
+            .await
+            .expect("plays")
+            .readings
+            .len();
+        assert!(
+            before_fault < played,
+            "the fault came mid-forward ({before_fault} of {played})"
+        );
+        assert_eq!(self.seen.len(), played, "every reading reached the broker");
+        let doubled = self.seen.values().filter(|c| **c > 1).count();
+        assert!(
+            doubled <= 5,
+            "only the message in flight at the fault may arrive twice: {doubled}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_reading_lost_when_the_gateway_is_killed_mid_forward() {
     let Some(broker) = unavailable(Mosquitto::start()) else {
         return;
     };
-    let mut observed = subscriber(broker.port()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let scenario = long_scenario(dir.path());
-    let cfg = write(
-        dir.path(),
-        "gateway.toml",
-        format!(
-            "[gateway]\nid = \"gw-e2e\"\ndata_dir = \"{}\"\n[broker]\nurl = \"mqtt://127.0.0.1:{}\"\n\
-             [forward]\nbatch_max = 5\nlinger = \"50ms\"\nmax_inflight = 1\n",
-            dir.path().join("gw-data").display(),
-            broker.port()
-        ),
-    );
-    let args = [
-        "--log-format",
-        "json",
-        "gateway",
-        "--config",
-        &cfg,
-        "--simulate",
-        &scenario,
-        "--exit-when-drained",
-    ];
-    let mut gw = RpmProcess::spawn(BIN, &args, &[("RUST_LOG", "info")]).expect("spawn gateway");
-    // Killed as soon as the first readings reach the broker: the rest is still queued.
-    let mut seen = HashMap::new();
-    let first = tokio::time::timeout(Duration::from_secs(60), observed.recv())
-        .await
-        .expect("forwarding starts")
-        .expect("observer");
+    let (mut slow, mut gw) = SlowForward::start(&broker).await;
     gw.kill().expect("SIGKILL mid-forward");
-    *seen.entry(first).or_default() += 1;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    drain(&mut observed, &mut seen);
-    let before_restart = seen.len();
-
+    let before = slow.drain();
     // Restarted on the same data directory: the devices send everything again (stored records
     // carry their device time, so the hub knows what it already forwarded).
-    let mut gw = RpmProcess::spawn(BIN, &args, &[("RUST_LOG", "info")]).expect("respawn gateway");
+    let mut gw = slow.spawn();
     let status = gw
         .wait_timeout(Duration::from_secs(120))
         .expect("gateway exits");
     assert!(status.success(), "{}", gw.stderr());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    drain(&mut observed, &mut seen);
-    // How many readings the scenario makes (played here into a scratch queue).
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let played = simulators::scenario::run(
-        &Scenario::load(&scenario).expect("scenario"),
-        &scratch.path().join("q.db"),
-    )
-    .await
-    .expect("plays")
-    .readings
-    .len();
-    assert!(
-        before_restart < played,
-        "the kill came mid-forward ({before_restart} of {played} forwarded)"
-    );
-    assert_eq!(seen.len(), played, "every reading reached the broker");
-    let doubled = seen.values().filter(|c| **c > 1).count();
-    assert!(
-        doubled <= 5,
-        "only what was in flight at the kill (one message of 5) may arrive twice: {doubled}"
-    );
+    slow.check_complete(before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,38 +510,8 @@ async fn no_reading_lost_when_the_broker_restarts_while_the_gateway_forwards() {
     let Some(mut broker) = unavailable(Mosquitto::start()) else {
         return;
     };
-    let mut observed = subscriber(broker.port()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let scenario = long_scenario(dir.path());
-    let cfg = write(
-        dir.path(),
-        "gateway.toml",
-        format!(
-            "[gateway]\nid = \"gw-e2e\"\ndata_dir = \"{}\"\n[broker]\nurl = \"mqtt://127.0.0.1:{}\"\n\
-             [forward]\nbatch_max = 5\nlinger = \"50ms\"\nmax_inflight = 1\n",
-            dir.path().join("gw-data").display(),
-            broker.port()
-        ),
-    );
-    let args = [
-        "--log-format",
-        "json",
-        "gateway",
-        "--config",
-        &cfg,
-        "--simulate",
-        &scenario,
-        "--exit-when-drained",
-    ];
-    let mut gw = RpmProcess::spawn(BIN, &args, &[("RUST_LOG", "info")]).expect("spawn gateway");
-    let mut seen = HashMap::new();
-    let first = tokio::time::timeout(Duration::from_secs(60), observed.recv())
-        .await
-        .expect("forwarding starts")
-        .expect("observer");
-    *seen.entry(first).or_default() += 1;
-    drain(&mut observed, &mut seen);
-    let before_restart = seen.len();
+    let (mut slow, mut gw) = SlowForward::start(&broker).await;
+    let before = slow.drain();
     // The broker goes away mid-forward for a while (a clean stop: it saves its sessions), and
     // comes back on the same port.
     broker.terminate();
@@ -516,29 +521,5 @@ async fn no_reading_lost_when_the_broker_restarts_while_the_gateway_forwards() {
         .wait_timeout(Duration::from_secs(120))
         .expect("gateway exits");
     assert!(status.success(), "{}", gw.stderr());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    drain(&mut observed, &mut seen);
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let played = simulators::scenario::run(
-        &Scenario::load(&scenario).expect("scenario"),
-        &scratch.path().join("q.db"),
-    )
-    .await
-    .expect("plays")
-    .readings
-    .len();
-    assert!(
-        before_restart < played,
-        "the restart came mid-forward ({before_restart} of {played})"
-    );
-    assert_eq!(
-        seen.len(),
-        played,
-        "every reading reached the observer across the restart"
-    );
-    let doubled = seen.values().filter(|c| **c > 1).count();
-    assert!(
-        doubled <= 5,
-        "only the message in flight at the restart may arrive twice: {doubled}"
-    );
+    slow.check_complete(before).await;
 }
