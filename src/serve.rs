@@ -112,6 +112,7 @@ pub async fn ingest(config: ingest::config::IngestConfig) -> anyhow::Result<()> 
             signer: runtime.signer.clone(),
             escalator: running.escalator.clone(),
         });
+        http_state.notifier = Some(running.stats.clone());
     }
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await

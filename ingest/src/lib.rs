@@ -8,7 +8,8 @@
 //! the console arrive with the ingest and console issues; they will use the record, not SQL.
 //!
 //! It is not the rules engine (`rules`, pure and clock-free) nor the notifier (`notifier`): it
-//! feeds the first and hands alerts to the second.
+//! feeds the first and hands alerts to the second, as outbox rows written in the alert's own
+//! transaction ([`notify`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ingest::record::RecordError> {

@@ -647,6 +647,7 @@ async fn the_signed_link_acknowledges_is_audited_and_stops_escalation(db: Db) {
         signer: runtime.signer.clone(),
         escalator: running.escalator.clone(),
     });
+    state.notifier = Some(running.stats.clone());
     let app = router(state);
     let node = start_consumer(&broker, record.clone()).await;
     let client = publisher(&broker).await;
@@ -707,6 +708,14 @@ async fn the_signed_link_acknowledges_is_audited_and_stops_escalation(db: Db) {
         !about(&smtp.to(CHARGE), "spo2-low"),
         "escalation of the acknowledged alert stopped"
     );
+    // The dispatcher's counters are on /metrics.
+    let (status, metrics) = hit(&app, "GET", "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        metrics.contains("# TYPE rpm_notifier_sent_total counter"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("rpm_notifier_sent_total 0"), "{metrics}");
     node.stop().await;
     shutdown.cancel();
     running.join().await;

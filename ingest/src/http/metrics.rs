@@ -76,6 +76,32 @@ pub fn render(stats: &IngestStats) -> String {
     out
 }
 
+/// The notifier dispatcher's counters, when it runs (`rpm ingest` with `[notifier]`).
+pub fn render_notifier(stats: &notifier::DispatchStats, out: &mut String) {
+    let counters = [
+        (
+            "rpm_notifier_sent_total",
+            "Notification groups delivered to their channel.",
+            &stats.sent,
+        ),
+        (
+            "rpm_notifier_retried_total",
+            "Delivery attempts that failed and will be retried.",
+            &stats.retried,
+        ),
+        (
+            "rpm_notifier_failed_total",
+            "Notification groups given up on (kept in the outbox as failed).",
+            &stats.failed,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 //! | route | answer |
 //! | --- | --- |
 //! | `GET /healthz` | 200 `ok` when the database answers within two seconds, else 503 |
-//! | `GET /metrics` | the consumer's counters, Prometheus text format ([`metrics`]) |
+//! | `GET /metrics` | the consumer's counters (and the notifier's, when it runs), Prometheus text format ([`metrics`]) |
 //! | `GET /fhir/…` | FHIR R4 JSON (see [`fhir`]) |
 //! | `GET`/`POST /ack?token=…` | acknowledges an alert by the signed link in a notification: 200 and a small plain page; 400 for a bad token, 410 for an expired one, 404 without `[notifier]` |
 //!
@@ -56,6 +56,8 @@ pub struct HttpState {
     pub public_url: Option<String>,
     /// Acknowledgement links (`/ack`), when the notifier runs.
     pub ack: Option<ack::AckLinks>,
+    /// The notifier dispatcher's counters for `/metrics`, when it runs.
+    pub notifier: Option<Arc<notifier::DispatchStats>>,
 }
 
 impl HttpState {
@@ -66,6 +68,7 @@ impl HttpState {
             stats,
             public_url: None,
             ack: None,
+            notifier: None,
         }
     }
 }
@@ -141,7 +144,13 @@ async fn metrics_text(State(state): State<HttpState>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static(metrics::CONTENT_TYPE),
         )],
-        metrics::render(&state.stats),
+        {
+            let mut text = metrics::render(&state.stats);
+            if let Some(n) = &state.notifier {
+                metrics::render_notifier(n, &mut text);
+            }
+            text
+        },
     )
         .into_response()
 }

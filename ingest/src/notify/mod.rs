@@ -7,7 +7,7 @@
 //! A [`Record`] built with [`Record::with_notifications`] carries [`Notifications`] (the
 //! directory and the plan policy). Inside [`Record::insert_batch_evaluated`] and
 //! [`Record::write_alerts`], every raise, update and resolve written to `alerts` is turned
-//! into an [`AlertNotice`] ([`notice_for`]), planned with [`notifier::plan`] at
+//! into an [`AlertNotice`] (see [`notice_for_stored`] for the fields), planned with [`notifier::plan`] at
 //! [`notifier::Step::FIRST`] and inserted into `notifier_outbox` **on the same connection, in
 //! the same transaction** (SQLite: [`notifier::SqliteOutbox::enqueue_in`]; PostgreSQL: the
 //! same columns, [`PgOutbox`]). An alert is never committed without its notifications, nor a
