@@ -397,3 +397,34 @@ fn the_systemd_units_start_commands_this_build_accepts() {
 fn text_of(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+#[test]
+fn the_commented_notifier_example_in_the_ingest_sample_is_a_valid_configuration() {
+    let sample = std::fs::read_to_string(fixture("config/ingest.toml")).expect("sample");
+    let (base, example) = sample
+        .split_once("# [notifier.smtp]")
+        .expect("the sample documents [notifier]");
+    let uncommented: String = format!("# [notifier.smtp]{example}")
+        .lines()
+        .map(|l| {
+            l.strip_prefix("# ")
+                .or_else(|| l.strip_prefix('#'))
+                .unwrap_or(l)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("ingest.toml");
+    std::fs::write(&file, format!("{base}\n{uncommented}\n")).expect("write");
+    let out = rpm(
+        &["config", "check", "ingest", file.to_str().expect("utf8")],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let effective = text(&out.stdout);
+    assert!(effective.contains("nurse.night"), "{effective}");
+    assert!(
+        !effective.contains("change-me-to-at-least-32-random-bytes"),
+        "secrets are redacted when printed"
+    );
+}
