@@ -523,3 +523,119 @@ async fn no_reading_lost_when_the_broker_restarts_while_the_gateway_forwards() {
     assert!(status.success(), "{}", gw.stderr());
     slow.check_complete(before).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exacerbation_at_home_reaches_the_nurse_on_duty_by_email() {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let Some(db) = unavailable(PgDatabase::create().await) else {
+        return;
+    };
+    let Some(smtp) = unavailable(testkit::SmtpSink::start()) else {
+        return;
+    };
+    let record = Record::connect(db.url(), 2).await.expect("record");
+    let scenario = Scenario::builtin("copd_exacerbation")
+        .expect("shipped")
+        .expect("valid");
+    register(
+        &record,
+        &scenario,
+        &GatewayId::new("gw-e2e").expect("valid"),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nurse = "duty.nurse@clinic.example";
+    let ingest_cfg = write(
+        dir.path(),
+        "ingest.toml",
+        format!(
+            "[broker]\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"ingest-mail\"\n[database]\nurl = \"{db}\"\n\
+             [consumer]\nbatch_linger = \"10ms\"\n\
+             [notifier.smtp]\nhost = \"127.0.0.1\"\nport = {smtp}\nsecurity = \"none\"\nfrom = \"RPM <alerts@clinic.example>\"\n\
+             [notifier.links]\nconsole_url = \"http://127.0.0.1\"\nack_key = \"0123456789abcdef0123456789abcdef-test\"\n\
+             [notifier.grouping]\ngroup_wait = \"1s\"\ngroup_interval = \"5m\"\nimmediate_from = \"emergency\"\n\
+             patient_urgent_from = \"emergency\"\nnotify_from = \"low\"\n\
+             [[notifier.directory.people]]\nid = \"nurse.duty\"\nname = \"Duty Nurse\"\ncontacts = [{{ channel = \"email\", address = \"{nurse}\" }}]\n\
+             [[notifier.directory.teams]]\nid = \"copd\"\npatients = [\"{key}\"]\n\
+             [[notifier.directory.teams.tiers]]\ntime_zone = \"UTC\"\n\
+             weekly = [{{ days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"], start = \"00:00\", end = \"00:00\", person = \"nurse.duty\" }}]\n",
+            port = broker.port(),
+            db = db.url(),
+            smtp = smtp.port(),
+            key = scenario.patient.key,
+        ),
+    );
+    let check = std::process::Command::new(BIN)
+        .args(["config", "check", "ingest", &ingest_cfg])
+        .output()
+        .expect("rpm runs");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let mut ingest = RpmProcess::spawn(
+        BIN,
+        &["ingest", "--config", &ingest_cfg],
+        &[("RUST_LOG", "info")],
+    )
+    .expect("spawn ingest");
+    ingest
+        .wait_for_output("ingest connected to the broker", Duration::from_secs(30))
+        .expect("ingest connects");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !broker.log().contains("$share/ingest/rpm/v1/gw/+/readings") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ingest never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let cfg = gateway_config(dir.path(), broker.port());
+    let args = [
+        "gateway",
+        "--config",
+        &cfg,
+        "--simulate",
+        "copd_exacerbation",
+        "--exit-when-drained",
+    ];
+    let mut gw = RpmProcess::spawn(BIN, &args, &[]).expect("spawn gateway");
+    assert!(
+        gw.wait_timeout(Duration::from_secs(60))
+            .expect("gateway exits")
+            .success(),
+        "{}",
+        gw.stderr()
+    );
+
+    let mail = smtp
+        .wait_for_mail_to(nurse, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("no email reached the nurse on duty\n{}", ingest.stderr()));
+    assert!(
+        mail.contains(&scenario.patient.key),
+        "the message names the patient by key: {mail}"
+    );
+    assert!(
+        mail.contains("/ack?token="),
+        "with a signed acknowledgement link"
+    );
+    assert!(
+        !mail.contains("Duty Nurse") || mail.contains(nurse),
+        "no stray names"
+    );
+    // The alert and its notification are in the record.
+    let key = PatientKey::new(scenario.patient.key.clone()).expect("key");
+    assert!(
+        !record
+            .alerts_for_patient(&key)
+            .await
+            .expect("alerts")
+            .is_empty()
+    );
+    ingest.kill().expect("stop ingest");
+}

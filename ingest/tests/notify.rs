@@ -66,7 +66,7 @@ impl SmtpSink {
         let python = python_with_aiosmtpd()?;
         let port = testkit::free_port().map_err(|e| e.to_string())?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let sink_module = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../notifier/tests");
+        let sink_module = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testkit");
         let child = Command::new(&python)
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{port}"))

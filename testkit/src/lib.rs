@@ -552,6 +552,142 @@ impl Drop for DbusDaemon {
     }
 }
 
+/// A python3 that can import aiosmtpd: `python3` on PATH, else Debian's /usr/bin/python3.
+fn python_with_aiosmtpd() -> Result<String, ServiceError> {
+    for python in ["python3", "/usr/bin/python3"] {
+        let ok = Command::new(python)
+            .args(["-c", "import aiosmtpd"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(python.to_owned());
+        }
+    }
+    Err(service_err(
+        "no python3 can import aiosmtpd; scripts/services installs it",
+    ))
+}
+
+/// A real SMTP server (Python's aiosmtpd with `testkit/smtp_sink.py`) that writes each message
+/// it accepts to a file, on a free port (or a given one, to start it late on a port the
+/// notifier already uses). Killed on drop.
+pub struct SmtpSink {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    python: String,
+}
+
+impl SmtpSink {
+    /// Starts on a free port.
+    pub fn start() -> Result<Self, ServiceError> {
+        Self::start_on(free_port().map_err(service_err)?)
+    }
+
+    /// Starts on `port`.
+    pub fn start_on(port: u16) -> Result<Self, ServiceError> {
+        let python = python_with_aiosmtpd()?;
+        let dir = tempfile::tempdir().map_err(service_err)?;
+        let mut sink = SmtpSink {
+            child: None,
+            port,
+            dir,
+            python,
+        };
+        sink.launch()?;
+        Ok(sink)
+    }
+
+    fn launch(&mut self) -> Result<(), ServiceError> {
+        let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let child = Command::new(&self.python)
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(["-c", "smtp_sink.Sink"])
+            .arg(self.dir.path())
+            .env("PYTHONPATH", &here)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| service_err(format!("cannot run {} -m aiosmtpd: {e}", self.python)))?;
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(15))
+            .map_err(|e| service_err(format!("aiosmtpd did not start: {e}")))
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills it (SIGKILL): the mail server is down.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port after [`SmtpSink::stop`].
+    pub fn start_again(&mut self) -> Result<(), ServiceError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        self.launch()
+    }
+
+    /// The messages so far, oldest first: `X-Envelope-From`/`X-Envelope-To` lines, then the
+    /// message with quoted-printable soft breaks and `=3D` undone (for searching bodies).
+    pub fn messages(&self) -> Vec<String> {
+        let mut names: Vec<PathBuf> = fs::read_dir(self.dir.path())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        names.retain(|p| p.extension().is_some_and(|x| x == "eml"));
+        names.sort();
+        names
+            .iter()
+            .filter_map(|p| fs::read_to_string(p).ok())
+            .map(|m| {
+                m.replace("=\r\n", "")
+                    .replace("=\n", "")
+                    .replace("=3D", "=")
+            })
+            .collect()
+    }
+
+    /// The messages addressed (in the SMTP envelope) to `address`.
+    pub fn to(&self, address: &str) -> Vec<String> {
+        let line = format!("X-Envelope-To: {address}");
+        self.messages()
+            .into_iter()
+            .filter(|m| m.contains(&line))
+            .collect()
+    }
+
+    /// Waits until a message to `address` is there, at most `timeout`.
+    pub async fn wait_for_mail_to(&self, address: &str, timeout: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(m) = self.to(address).into_iter().next() {
+                return Some(m);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// An `rpm` subcommand running as a child process, its output captured to files so a test
 /// can read it while the process runs, kill it with SIGKILL and start it again.
 pub struct RpmProcess {

@@ -66,7 +66,8 @@ impl SmtpSink {
     }
 
     fn launch(&mut self) -> Result<(), String> {
-        let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests");
+        // The sink script is testkit's (testkit::SmtpSink runs the same server).
+        let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testkit");
         let child = Command::new(&self.python)
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{}", self.port))
