@@ -51,14 +51,18 @@ pub struct Sample<'a> {
     pub values: &'a [Measurement],
 }
 
-impl Sample<'_> {
-    fn value(&self, kind: Kind) -> Option<f64> {
-        self.values
-            .iter()
-            .find(|m| m.kind == kind && m.value.is_finite())
-            .map(|m| m.value)
-    }
+/// A sample's first finite value of each kind (NaN for none), gathered once per reading so
+/// each rule looks its values up by index.
+struct Values([f64; Kind::COUNT]);
 
+impl Values {
+    fn get(&self, kind: Kind) -> Option<f64> {
+        let v = self.0[kind.index()];
+        (!v.is_nan()).then_some(v)
+    }
+}
+
+impl Sample<'_> {
     fn item(&self, kind: Kind, value: f64) -> EvidenceItem {
         EvidenceItem {
             reading: self.reading,
@@ -86,7 +90,7 @@ pub enum EngineError {
     NotEnrolled,
 }
 
-/// A ruleset with its dispatch masks.
+/// A ruleset with its dispatch masks and the layout of its patients' state.
 #[derive(Debug)]
 struct Compiled {
     set: Ruleset,
@@ -101,6 +105,47 @@ struct Compiled {
     /// Confirm-by-repeat rules that ask the patient to repeat: an abnormal reading nobody
     /// re-measured within the window is escalated by `tick`.
     confirming: u64,
+    /// Where each rule's state lives in a [`PatientState`], by rule index.
+    layout: Vec<Layout>,
+    /// Sizes of a patient's state arrays.
+    sizes: Sizes,
+}
+
+/// Where one rule's state lives in its patient's arrays.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    /// First confirm slot in `PatientState::slots` (the ring has `ring_len` slots).
+    ring_start: u16,
+    ring_len: u8,
+    /// Index in `PatientState::runs` (minimum-duration rules only).
+    run: Option<u16>,
+    det: DetSlot,
+}
+
+/// Which detector a rule has, and its index in the patient's array of that kind.
+#[derive(Clone, Copy, Debug)]
+enum DetSlot {
+    None,
+    /// Index in `Detectors::days`; its day ring is `day_start..day_start + day_len` in
+    /// `Detectors::day_slots`.
+    Days {
+        idx: u16,
+        day_start: u16,
+        day_len: u16,
+    },
+    Ewma(u16),
+    News2(u16),
+}
+
+/// Lengths of a patient's state arrays under one ruleset.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sizes {
+    slots: usize,
+    runs: usize,
+    ewma: usize,
+    days: usize,
+    day_slots: usize,
+    news2: usize,
 }
 
 impl Compiled {
@@ -112,7 +157,10 @@ impl Compiled {
             ticked: 0,
             gateway: 0,
             confirming: 0,
+            layout: Vec::new(),
+            sizes: Sizes::default(),
         };
+        let mut z = Sizes::default();
         for (i, rule) in c.set.rules.iter().enumerate() {
             let bit = 1u64 << i;
             match rule.check {
@@ -133,68 +181,118 @@ impl Compiled {
                     }
                 }
             }
+            // Sizes are bounded by MAX_RULES × MAX_CONFIRM and MAX_RULES × MAX_DAYS, which
+            // fit in u16.
+            let ring_len = match rule.persistence {
+                Persistence::Confirm { m, .. } => m,
+                _ => 0,
+            };
+            let ring_start = z.slots as u16;
+            z.slots += usize::from(ring_len);
+            let run = match rule.persistence {
+                Persistence::MinDuration(_) => {
+                    z.runs += 1;
+                    Some((z.runs - 1) as u16)
+                }
+                _ => None,
+            };
+            let det = match rule.check {
+                Check::BaselineDrop { days, .. } | Check::BestDrop { days, .. } => {
+                    let d = DetSlot::Days {
+                        idx: z.days as u16,
+                        day_start: z.day_slots as u16,
+                        day_len: days,
+                    };
+                    z.days += 1;
+                    z.day_slots += usize::from(days);
+                    d
+                }
+                Check::Trend { .. } | Check::Cusum { .. } => {
+                    z.ewma += 1;
+                    DetSlot::Ewma((z.ewma - 1) as u16)
+                }
+                Check::News2 { .. } => {
+                    z.news2 += 1;
+                    DetSlot::News2((z.news2 - 1) as u16)
+                }
+                _ => DetSlot::None,
+            };
+            c.layout.push(Layout {
+                ring_start,
+                ring_len,
+                run,
+                det,
+            });
         }
+        c.sizes = z;
         c
     }
 }
 
-/// One persistence slot: a reading time and, if it was abnormal, what it showed.
+/// One persistence slot: an abnormal reading's time and what it showed.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Slot {
     at: Timestamp,
     abnormal: Option<EvidenceItem>,
 }
 
-/// The last M checked readings of an N-of-M rule.
-#[derive(Clone, Debug, PartialEq)]
-struct ConfirmRing {
-    slots: Box<[Option<Slot>]>,
-    next: u8,
+/// The last M checked readings of an N-of-M rule: `slots` (the rule's part of
+/// `PatientState::slots`) with the head and a mask of the abnormal slots in [`RuleState`].
+/// Only abnormal readings are stored (a normal one leaves `None`), and while no slot is
+/// abnormal a normal reading changes nothing: the ring means the same either way, and the
+/// slots are not touched at all on the common path.
+struct Ring<'a> {
+    slots: &'a mut [Option<Slot>],
+    next: &'a mut u8,
+    mask: &'a mut u8,
 }
 
-impl ConfirmRing {
-    fn new(m: u8) -> Self {
-        ConfirmRing {
-            slots: vec![None; usize::from(m)].into_boxed_slice(),
-            next: 0,
-        }
-    }
-
+impl Ring<'_> {
     fn push(&mut self, slot: Slot) {
-        if self.slots.is_empty() {
+        let n = self.slots.len();
+        if n == 0 || (slot.abnormal.is_none() && *self.mask == 0) {
             return;
         }
-        let i = usize::from(self.next) % self.slots.len();
-        self.slots[i] = Some(slot);
-        self.next = ((i + 1) % self.slots.len()) as u8;
+        let i = usize::from(*self.next) % n;
+        if slot.abnormal.is_some() {
+            self.slots[i] = Some(slot);
+            *self.mask |= 1 << i;
+        } else {
+            self.slots[i] = None;
+            *self.mask &= !(1 << i);
+        }
+        *self.next = ((i + 1) % n) as u8;
     }
 
     fn clear(&mut self) {
-        self.slots.iter_mut().for_each(|s| *s = None);
-        self.next = 0;
+        if *self.mask != 0 {
+            self.slots.iter_mut().for_each(|s| *s = None);
+        }
+        *self.next = 0;
+        *self.mask = 0;
     }
 
     /// Abnormal slots within `within` of `now`, oldest first.
     fn abnormal_within(&self, now: Timestamp, within: i64) -> impl Iterator<Item = EvidenceItem> {
-        let n = self.slots.len();
-        let start = usize::from(self.next);
+        let n = if *self.mask == 0 { 0 } else { self.slots.len() };
+        let start = usize::from(*self.next);
+        let slots = &*self.slots;
         (0..n)
-            .filter_map(move |k| self.slots[(start + k) % n])
+            .filter_map(move |k| slots[(start + k) % n])
             .filter(move |s| now.since(s.at) <= within)
             .filter_map(|s| s.abnormal)
     }
 }
 
 /// Daily summaries for baseline and personal-best rules: today's values (at most
-/// [`TODAY_VALUES`], newest kept) and one summary per day in a ring indexed by day number.
+/// [`TODAY_VALUES`], newest kept; median summaries only) and one summary per day in a ring
+/// indexed by day number (the rule's part of `Detectors::day_slots`, touched once a day).
 #[derive(Clone, Debug, PartialEq)]
 struct DayStats {
     today: i64,
     values: [f64; TODAY_VALUES],
     count: u8,
     today_max: Option<f64>,
-    /// (day, summary) at `day mod days`.
-    days: Box<[Option<(i64, f64)>]>,
     /// Summary of the completed days in the window (median of medians, or maximum).
     cached: Option<f64>,
     cached_days: u16,
@@ -210,21 +308,21 @@ enum Summary {
 }
 
 impl DayStats {
-    fn new(days: u16) -> Self {
+    fn new() -> Self {
         DayStats {
             today: i64::MIN,
             values: [0.0; TODAY_VALUES],
             count: 0,
             today_max: None,
-            days: vec![None; usize::from(days)].into_boxed_slice(),
             cached: None,
             cached_days: 0,
         }
     }
 
-    /// Moves to the day of `at`, closing the previous day and recomputing the cached
+    /// Moves to the day of `at`, closing the previous day into `days` (the ring of day
+    /// summaries, `(day, summary)` at `day mod days.len()`) and recomputing the cached
     /// summary (O(days), once a day).
-    fn roll(&mut self, at: Timestamp, how: Summary) {
+    fn roll(&mut self, days: &mut [Option<(i64, f64)>], at: Timestamp, how: Summary) {
         let day = at.day();
         if day <= self.today {
             return;
@@ -238,16 +336,16 @@ impl DayStats {
                 }
                 Summary::Max => self.today_max.unwrap_or(f64::NEG_INFINITY),
             };
-            let len = self.days.len() as i64;
-            self.days[self.today.rem_euclid(len) as usize] = Some((self.today, summary));
+            let len = days.len() as i64;
+            days[self.today.rem_euclid(len) as usize] = Some((self.today, summary));
         }
         self.today = day;
         self.count = 0;
         self.today_max = None;
-        let oldest = day - self.days.len() as i64;
+        let oldest = day - days.len() as i64;
         let mut buf = [0.0f64; crate::profile::MAX_DAYS as usize];
         let mut k = 0;
-        for (d, v) in self.days.iter().flatten() {
+        for (d, v) in days.iter().flatten() {
             if *d >= oldest && *d < day {
                 buf[k] = *v;
                 k += 1;
@@ -260,11 +358,13 @@ impl DayStats {
         });
     }
 
-    fn add(&mut self, at: Timestamp, v: f64) {
+    fn add(&mut self, at: Timestamp, v: f64, how: Summary) {
         if at.day() != self.today {
             return; // a late reading: checked, not added to a closed day
         }
-        self.values[usize::from(self.count) % TODAY_VALUES] = v;
+        if how == Summary::MedianOfMedians {
+            self.values[usize::from(self.count) % TODAY_VALUES] = v;
+        }
         self.count = self.count.saturating_add(1);
         self.today_max = Some(self.today_max.map_or(v, |m| m.max(v)));
     }
@@ -308,26 +408,69 @@ impl Ewma {
     }
 }
 
-/// Kind-specific detector state.
+/// A patient's detector state, one flat array per detector kind (a rule finds its entry
+/// through its [`Layout`]).
 #[derive(Clone, Debug, PartialEq)]
-enum Detector {
-    None,
-    Days(Box<DayStats>),
-    Ewma(Ewma),
-    /// Latest SpO2, systolic, pulse, temperature (boxed: one rule per patient needs it and
-    /// it would quadruple every rule's state inline).
-    News2(Box<[Option<EvidenceItem>; 4]>),
+struct Detectors {
+    ewma: Box<[Ewma]>,
+    days: Box<[DayStats]>,
+    day_slots: Box<[Option<(i64, f64)>]>,
+    news2: Box<[Latest]>,
 }
 
+/// The latest SpO2, systolic, pulse and temperature of a NEWS2 rule. Times and values, which
+/// every reading looks at, share one cache line; the reading ids are read only to build the
+/// evidence of an abnormal score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(64))]
+struct Latest {
+    at: [Timestamp; 4],
+    /// `f64::to_bits` of the value, or [`NO_VALUE`] (values are finite, so never equal to it).
+    value: [u64; 4],
+    reading: [Option<ReadingId>; 4],
+}
+
+/// A NaN bit pattern: no value of this kind yet.
+const NO_VALUE: u64 = u64::MAX;
+
+const NEWS2_KINDS: [Kind; 4] = [
+    Kind::Spo2,
+    Kind::Systolic,
+    Kind::PulseRate,
+    Kind::BodyTemperature,
+];
+
+impl Latest {
+    const EMPTY: Latest = Latest {
+        at: [NEVER; 4],
+        value: [NO_VALUE; 4],
+        reading: [None; 4],
+    };
+
+    fn item(&self, i: usize) -> Option<EvidenceItem> {
+        let value = self.value[i];
+        let reading = self.reading[i]?;
+        (value != NO_VALUE).then(|| EvidenceItem {
+            reading,
+            at: self.at[i],
+            kind: NEWS2_KINDS[i],
+            value: f64::from_bits(value),
+        })
+    }
+}
+
+/// The small per-rule part of a patient's state: the open alert (boxed, only while open),
+/// the level, the confirm ring's head and the unconfirmed first reading (boxed, rare).
 #[derive(Clone, Debug, PartialEq)]
 struct RuleState {
     open: Option<Box<Alert>>,
-    level: u8,
-    run_start: Option<EvidenceItem>,
-    ring: ConfirmRing,
-    det: Detector,
     /// The first abnormal reading of a confirm-by-repeat rule still waiting for its repeat.
     unconfirmed: Option<Box<Unconfirmed>>,
+    level: u8,
+    /// Next confirm slot to write.
+    next: u8,
+    /// Bit i set: confirm slot i holds an abnormal reading.
+    mask: u8,
 }
 
 /// An abnormal reading the patient was asked to repeat.
@@ -340,34 +483,20 @@ struct Unconfirmed {
     context: Context,
 }
 
-impl RuleState {
-    fn fresh(rule: &Rule) -> Self {
-        let m = match rule.persistence {
-            Persistence::Confirm { m, .. } => m,
-            _ => 0,
-        };
-        let det = match rule.check {
-            Check::BaselineDrop { days, .. } | Check::BestDrop { days, .. } => {
-                Detector::Days(Box::new(DayStats::new(days)))
-            }
-            Check::Trend { .. } | Check::Cusum { .. } => Detector::Ewma(Ewma::default()),
-            Check::News2 { .. } => Detector::News2(Box::new([None; 4])),
-            _ => Detector::None,
-        };
-        RuleState {
-            open: None,
-            level: 0,
-            run_start: None,
-            ring: ConfirmRing::new(m),
-            det,
-            unconfirmed: None,
-        }
-    }
-}
+const FRESH_RULE: RuleState = RuleState {
+    open: None,
+    unconfirmed: None,
+    level: 0,
+    next: 0,
+    mask: 0,
+};
 
 const NEVER: Timestamp = Timestamp(i64::MIN);
 
 /// One patient's state: opaque, comparable (a replay must rebuild exactly this).
+///
+/// A handful of flat arrays sized to the ruleset when the patient is enrolled, so a reading
+/// reaches each rule's state in one step from here.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PatientState {
     profile: ProfileIdx,
@@ -376,18 +505,104 @@ pub struct PatientState {
     /// Last reading of each kind; [`NEVER`] before the first.
     last_seen: [Timestamp; Kind::COUNT],
     gateway_heard: Timestamp,
+    /// Bit r: rule r has an open alert (mirrors `rules[r].open`).
+    open_bits: u64,
+    /// Bit r: rule r has an unconfirmed reading or an abnormal confirm slot (mirrors
+    /// `rules[r]`). A rule with neither bit needs nothing from a reading that is not abnormal.
+    busy_bits: u64,
     rules: Box<[RuleState]>,
+    /// Every N-of-M rule's confirm ring, end to end.
+    slots: Box<[Option<Slot>]>,
+    /// Start of the current abnormal run of each minimum-duration rule.
+    runs: Box<[Option<EvidenceItem>]>,
+    det: Detectors,
 }
 
 impl PatientState {
-    fn new(profile: ProfileIdx, set: &Ruleset, enrolled: Timestamp, on_oxygen: bool) -> Self {
+    fn new(profile: ProfileIdx, c: &Compiled, enrolled: Timestamp, on_oxygen: bool) -> Self {
+        let z = c.sizes;
+        // What every reading touches is allocated first, next to each other; the confirm
+        // slots and day rings (touched on abnormal readings and once a day) after.
+        let rules = vec![FRESH_RULE; c.set.rules.len()].into_boxed_slice();
+        let ewma = vec![Ewma::default(); z.ewma].into_boxed_slice();
+        let days = vec![DayStats::new(); z.days].into_boxed_slice();
+        let news2 = vec![Latest::EMPTY; z.news2].into_boxed_slice();
         PatientState {
             profile,
             enrolled,
             on_oxygen,
             last_seen: [NEVER; Kind::COUNT],
             gateway_heard: enrolled,
-            rules: set.rules.iter().map(RuleState::fresh).collect(),
+            open_bits: 0,
+            busy_bits: 0,
+            rules,
+            slots: vec![None; z.slots].into_boxed_slice(),
+            runs: vec![None; z.runs].into_boxed_slice(),
+            det: Detectors {
+                ewma,
+                days,
+                day_slots: vec![None; z.day_slots].into_boxed_slice(),
+                news2,
+            },
+        }
+    }
+}
+
+impl PatientState {
+    /// Brings rule `r`'s bits in `open_bits` and `busy_bits` up to date with its state.
+    fn sync(&mut self, r: usize) {
+        let bit = 1u64 << r;
+        let st = &self.rules[r];
+        if st.open.is_some() {
+            self.open_bits |= bit;
+        } else {
+            self.open_bits &= !bit;
+        }
+        if st.unconfirmed.is_some() || st.mask != 0 {
+            self.busy_bits |= bit;
+        } else {
+            self.busy_bits &= !bit;
+        }
+    }
+}
+
+/// One rule's mutable state for the lifecycle, borrowed from its patient's arrays.
+struct RuleMut<'a> {
+    st: &'a mut RuleState,
+    slots: &'a mut [Option<Slot>],
+    run_start: Option<&'a mut Option<EvidenceItem>>,
+}
+
+impl<'a> RuleMut<'a> {
+    fn new(
+        st: &'a mut RuleState,
+        lay: &Layout,
+        slots: &'a mut [Option<Slot>],
+        runs: &'a mut [Option<EvidenceItem>],
+    ) -> Self {
+        let start = usize::from(lay.ring_start);
+        let slots = slots
+            .get_mut(start..start + usize::from(lay.ring_len))
+            .unwrap_or_default();
+        let run_start = lay.run.and_then(|r| runs.get_mut(usize::from(r)));
+        RuleMut {
+            st,
+            slots,
+            run_start,
+        }
+    }
+
+    fn ring(&mut self) -> Ring<'_> {
+        Ring {
+            slots: &mut *self.slots,
+            next: &mut self.st.next,
+            mask: &mut self.st.mask,
+        }
+    }
+
+    fn clear_run(&mut self) {
+        if let Some(r) = self.run_start.as_deref_mut() {
+            *r = None;
         }
     }
 }
@@ -454,7 +669,7 @@ impl Engine {
             .ok_or(EngineError::UnknownProfile(profile.0))?;
         let idx = PatientIdx(self.patients.len() as u32);
         self.patients
-            .push(PatientState::new(profile, &c.set, enrolled, false));
+            .push(PatientState::new(profile, c, enrolled, false));
         self.keys.insert(key, idx);
         Ok(idx)
     }
@@ -481,7 +696,7 @@ impl Engine {
             .patients
             .get_mut(idx.0 as usize)
             .ok_or(EngineError::UnknownPatient(idx.0))?;
-        *p = PatientState::new(profile, &c.set, p.enrolled, p.on_oxygen);
+        *p = PatientState::new(profile, c, p.enrolled, p.on_oxygen);
         Ok(())
     }
 
@@ -579,12 +794,17 @@ impl Engine {
         // measured and the gateway is alive.
         let mut seen = 0u64;
         let mut touched = 0u64;
+        let mut vals = Values([f64::NAN; Kind::COUNT]);
         for m in s.values {
-            let last = &mut p.last_seen[m.kind.index()];
+            let k = m.kind.index();
+            let last = &mut p.last_seen[k];
             *last = (*last).max(s.at);
-            seen |= c.by_seen[m.kind.index()];
+            seen |= c.by_seen[k];
             if m.value.is_finite() {
-                touched |= c.by_value[m.kind.index()];
+                touched |= c.by_value[k];
+                if vals.0[k].is_nan() {
+                    vals.0[k] = m.value;
+                }
             }
         }
         p.gateway_heard = p.gateway_heard.max(s.at);
@@ -604,15 +824,27 @@ impl Engine {
         }
 
         let mut repeat_sent = false;
+        let on_oxygen = p.on_oxygen;
         while touched != 0 {
             let i = touched.trailing_zeros() as usize;
             touched &= touched - 1;
             let rule = &c.set.rules[i];
-            let st = &mut p.rules[i];
-            let verdict = check(rule, st, s, p.on_oxygen);
+            let lay = &c.layout[i];
+            let verdict = check(rule, lay, &mut p.det, s, &vals, on_oxygen);
+            let bit = 1u64 << i;
+            if !matches!(verdict, Verdict::Abnormal { .. })
+                && (p.open_bits | p.busy_bits) & bit == 0
+                && lay.run.is_none()
+            {
+                // Nothing open, nothing pending, no abnormal reading in the confirm ring: a
+                // reading that is not abnormal changes nothing, so the rule's state is not
+                // touched at all.
+                continue;
+            }
+            let mut rm = RuleMut::new(&mut p.rules[i], lay, &mut p.slots, &mut p.runs);
             lifecycle(
                 rule,
-                st,
+                &mut rm,
                 ids,
                 RuleIdx(i as u16),
                 s,
@@ -620,6 +852,7 @@ impl Engine {
                 &mut repeat_sent,
                 out,
             );
+            p.sync(i);
         }
         Ok(())
     }
@@ -655,7 +888,8 @@ impl Engine {
                 patient: PatientIdx(i as u32),
                 profile: p.profile,
             };
-            let mut pending = c.confirming;
+            // Only rules with an unconfirmed reading (busy) and no open alert can be due.
+            let mut pending = c.confirming & p.busy_bits & !p.open_bits;
             while pending != 0 {
                 let r = pending.trailing_zeros() as usize;
                 pending &= pending - 1;
@@ -673,11 +907,12 @@ impl Engine {
                 }
                 // Asked to repeat, nobody did: the nurse hears of the reading unconfirmed
                 // rather than not at all.
-                if let Some(u) = st.unconfirmed.take() {
-                    st.ring.clear();
+                let mut rm = RuleMut::new(st, &c.layout[r], &mut p.slots, &mut p.runs);
+                if let Some(u) = rm.st.unconfirmed.take() {
+                    rm.ring().clear();
                     raise(
                         rule,
-                        st,
+                        rm.st,
                         ids,
                         RuleIdx(r as u16),
                         now,
@@ -688,16 +923,13 @@ impl Engine {
                         out,
                     );
                 }
+                p.sync(r);
             }
-            let mut bits = c.ticked;
+            let mut bits = c.ticked & !p.open_bits;
             while bits != 0 {
                 let r = bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 let rule = &c.set.rules[r];
-                let st = &mut p.rules[r];
-                if st.open.is_some() {
-                    continue;
-                }
                 let context = match rule.check {
                     Check::Missing { measure, within } => {
                         let last = match p.last_seen[measure.index()] {
@@ -726,7 +958,7 @@ impl Engine {
                 };
                 raise(
                     rule,
-                    st,
+                    &mut p.rules[r],
                     ids,
                     RuleIdx(r as u16),
                     now,
@@ -736,6 +968,7 @@ impl Engine {
                     context,
                     out,
                 );
+                p.sync(r);
             }
         }
     }
@@ -756,10 +989,11 @@ fn resolve_ticked(
     at: Timestamp,
     out: &mut Vec<Event>,
 ) {
-    let mut bits = bits & c.ticked;
+    let mut bits = bits & c.ticked & p.open_bits;
     while bits != 0 {
         let r = bits.trailing_zeros() as usize;
         bits &= bits - 1;
+        p.open_bits &= !(1u64 << r);
         let st = &mut p.rules[r];
         if let Some(mut alert) = st.open.take() {
             alert.at = at;
@@ -805,8 +1039,15 @@ fn response_severity(r: Response) -> Severity {
 }
 
 /// Runs a rule's check on a reading and updates the detector state.
-fn check(rule: &Rule, st: &mut RuleState, s: &Sample<'_>, on_oxygen: bool) -> Verdict {
-    match (&rule.check, &mut st.det) {
+fn check(
+    rule: &Rule,
+    lay: &Layout,
+    det: &mut Detectors,
+    s: &Sample<'_>,
+    vals: &Values,
+    on_oxygen: bool,
+) -> Verdict {
+    match (&rule.check, lay.det) {
         (
             Check::Threshold {
                 direction,
@@ -817,8 +1058,8 @@ fn check(rule: &Rule, st: &mut RuleState, s: &Sample<'_>, on_oxygen: bool) -> Ve
             _,
         ) => {
             let d = *direction;
-            let p = s.value(limit.measure);
-            let q = also.and_then(|a| s.value(a.measure).map(|v| (a, v)));
+            let p = vals.get(limit.measure);
+            let q = also.and_then(|a| vals.get(a.measure).map(|v| (a, v)));
             let p_hit = p.filter(|v| beyond(d, *v, limit.raise));
             let q_hit = q.filter(|(a, v)| beyond(d, *v, a.raise));
             if let Some(v) = p_hit {
@@ -874,12 +1115,23 @@ fn check(rule: &Rule, st: &mut RuleState, s: &Sample<'_>, on_oxygen: bool) -> Ve
                 min_days,
                 ..
             },
-            Detector::Days(days),
+            DetSlot::Days {
+                idx,
+                day_start,
+                day_len,
+            },
         ) => {
-            let Some(x) = s.value(*measure) else {
+            let Some(x) = vals.get(*measure) else {
                 return Verdict::Unknown;
             };
-            days.roll(s.at, Summary::MedianOfMedians);
+            let (Some(days), Some(ring)) = (
+                det.days.get_mut(usize::from(idx)),
+                det.day_slots
+                    .get_mut(usize::from(day_start)..usize::from(day_start + day_len)),
+            ) else {
+                return Verdict::Unknown;
+            };
+            days.roll(ring, s.at, Summary::MedianOfMedians);
             let verdict = match days.cached {
                 Some(baseline) if days.cached_days >= *min_days => {
                     let down = baseline - x;
@@ -903,7 +1155,7 @@ fn check(rule: &Rule, st: &mut RuleState, s: &Sample<'_>, on_oxygen: bool) -> Ve
                 }
                 _ => Verdict::Unknown,
             };
-            days.add(s.at, x);
+            days.add(s.at, x, Summary::MedianOfMedians);
             verdict
         }
         (
@@ -914,12 +1166,23 @@ fn check(rule: &Rule, st: &mut RuleState, s: &Sample<'_>, on_oxygen: bool) -> Ve
                 min_days,
                 ..
             },
-            Detector::Days(days),
+            DetSlot::Days {
+                idx,
+                day_start,
+                day_len,
+            },
         ) => {
-            let Some(x) = s.value(*measure) else {
+            let Some(x) = vals.get(*measure) else {
                 return Verdict::Unknown;
             };
-            days.roll(s.at, Summary::Max);
+            let (Some(days), Some(ring)) = (
+                det.days.get_mut(usize::from(idx)),
+                det.day_slots
+                    .get_mut(usize::from(day_start)..usize::from(day_start + day_len)),
+            ) else {
+                return Verdict::Unknown;
+            };
+            days.roll(ring, s.at, Summary::Max);
             let best = match (days.cached, days.today_max) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
@@ -946,7 +1209,7 @@ fn check(rule: &Rule, st: &mut RuleState, s: &Sample<'_>, on_oxygen: bool) -> Ve
                 }
                 _ => Verdict::Unknown,
             };
-            days.add(s.at, x);
+            days.add(s.at, x, Summary::Max);
             verdict
         }
         (
@@ -959,9 +1222,12 @@ fn check(rule: &Rule, st: &mut RuleState, s: &Sample<'_>, on_oxygen: bool) -> Ve
                 min_sd,
                 min_readings,
             },
-            Detector::Ewma(e),
+            DetSlot::Ewma(idx),
         ) => {
-            let Some(x) = s.value(*measure) else {
+            let Some(x) = vals.get(*measure) else {
+                return Verdict::Unknown;
+            };
+            let Some(e) = det.ewma.get_mut(usize::from(idx)) else {
                 return Verdict::Unknown;
             };
             let verdict = if e.n >= *min_readings {
@@ -1012,9 +1278,12 @@ fn check(rule: &Rule, st: &mut RuleState, s: &Sample<'_>, on_oxygen: bool) -> Ve
                 min_sd,
                 min_readings,
             },
-            Detector::Ewma(e),
+            DetSlot::Ewma(idx),
         ) => {
-            let Some(x) = s.value(*measure) else {
+            let Some(x) = vals.get(*measure) else {
+                return Verdict::Unknown;
+            };
+            let Some(e) = det.ewma.get_mut(usize::from(idx)) else {
                 return Verdict::Unknown;
             };
             if e.n < *min_readings {
@@ -1058,33 +1327,37 @@ fn check(rule: &Rule, st: &mut RuleState, s: &Sample<'_>, on_oxygen: bool) -> Ve
                 fresh,
                 min_response,
             },
-            Detector::News2(latest),
+            DetSlot::News2(idx),
         ) => {
-            const KINDS: [Kind; 4] = [
-                Kind::Spo2,
-                Kind::Systolic,
-                Kind::PulseRate,
-                Kind::BodyTemperature,
-            ];
-            for (slot, kind) in latest.iter_mut().zip(KINDS) {
-                if let Some(v) = s.value(kind)
-                    && slot.is_none_or(|old| old.at <= s.at)
+            let Some(latest) = det.news2.get_mut(usize::from(idx)) else {
+                return Verdict::Unknown;
+            };
+            for (i, kind) in NEWS2_KINDS.into_iter().enumerate() {
+                if let Some(v) = vals.get(kind)
+                    && (latest.value[i] == NO_VALUE || latest.at[i] <= s.at)
                 {
-                    *slot = Some(s.item(kind, v));
+                    latest.at[i] = s.at;
+                    latest.value[i] = v.to_bits();
+                    latest.reading[i] = Some(s.reading);
                 }
             }
-            let mut evidence = Evidence::default();
-            let mut vals = [None; 4];
-            for (i, slot) in latest.iter().enumerate() {
-                if let Some(item) = slot
-                    && s.at.since(item.at) <= *fresh
-                {
-                    vals[i] = Some(item.value);
-                    evidence.push(*item);
+            let mut fresh_vals = [None; 4];
+            for (i, v) in fresh_vals.iter_mut().enumerate() {
+                if latest.value[i] != NO_VALUE && s.at.since(latest.at[i]) <= *fresh {
+                    *v = Some(f64::from_bits(latest.value[i]));
                 }
             }
-            let score = news2::score(vals[0], vals[1], vals[2], vals[3], *scale, on_oxygen);
+            let [a, b, c, d] = fresh_vals;
+            let score = news2::score(a, b, c, d, *scale, on_oxygen);
             if score.response >= *min_response {
+                let mut evidence = Evidence::default();
+                for (i, v) in fresh_vals.iter().enumerate() {
+                    if v.is_some()
+                        && let Some(item) = latest.item(i)
+                    {
+                        evidence.push(item);
+                    }
+                }
                 Verdict::Abnormal {
                     level: score.response as u8,
                     severity: rule.severity.max(response_severity(score.response)),
@@ -1103,7 +1376,7 @@ fn check(rule: &Rule, st: &mut RuleState, s: &Sample<'_>, on_oxygen: bool) -> Ve
 #[allow(clippy::too_many_arguments)]
 fn lifecycle(
     rule: &Rule,
-    st: &mut RuleState,
+    rm: &mut RuleMut<'_>,
     ids: Ids,
     r: RuleIdx,
     s: &Sample<'_>,
@@ -1118,6 +1391,7 @@ fn lifecycle(
             evidence,
             context,
         } => {
+            let st = &mut *rm.st;
             if let Some(open) = st.open.as_deref_mut() {
                 if level != st.level {
                     st.level = level;
@@ -1135,12 +1409,16 @@ fn lifecycle(
             let confirmed = match rule.persistence {
                 Persistence::Immediate => Some(evidence),
                 Persistence::MinDuration(d) => {
-                    let first = *st.run_start.get_or_insert(newest.unwrap_or(EvidenceItem {
+                    let now = newest.unwrap_or(EvidenceItem {
                         reading: s.reading,
                         at: s.at,
                         kind: Kind::Spo2,
                         value: f64::NAN,
-                    }));
+                    });
+                    let first = match rm.run_start.as_deref_mut() {
+                        Some(run) => *run.get_or_insert(now),
+                        None => now,
+                    };
                     (s.at.since(first.at) >= d).then(|| {
                         let mut e = Evidence::default();
                         if first.reading != s.reading {
@@ -1151,19 +1429,21 @@ fn lifecycle(
                     })
                 }
                 Persistence::Confirm { n, within, .. } => {
-                    st.ring.push(Slot {
+                    let mut ring = rm.ring();
+                    ring.push(Slot {
                         at: s.at,
                         abnormal: newest,
                     });
                     let mut e = Evidence::default();
                     let mut count = 0u8;
-                    for item in st.ring.abnormal_within(s.at, within) {
+                    for item in ring.abnormal_within(s.at, within) {
                         count += 1;
                         e.push(item);
                     }
                     (count >= n).then_some(e)
                 }
             };
+            let st = &mut *rm.st;
             if confirmed.is_none()
                 && rule.ask_repeat
                 && st.unconfirmed.is_none()
@@ -1179,10 +1459,10 @@ fn lifecycle(
             }
             match confirmed {
                 Some(e) => {
-                    st.run_start = None;
-                    st.unconfirmed = None;
-                    st.ring.clear();
-                    raise(rule, st, ids, r, s.at, level, severity, e, context, out);
+                    rm.clear_run();
+                    rm.st.unconfirmed = None;
+                    rm.ring().clear();
+                    raise(rule, rm.st, ids, r, s.at, level, severity, e, context, out);
                 }
                 None if rule.ask_repeat && !*repeat_sent => {
                     *repeat_sent = true;
@@ -1197,12 +1477,13 @@ fn lifecycle(
             }
         }
         Verdict::Normal(context) => {
-            st.run_start = None;
-            st.unconfirmed = None;
-            st.ring.push(Slot {
+            rm.clear_run();
+            rm.ring().push(Slot {
                 at: s.at,
                 abnormal: None,
             });
+            let st = &mut *rm.st;
+            st.unconfirmed = None;
             if let Some(mut alert) = st.open.take() {
                 st.level = 0;
                 alert.at = s.at;
@@ -1211,12 +1492,12 @@ fn lifecycle(
             }
         }
         Verdict::Between | Verdict::Unknown => {
-            st.run_start = None;
+            rm.clear_run();
             if matches!(verdict, Verdict::Between) {
                 // The repeat came back below the raise level: it did not confirm.
-                st.unconfirmed = None;
+                rm.st.unconfirmed = None;
             }
-            st.ring.push(Slot {
+            rm.ring().push(Slot {
                 at: s.at,
                 abnormal: None,
             });
