@@ -287,7 +287,7 @@ impl Ring<'_> {
 /// Daily summaries for baseline and personal-best rules: today's values (at most
 /// [`TODAY_VALUES`], newest kept; median summaries only) and one summary per day in a ring
 /// indexed by day number (the rule's part of `Detectors::day_slots`, touched once a day).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct DayStats {
     today: i64,
     values: [f64; TODAY_VALUES],
@@ -408,14 +408,40 @@ impl Ewma {
     }
 }
 
-/// A patient's detector state, one flat array per detector kind (a rule finds its entry
-/// through its [`Layout`]).
+/// A patient's detector state, one array per detector kind (a rule finds its entry through
+/// its [`Layout`]). The detectors every reading looks at are held inline, in the patient's
+/// own entry, up to a few of each kind (what real profiles have), so a reading reaches them
+/// without following a pointer; the day rings, touched once a day, are boxed.
 #[derive(Clone, Debug, PartialEq)]
 struct Detectors {
-    ewma: Box<[Ewma]>,
-    days: Box<[DayStats]>,
+    ewma: Inline<Ewma, 2>,
+    days: Inline<DayStats, 3>,
     day_slots: Box<[Option<(i64, f64)>]>,
-    news2: Box<[Latest]>,
+    news2: Inline<Latest, 1>,
+}
+
+/// `N` items inline, the rest boxed: indices `0..N` are in `head` (unused ones stay at their
+/// initial value), `N..` in `rest`.
+#[derive(Clone, Debug, PartialEq)]
+struct Inline<T, const N: usize> {
+    head: [T; N],
+    rest: Box<[T]>,
+}
+
+impl<T: Copy, const N: usize> Inline<T, N> {
+    fn new(len: usize, fill: T) -> Self {
+        Inline {
+            head: [fill; N],
+            rest: vec![fill; len.saturating_sub(N)].into_boxed_slice(),
+        }
+    }
+
+    fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        match i.checked_sub(N) {
+            None => self.head.get_mut(i),
+            Some(j) => self.rest.get_mut(j),
+        }
+    }
 }
 
 /// The latest SpO2, systolic, pulse and temperature of a NEWS2 rule. Times and values, which
@@ -524,9 +550,9 @@ impl PatientState {
         // What every reading touches is allocated first, next to each other; the confirm
         // slots and day rings (touched on abnormal readings and once a day) after.
         let rules = vec![FRESH_RULE; c.set.rules.len()].into_boxed_slice();
-        let ewma = vec![Ewma::default(); z.ewma].into_boxed_slice();
-        let days = vec![DayStats::new(); z.days].into_boxed_slice();
-        let news2 = vec![Latest::EMPTY; z.news2].into_boxed_slice();
+        let ewma = Inline::new(z.ewma, Ewma::default());
+        let days = Inline::new(z.days, DayStats::new());
+        let news2 = Inline::new(z.news2, Latest::EMPTY);
         PatientState {
             profile,
             enrolled,
