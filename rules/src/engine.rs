@@ -287,15 +287,18 @@ impl Ring<'_> {
 /// Daily summaries for baseline and personal-best rules: today's values (at most
 /// [`TODAY_VALUES`], newest kept; median summaries only) and one summary per day in a ring
 /// indexed by day number (the rule's part of `Detectors::day_slots`, touched once a day).
+// Declaration order is layout order: what every reading reads first, today's values (median
+// summaries only) last.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
 struct DayStats {
     today: i64,
-    values: [f64; TODAY_VALUES],
-    count: u8,
     today_max: Option<f64>,
     /// Summary of the completed days in the window (median of medians, or maximum).
     cached: Option<f64>,
+    count: u8,
     cached_days: u16,
+    values: [f64; TODAY_VALUES],
 }
 
 /// Values of one day a baseline keeps (home spot checks are a few a day).
@@ -413,6 +416,7 @@ impl Ewma {
 /// own entry, up to a few of each kind (what real profiles have), so a reading reaches them
 /// without following a pointer; the day rings, touched once a day, are boxed.
 #[derive(Clone, Debug, PartialEq)]
+#[repr(C)]
 struct Detectors {
     ewma: Inline<Ewma, 2>,
     days: Inline<DayStats, 3>,
@@ -423,6 +427,7 @@ struct Detectors {
 /// `N` items inline, the rest boxed: indices `0..N` are in `head` (unused ones stay at their
 /// initial value), `N..` in `rest`.
 #[derive(Clone, Debug, PartialEq)]
+#[repr(C)]
 struct Inline<T, const N: usize> {
     head: [T; N],
     rest: Box<[T]>,
@@ -521,27 +526,32 @@ const NEVER: Timestamp = Timestamp(i64::MIN);
 
 /// One patient's state: opaque, comparable (a replay must rebuild exactly this).
 ///
-/// A handful of flat arrays sized to the ruleset when the patient is enrolled, so a reading
-/// reaches each rule's state in one step from here.
+/// The detectors are held inline; the rest is in flat arrays sized to the ruleset when the
+/// patient is enrolled, each one step from here.
+///
+/// Declaration order is layout order (`repr(C)`): what every reading touches comes first and
+/// together (the header, then the inline detectors), so a reading touches a few adjacent
+/// cache lines of one entry.
 #[derive(Clone, Debug, PartialEq)]
+#[repr(C)]
 pub struct PatientState {
     profile: ProfileIdx,
-    enrolled: Timestamp,
     on_oxygen: bool,
-    /// Last reading of each kind; [`NEVER`] before the first.
-    last_seen: [Timestamp; Kind::COUNT],
-    gateway_heard: Timestamp,
     /// Bit r: rule r has an open alert (mirrors `rules[r].open`).
     open_bits: u64,
     /// Bit r: rule r has an unconfirmed reading or an abnormal confirm slot (mirrors
     /// `rules[r]`). A rule with neither bit needs nothing from a reading that is not abnormal.
     busy_bits: u64,
+    gateway_heard: Timestamp,
+    /// Last reading of each kind; [`NEVER`] before the first.
+    last_seen: [Timestamp; Kind::COUNT],
+    enrolled: Timestamp,
+    det: Detectors,
     rules: Box<[RuleState]>,
     /// Every N-of-M rule's confirm ring, end to end.
     slots: Box<[Option<Slot>]>,
     /// Start of the current abnormal run of each minimum-duration rule.
     runs: Box<[Option<EvidenceItem>]>,
-    det: Detectors,
 }
 
 impl PatientState {
