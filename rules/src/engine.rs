@@ -585,6 +585,26 @@ impl PatientState {
 }
 
 impl PatientState {
+    /// Reads one word from each cache line of the entry a reading may need (header, inline
+    /// detectors), so their misses are all in flight together with the header's instead of
+    /// each waiting behind branches on the profile and the reading's kinds, which mispredict
+    /// when patients come in random order.
+    fn touch(&self) -> u64 {
+        let d = &self.det;
+        let day =
+            |i: usize| d.days.head[i].today as u64 ^ u64::from(d.days.head[i].cached.is_some());
+        let latest = &d.news2.head[0];
+        self.last_seen[Kind::COUNT - 1].0 as u64
+            ^ u64::from(d.ewma.head[0].n)
+            ^ u64::from(d.ewma.head[1].n)
+            ^ day(0)
+            ^ d.days.head[0].values[TODAY_VALUES - 1].to_bits()
+            ^ day(1)
+            ^ day(2)
+            ^ latest.at[0].0 as u64
+            ^ u64::from(latest.reading[0].is_some())
+    }
+
     /// Brings rule `r`'s bits in `open_bits` and `busy_bits` up to date with its state.
     fn sync(&mut self, r: usize) {
         let bit = 1u64 << r;
@@ -820,6 +840,7 @@ impl Engine {
             .patients
             .get_mut(idx.0 as usize)
             .ok_or(EngineError::UnknownPatient(idx.0))?;
+        std::hint::black_box(p.touch());
         let c = &self.profiles[p.profile.0 as usize];
         let ids = Ids {
             patient: idx,
