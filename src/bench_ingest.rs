@@ -207,12 +207,18 @@ async fn ingest_rate(
     let topic = vitals::Topic::new(fleet.gateway.clone(), vitals::Channel::Readings).to_string();
     let stats = Arc::new(IngestStats::default());
     let shutdown = CancellationToken::new();
-    let client_id = format!("bench-ingest-{first}");
+    // A fresh client id and group every run: the consumer's session is persistent, and a
+    // session left by an earlier run (same id) would come back with the messages queued for
+    // it, or fill the broker's per-client queue so that it drops this run's messages.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let client_id = format!("bench-ingest-{first}-{nonce}");
     let options = ingest::consume::client_options(broker, &client_id, 256)?;
     let capacity = options.request_channel_capacity();
     let consumer = Consumer {
         settings: ConsumerSettings {
-            group: format!("bench{first}"),
+            group: format!("bench{first}-{nonce}"),
             batch_max: 2000,
             batch_linger: Duration::from_millis(20),
             max_inflight: 256,
@@ -250,5 +256,28 @@ async fn ingest_rate(
     publisher.await??;
     shutdown.cancel();
     let _ = task.await;
+    end_session(broker, &client_id).await;
     Ok(opts.readings as f64 / elapsed.as_secs_f64())
+}
+
+/// Ends the consumer's persistent session (a clean start with no expiry), so the broker does
+/// not keep queueing for it after the run. Best effort.
+async fn end_session(broker: &BrokerConfig, client_id: &str) {
+    let opts = MqttOptions::new(client_id, broker.url.host.clone(), broker.url.port);
+    let (client, mut events) = AsyncClient::new(opts, 10);
+    let connected = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if connected {
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), events.poll()).await;
+    }
 }
