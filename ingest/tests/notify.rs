@@ -4,9 +4,6 @@
 //! exactly once, and the signed link acknowledges (audit log) and stops escalation.
 //! Missing services skip locally and fail under CI=true (testkit::unavailable).
 
-use std::fs;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -23,7 +20,7 @@ use ingest::record::{
 use notifier::{AlertId, NotificationStatus, NotifierConfig, OutboxStore, Timestamp};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, MqttOptions};
-use testkit::{Mosquitto, PgDatabase, unavailable};
+use testkit::{Mosquitto, PgDatabase, SmtpSink, unavailable};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -38,98 +35,18 @@ const ACK_KEY: &str = "ingest-notify-test-key-0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------------------
-// A real SMTP server: aiosmtpd with the notifier tests' sink (one .eml file per message).
+// A real SMTP server: testkit::SmtpSink (aiosmtpd, one .eml file per message).
 
-fn python_with_aiosmtpd() -> Result<String, String> {
-    for python in ["python3", "/usr/bin/python3"] {
-        let ok = Command::new(python)
-            .args(["-c", "import aiosmtpd"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Ok(python.to_owned());
-        }
-    }
-    Err("no python3 can import aiosmtpd; scripts/services installs it".to_owned())
-}
-
-struct SmtpSink {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl SmtpSink {
-    fn start() -> Result<Self, String> {
-        let python = python_with_aiosmtpd()?;
-        let port = testkit::free_port().map_err(|e| e.to_string())?;
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let sink_module = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testkit");
-        let child = Command::new(&python)
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["-c", "smtp_sink.Sink"])
-            .arg(dir.path())
-            .env("PYTHONPATH", &sink_module)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot run {python} -m aiosmtpd: {e}"))?;
-        let sink = SmtpSink { child, port, dir };
-        testkit::wait_for_port(port, Duration::from_secs(15))
-            .map_err(|e| format!("aiosmtpd did not start: {e}"))?;
-        Ok(sink)
-    }
-
-    /// Messages so far (envelope lines, then the raw message), quoted-printable undone.
-    fn messages(&self) -> Vec<String> {
-        let mut names: Vec<PathBuf> = fs::read_dir(self.dir.path())
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        names.retain(|p| p.extension().is_some_and(|x| x == "eml"));
-        names.sort();
-        names
-            .iter()
-            .filter_map(|p| fs::read_to_string(p).ok())
-            .map(|m| {
-                m.replace("=\r\n", "")
-                    .replace("=\n", "")
-                    .replace("=3D", "=")
-            })
-            .collect()
-    }
-
-    fn to(&self, address: &str) -> Vec<String> {
-        let line = format!("X-Envelope-To: {address}");
-        self.messages()
-            .into_iter()
-            .filter(|m| m.contains(&line))
-            .collect()
-    }
-
-    async fn wait_for_mail_to(&self, address: &str) -> String {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(m) = self.to(address).into_iter().next() {
-                return m;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no email to {address} within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The first message to `address`, waiting up to [`WAIT`].
+async fn mail_to(smtp: &SmtpSink, address: &str) -> String {
+    smtp.wait_for_mail_to(address, WAIT)
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no mail to {address} within {WAIT:?}; got {:?}",
+                smtp.messages()
+            )
+        })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -453,7 +370,7 @@ async fn an_alert_commits_with_its_notifications_and_the_on_duty_nurse_is_emaile
     let Some(smtp) = unavailable(SmtpSink::start()) else {
         return;
     };
-    let runtime = notifier_config(smtp.port, true)
+    let runtime = notifier_config(smtp.port(), true)
         .build()
         .expect("config builds");
     let record = db.open(&runtime).await;
@@ -498,7 +415,7 @@ async fn an_alert_commits_with_its_notifications_and_the_on_duty_nurse_is_emaile
         assert_eq!(n.row.notice.evidence.len(), 2, "both readings as evidence");
     }
 
-    let mail = smtp.wait_for_mail_to(NURSE).await;
+    let mail = mail_to(&smtp, NURSE).await;
     // Other rules of the profile (NEWS2) may be in the same message: one per nurse and
     // patient.
     assert!(mail.contains("Subject: [RPM] MEDIUM: "), "{mail}");
@@ -513,14 +430,14 @@ async fn an_alert_commits_with_its_notifications_and_the_on_duty_nurse_is_emaile
         !mail.contains("Ada Example"),
         "no registry name in the email"
     );
-    let patient = smtp.wait_for_mail_to(PATIENT).await;
+    let patient = mail_to(&smtp, PATIENT).await;
     assert!(
         patient.contains("Your oxygen level is lower than usual."),
         "{patient}"
     );
     assert!(!patient.contains("ack?token"), "{patient}");
     // Nobody acknowledges within 3 s: the charge nurse (tier 1) is told.
-    let escalated = smtp.wait_for_mail_to(CHARGE).await;
+    let escalated = mail_to(&smtp, CHARGE).await;
     assert!(escalated.contains("ESCALATED (tier 1)"), "{escalated}");
     let deadline = tokio::time::Instant::now() + WAIT;
     while !about(&smtp.to(CHARGE), "spo2-low") {
@@ -554,7 +471,7 @@ async fn a_crash_between_commit_and_send_sends_exactly_once_after_restart(db: Db
     let Some(smtp) = unavailable(SmtpSink::start()) else {
         return;
     };
-    let runtime = notifier_config(smtp.port, false)
+    let runtime = notifier_config(smtp.port(), false)
         .build()
         .expect("config builds");
     // First life: alerts are committed with their notifications, but the process dies
@@ -596,9 +513,9 @@ async fn a_crash_between_commit_and_send_sends_exactly_once_after_restart(db: Db
         running.retracked, open,
         "the open alerts are followed again"
     );
-    let mail = smtp.wait_for_mail_to(NURSE).await;
+    let mail = mail_to(&smtp, NURSE).await;
     assert!(mail.contains("spo2-low"), "{mail}");
-    smtp.wait_for_mail_to(PATIENT).await;
+    mail_to(&smtp, PATIENT).await;
     // Anything doubled would arrive within a few polls.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let nurse: Vec<String> = smtp.to(NURSE);
@@ -633,7 +550,7 @@ async fn the_signed_link_acknowledges_is_audited_and_stops_escalation(db: Db) {
     let Some(smtp) = unavailable(SmtpSink::start()) else {
         return;
     };
-    let runtime = notifier_config(smtp.port, true)
+    let runtime = notifier_config(smtp.port(), true)
         .build()
         .expect("config builds");
     let record = db.open(&runtime).await;
@@ -653,7 +570,7 @@ async fn the_signed_link_acknowledges_is_audited_and_stops_escalation(db: Db) {
     let client = publisher(&broker).await;
     raise_spo2_low(&client, &node).await;
     let alert = the_alert(&record).await;
-    let mail = smtp.wait_for_mail_to(NURSE).await;
+    let mail = mail_to(&smtp, NURSE).await;
     let token = ack_token(&mail);
 
     // Refusals first: they must not acknowledge anything.

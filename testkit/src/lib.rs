@@ -658,6 +658,18 @@ impl SmtpSink {
             .collect()
     }
 
+    /// Waits until at least `n` messages are there, at most `timeout`; the messages so far.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let m = self.messages();
+            if m.len() >= n || tokio::time::Instant::now() >= deadline {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The messages addressed (in the SMTP envelope) to `address`.
     pub fn to(&self, address: &str) -> Vec<String> {
         let line = format!("X-Envelope-To: {address}");

@@ -7,10 +7,7 @@ pub mod fixture;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::fs;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,114 +17,9 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use tokio::sync::Notify;
 
-/// A python3 that can import aiosmtpd: `python3` on PATH, else Debian's /usr/bin/python3.
-fn python_with_aiosmtpd() -> Result<String, String> {
-    for python in ["python3", "/usr/bin/python3"] {
-        let ok = Command::new(python)
-            .args(["-c", "import aiosmtpd"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Ok(python.to_owned());
-        }
-    }
-    Err("no python3 can import aiosmtpd; scripts/services installs it".to_owned())
-}
-
-/// A real SMTP server (aiosmtpd) writing each accepted message to a directory.
-pub struct SmtpSink {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-    python: String,
-}
-
-impl SmtpSink {
-    /// Starts on a free port.
-    pub fn start() -> Result<Self, String> {
-        let port = testkit::free_port().map_err(|e| e.to_string())?;
-        Self::start_on(port)
-    }
-
-    /// Starts on `port` (so a test can start it late, on a port the notifier already uses).
-    pub fn start_on(port: u16) -> Result<Self, String> {
-        let python = python_with_aiosmtpd()?;
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let mut sink = SmtpSink {
-            child: None,
-            port,
-            dir,
-            python,
-        };
-        sink.launch()?;
-        Ok(sink)
-    }
-
-    fn launch(&mut self) -> Result<(), String> {
-        // The sink script is testkit's (testkit::SmtpSink runs the same server).
-        let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testkit");
-        let child = Command::new(&self.python)
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{}", self.port))
-            .args(["-c", "smtp_sink.Sink"])
-            .arg(self.dir.path())
-            .env("PYTHONPATH", &here)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot run {} -m aiosmtpd: {e}", self.python))?;
-        self.child = Some(child);
-        testkit::wait_for_port(self.port, Duration::from_secs(15))
-            .map_err(|e| format!("aiosmtpd did not start: {e}"))
-    }
-
-    /// Its port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Kills it (SIGKILL).
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// The messages received so far (envelope lines, then the raw message), oldest first.
-    pub fn messages(&self) -> Vec<String> {
-        let mut names: Vec<PathBuf> = fs::read_dir(self.dir.path())
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        names.retain(|p| p.extension().is_some_and(|x| x == "eml"));
-        names.sort();
-        names
-            .iter()
-            .filter_map(|p| fs::read_to_string(p).ok())
-            .collect()
-    }
-
-    /// Waits until at least `n` messages are there.
-    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<String> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let m = self.messages();
-            if m.len() >= n || tokio::time::Instant::now() >= deadline {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+/// The SMTP server the tests use: aiosmtpd with testkit's sink.
+#[allow(unused_imports)] // not every test binary sends email
+pub use testkit::SmtpSink;
 
 /// One request the receiver got.
 #[derive(Clone, Debug)]
