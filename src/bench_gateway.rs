@@ -104,7 +104,8 @@ fn cpu_time() -> Duration {
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the ')'.
+    // utime and stime are fields 14 and 15 of the line; after the `)` (which ends field 2)
+    // they are the 12th and 13th words, indexes 11 and 12.
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 

@@ -113,19 +113,7 @@ async fn no_reading_lost_or_doubled_when_ingest_is_killed_mid_batch() {
     let bin = env!("CARGO_BIN_EXE_rpm");
     let cfg = config.to_str().expect("utf8");
     let mut ingest =
-        RpmProcess::spawn(bin, &["ingest", "--config", cfg], &[]).expect("spawn ingest");
-    ingest
-        .wait_for_output("ingest connected to the broker", Duration::from_secs(20))
-        .expect("ingest connects");
-    // Its subscription must exist before publishing (the session keeps it afterwards).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !broker.log().contains("$share/ingest/rpm/v1/gw/+/readings") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ingest never subscribed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        testkit::spawn_ingest(bin, cfg, &broker, &[]).expect("ingest connects and subscribes");
 
     let (client, mut events) =
         AsyncClient::new(MqttOptions::new("gw-1", "127.0.0.1", broker.port()), 200);
@@ -204,20 +192,8 @@ async fn no_reading_lost_when_postgresql_crashes_under_load() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = config(dir.path(), &broker, &url);
     let cfg = config.to_str().expect("utf8");
-    let mut ingest =
-        RpmProcess::spawn(env!("CARGO_BIN_EXE_rpm"), &["ingest", "--config", cfg], &[])
-            .expect("spawn ingest");
-    ingest
-        .wait_for_output("ingest connected to the broker", Duration::from_secs(20))
-        .expect("ingest connects");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !broker.log().contains("$share/ingest/rpm/v1/gw/+/readings") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ingest never subscribed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut ingest = testkit::spawn_ingest(env!("CARGO_BIN_EXE_rpm"), cfg, &broker, &[])
+        .expect("ingest connects and subscribes");
     let (client, mut events) =
         AsyncClient::new(MqttOptions::new("gw-1", "127.0.0.1", broker.port()), 200);
     tokio::spawn(async move { while events.poll().await.is_ok() {} });

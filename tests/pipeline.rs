@@ -157,20 +157,8 @@ async fn wait_record(record: &Record, n: u64) -> u64 {
 
 async fn start_ingest(dir: &std::path::Path, broker: &Mosquitto, db: &str) -> RpmProcess {
     let cfg = ingest_config(dir, broker.port(), db);
-    let mut ingest = RpmProcess::spawn(BIN, &["ingest", "--config", &cfg], &[("RUST_LOG", "info")])
-        .expect("spawn ingest");
-    ingest
-        .wait_for_output("ingest connected to the broker", Duration::from_secs(20))
-        .expect("ingest connects");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !broker.log().contains("$share/ingest/rpm/v1/gw/+/readings") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ingest never subscribed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    ingest
+    testkit::spawn_ingest(BIN, &cfg, broker, &[("RUST_LOG", "info")])
+        .expect("ingest connects and subscribes")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,19 +332,13 @@ async fn no_reading_lost_when_the_gateway_is_killed_while_the_broker_is_away() {
     // ingest subscribes again, a reading published now reaches no ingest session (the
     // gateway keeps it queued when the broker says "no matching subscribers", but this test's
     // observer matches). Start the hub once ingest is back, as the README says to expect.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while broker
-        .log()
-        .matches("ingest-e2e 1 $share/ingest/rpm/v1/gw/+/readings")
-        .count()
-        < 2
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ingest never re-subscribed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    broker
+        .wait_for_log(
+            "ingest-e2e 1 $share/ingest/rpm/v1/gw/+/readings",
+            2,
+            Duration::from_secs(60),
+        )
+        .expect("ingest subscribes again");
     let mut gw = RpmProcess::spawn(BIN, &args, &[("RUST_LOG", "info")]).expect("respawn gateway");
     let status = gw
         .wait_timeout(Duration::from_secs(60))
@@ -576,23 +558,8 @@ async fn an_exacerbation_at_home_reaches_the_nurse_on_duty_by_email() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
-    let mut ingest = RpmProcess::spawn(
-        BIN,
-        &["ingest", "--config", &ingest_cfg],
-        &[("RUST_LOG", "info")],
-    )
-    .expect("spawn ingest");
-    ingest
-        .wait_for_output("ingest connected to the broker", Duration::from_secs(30))
-        .expect("ingest connects");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !broker.log().contains("$share/ingest/rpm/v1/gw/+/readings") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ingest never subscribed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut ingest = testkit::spawn_ingest(BIN, &ingest_cfg, &broker, &[("RUST_LOG", "info")])
+        .expect("ingest connects and subscribes");
 
     let cfg = gateway_config(dir.path(), broker.port());
     let args = [

@@ -167,6 +167,21 @@ impl Mosquitto {
         fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
 
+    /// Waits until `needle` appears in the log at least `times` times, at most `timeout`.
+    pub fn wait_for_log(&self, needle: &str, times: usize, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.log().matches(needle).count() < times {
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{needle:?} not in the broker log {times} time(s)"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// Stops the broker with SIGKILL (no clean shutdown, nothing flushed).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -793,6 +808,24 @@ impl RpmProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// What the broker logs when an ingest node subscribes to the readings (shared subscription).
+pub const INGEST_SUBSCRIPTION: &str = "$share/ingest/rpm/v1/gw/+/readings";
+
+/// Starts `rpm ingest --config CONFIG` and returns once it is connected to `broker` and its
+/// shared subscription is in place, so what a test publishes next reaches it.
+pub fn spawn_ingest(
+    bin: impl AsRef<Path>,
+    config: &str,
+    broker: &Mosquitto,
+    env: &[(&str, &str)],
+) -> io::Result<RpmProcess> {
+    let before = broker.log().matches(INGEST_SUBSCRIPTION).count();
+    let mut ingest = RpmProcess::spawn(bin, &["ingest", "--config", config], env)?;
+    ingest.wait_for_output("ingest connected to the broker", Duration::from_secs(30))?;
+    broker.wait_for_log(INGEST_SUBSCRIPTION, before + 1, Duration::from_secs(10))?;
+    Ok(ingest)
 }
 
 impl Drop for RpmProcess {
