@@ -25,4 +25,5 @@ pub mod config;
 pub mod consume;
 pub mod http;
 pub mod notify;
+pub mod pages;
 pub mod record;
