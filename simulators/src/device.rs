@@ -11,7 +11,9 @@ use gateway::codec::racp::{
     FilterValue, RacpMessage, RecordAccessControlPoint, RecordFilter, ResponseCode,
 };
 use gateway::codec::{battery::BatteryLevel, uuid as cu};
-use gateway::device::record::{BLOOD_PRESSURE_RECORD, BloodPressureRecord};
+use gateway::codec::blood_pressure_record::{RecordBody, RecordedValue};
+use gateway::codec::segment;
+use gateway::codec::uuid::BLOOD_PRESSURE_RECORD;
 use gateway::device::spirometry::SimSpirometerV1;
 use gateway::device::{
     Address, Advertisement, Characteristic, CharacteristicId, DeviceError, DeviceLink,
@@ -572,12 +574,11 @@ impl SimLink {
                     let mut counter = d.segment_counter;
                     let mut records = vec![];
                     for r in d.storage.iter().filter(|r| r.seq >= from) {
-                        let rec = BloodPressureRecord {
+                        let rec = RecordBody {
                             sequence_number: r.seq,
-                            uuid16: cu::BLOOD_PRESSURE_MEASUREMENT,
-                            value: encode(r.bpm.encode())?,
+                            recorded: RecordedValue::BloodPressureMeasurement(r.bpm.clone()),
                         };
-                        let segs = rec.encode_segments(payload, counter);
+                        let segs = segment::split(&encode(rec.encode())?, payload, counter);
                         counter = counter.wrapping_add(segs.len() as u8) & 0x3F;
                         records.push(segs);
                     }

@@ -407,6 +407,16 @@ pub async fn run(scenario: &Scenario, queue_path: &Path) -> Result<Outcome, Scen
     run_as(scenario, queue_path, gateway, None).await
 }
 
+/// Paces a run against another clock (`rpm demo` plays scenarios in accelerated wall time):
+/// called with the virtual time of each step before the scenario's clock moves there.
+/// Returning `false` ends the run early: the device sessions are shut down and what was
+/// queued so far stays queued.
+pub type Pacer = Arc<
+    dyn Fn(OffsetDateTime) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Runs a scenario with the queue at `queue_path` as `gateway` (the id stamped on every
 /// reading), starting at `start` instead of the file's date when given (`rpm gateway
 /// --simulate` starts scenarios so that they end now).
@@ -416,6 +426,27 @@ pub async fn run_as(
     gateway: GatewayId,
     start: Option<OffsetDateTime>,
 ) -> Result<Outcome, ScenarioError> {
+    run_paced(scenario, queue_path, gateway, start, None).await
+}
+
+/// [`run_as`], with each step of the virtual clock first passed to `pacer` (as fast as
+/// possible when `None`).
+pub async fn run_paced(
+    scenario: &Scenario,
+    queue_path: &Path,
+    gateway: GatewayId,
+    start: Option<OffsetDateTime>,
+    pacer: Option<Pacer>,
+) -> Result<Outcome, ScenarioError> {
+    let pace = |at: OffsetDateTime| {
+        let pacer = pacer.clone();
+        async move {
+            match pacer {
+                Some(p) => p(at).await,
+                None => true,
+            }
+        }
+    };
     let p = scenario.name.as_str();
     let start = match start {
         Some(t) => t,
@@ -518,7 +549,8 @@ pub async fn run_as(
         .find(|d| d.kind == DeviceKind::BpCuff)
         .and_then(|d| d.user);
     let mut away: Option<u32> = None;
-    for day in 0..scenario.days {
+    let mut stopped = false;
+    'days: for day in 0..scenario.days {
         let day_start = start + time::Duration::days(i64::from(day));
         if away.is_some_and(|until| day >= until) {
             away = None;
@@ -526,11 +558,19 @@ pub async fn run_as(
                 world.set_present(*a, true);
             }
             // Home again: let the hub reconnect and fetch the stored records first.
+            if !pace(day_start).await {
+                stopped = true;
+                break 'days;
+            }
             clock.set(day_start);
             settle(&world, &sessions, day_start).await?;
         }
         for routine in &scenario.measure {
             let at = day_start + hm(p, &routine.time)?;
+            if !pace(at).await {
+                stopped = true;
+                break 'days;
+            }
             clock.set(at);
             let faults: Vec<&Fault> = scenario
                 .fault
@@ -687,7 +727,12 @@ pub async fn run_as(
                         if let Some(f) = faults.iter().find(|f| f.kind == "continuous") {
                             settle(&world, &sessions, at).await?;
                             for i in 0..f.count.unwrap_or(30) {
-                                clock.set(at + time::Duration::seconds(i64::from(i) + 1));
+                                let step = at + time::Duration::seconds(i64::from(i) + 1);
+                                if !pace(step).await {
+                                    stopped = true;
+                                    break 'days;
+                                }
+                                clock.set(step);
                                 let s = model.sample(at);
                                 let c = PlxContinuousMeasurement {
                                     normal: SpO2Pr {
@@ -712,12 +757,12 @@ pub async fn run_as(
                         };
                         let r = SpirometryResult {
                             fev1_l: sfloat(truth.fev1, -2),
-                            fvc_l: sfloat(truth.fvc, -2),
-                            pef_l_min: if has("nan_pef") {
+                            fvc_l: Some(sfloat(truth.fvc, -2)),
+                            pef_l_min: Some(if has("nan_pef") {
                                 Float11073::NAN
                             } else {
                                 sfloat(truth.pef, 0)
-                            },
+                            }),
                             timestamp: None,
                             from_storage: false,
                             clock_not_set: false,
@@ -735,7 +780,7 @@ pub async fn run_as(
         }
     }
     // Back home at the end, if still away.
-    if away.is_some() {
+    if away.is_some() && !stopped {
         for (_, a) in &addresses {
             world.set_present(*a, true);
         }

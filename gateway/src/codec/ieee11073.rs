@@ -504,4 +504,9 @@ pub(crate) mod tests_support {
     pub(crate) fn any_sfloat() -> impl Strategy<Value = Float11073> {
         any::<u16>().prop_map(Float11073::from_sfloat_bits)
     }
+
+    /// Any FLOAT, special values included.
+    pub(crate) fn any_float() -> impl Strategy<Value = Float11073> {
+        any::<u32>().prop_map(Float11073::from_float_bits)
+    }
 }

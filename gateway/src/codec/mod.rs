@@ -14,6 +14,10 @@
 //! | [`date_time`]           | 0x2A08 Date Time, 0x2A2B Current Time                    |
 //! | [`device_information`]  | 0x2A29, 0x2A24, 0x2A25, 0x2A27, 0x2A26, 0x2A28, 0x2A23, 0x2A2A, 0x2A50 |
 //! | [`battery`]             | 0x2A19 Battery Level                                     |
+//! | [`blood_pressure_record`] | 0x2B36 Blood Pressure Record (stored measurements)     |
+//! | [`ghs`]                 | Generic Health Sensor: 0x2B8B, 0x2BDD, 0x2BF3, 0x2BF4, 0x2BF1, its RACP |
+//! | [`segment`]             | the segmentation header of 0x2B36 / 0x2B8B / 0x2BDD       |
+//! | [`vitalograph`]         | Vitalograph Lung Monitor serial packets (a vendor format) |
 //!
 //! Rules shared by every decoder:
 //!
@@ -30,13 +34,17 @@
 pub mod battery;
 mod bits;
 pub mod blood_pressure;
+pub mod blood_pressure_record;
 pub mod date_time;
 pub mod device_information;
 mod error;
+pub mod ghs;
 pub mod ieee11073;
 pub mod pulse_oximeter;
 pub mod racp;
 mod reader;
+pub mod segment;
+pub mod vitalograph;
 
 use serde::Serialize;
 
@@ -45,6 +53,11 @@ pub use ieee11073::{Float11073, SpecialValue};
 
 use battery::BatteryLevel;
 use blood_pressure::{BloodPressureFeature, BloodPressureMeasurement, IntermediateCuffPressure};
+use blood_pressure_record::BloodPressureRecord;
+use ghs::{
+    GhsControlPoint, HealthSensorFeatures, LiveHealthObservation, ObservationScheduleChanged,
+    StoredHealthObservation,
+};
 use date_time::{CurrentTime, DateTimeCharacteristic};
 use device_information::{DisString, PnpId, RegulatoryCertificationData, SystemId};
 use pulse_oximeter::{PlxContinuousMeasurement, PlxFeatures, PlxSpotCheckMeasurement};
@@ -90,6 +103,18 @@ pub mod uuid {
     pub const PNP_ID: u16 = 0x2A50;
     /// Battery Level.
     pub const BATTERY_LEVEL: u16 = 0x2A19;
+    /// Blood Pressure Record.
+    pub const BLOOD_PRESSURE_RECORD: u16 = 0x2B36;
+    /// Live Health Observations (GHS).
+    pub const LIVE_HEALTH_OBSERVATIONS: u16 = 0x2B8B;
+    /// Stored Health Observations (GHS).
+    pub const STORED_HEALTH_OBSERVATIONS: u16 = 0x2BDD;
+    /// Health Sensor Features (GHS).
+    pub const HEALTH_SENSOR_FEATURES: u16 = 0x2BF3;
+    /// GHS Control Point.
+    pub const GHS_CONTROL_POINT: u16 = 0x2BF4;
+    /// Observation Schedule Changed (GHS).
+    pub const OBSERVATION_SCHEDULE_CHANGED: u16 = 0x2BF1;
 }
 
 /// Every supported characteristic: UUID and the snake_case name [`Decoded`] uses for it.
@@ -131,6 +156,15 @@ pub const SUPPORTED: &[(u16, &str)] = &[
     ),
     (uuid::PNP_ID, "pnp_id"),
     (uuid::BATTERY_LEVEL, "battery_level"),
+    (uuid::BLOOD_PRESSURE_RECORD, "blood_pressure_record"),
+    (uuid::LIVE_HEALTH_OBSERVATIONS, "live_health_observations"),
+    (uuid::STORED_HEALTH_OBSERVATIONS, "stored_health_observations"),
+    (uuid::HEALTH_SENSOR_FEATURES, "health_sensor_features"),
+    (uuid::GHS_CONTROL_POINT, "ghs_control_point"),
+    (
+        uuid::OBSERVATION_SCHEDULE_CHANGED,
+        "observation_schedule_changed",
+    ),
 ];
 
 /// The snake_case name of a supported characteristic.
@@ -202,6 +236,18 @@ pub enum Decoded {
     PnpId(PnpId),
     /// 0x2A19.
     BatteryLevel(BatteryLevel),
+    /// 0x2B36 (one whole record).
+    BloodPressureRecord(BloodPressureRecord),
+    /// 0x2B8B (one whole observation).
+    LiveHealthObservations(LiveHealthObservation),
+    /// 0x2BDD (one whole stored observation).
+    StoredHealthObservations(StoredHealthObservation),
+    /// 0x2BF3.
+    HealthSensorFeatures(HealthSensorFeatures),
+    /// 0x2BF4.
+    GhsControlPoint(GhsControlPoint),
+    /// 0x2BF1.
+    ObservationScheduleChanged(ObservationScheduleChanged),
 }
 
 /// Decodes the value of the characteristic with 16-bit UUID `uuid16`.
@@ -249,6 +295,20 @@ pub fn decode(uuid16: u16, bytes: &[u8]) -> Result<Decoded, DecodeError> {
         }
         PNP_ID => Decoded::PnpId(PnpId::decode(bytes)?),
         BATTERY_LEVEL => Decoded::BatteryLevel(BatteryLevel::decode(bytes)?),
+        BLOOD_PRESSURE_RECORD => Decoded::BloodPressureRecord(BloodPressureRecord::decode(bytes)?),
+        LIVE_HEALTH_OBSERVATIONS => {
+            Decoded::LiveHealthObservations(LiveHealthObservation::decode(bytes)?)
+        }
+        STORED_HEALTH_OBSERVATIONS => {
+            Decoded::StoredHealthObservations(StoredHealthObservation::decode(bytes)?)
+        }
+        HEALTH_SENSOR_FEATURES => {
+            Decoded::HealthSensorFeatures(HealthSensorFeatures::decode(bytes)?)
+        }
+        GHS_CONTROL_POINT => Decoded::GhsControlPoint(GhsControlPoint::decode(bytes)?),
+        OBSERVATION_SCHEDULE_CHANGED => {
+            Decoded::ObservationScheduleChanged(ObservationScheduleChanged::decode(bytes)?)
+        }
         other => return Err(DecodeError::UnknownCharacteristic(other)),
     })
 }
@@ -275,6 +335,12 @@ pub fn encode(value: &Decoded) -> Result<Vec<u8>, EncodeError> {
         Decoded::RegulatoryCertificationData(v) => v.encode(),
         Decoded::PnpId(v) => v.encode(),
         Decoded::BatteryLevel(v) => v.encode(),
+        Decoded::BloodPressureRecord(v) => v.encode(),
+        Decoded::LiveHealthObservations(v) => v.encode(),
+        Decoded::StoredHealthObservations(v) => v.encode(),
+        Decoded::HealthSensorFeatures(v) => v.encode(),
+        Decoded::GhsControlPoint(v) => v.encode(),
+        Decoded::ObservationScheduleChanged(v) => v.encode(),
     }
 }
 
@@ -302,6 +368,12 @@ impl Decoded {
             Decoded::RegulatoryCertificationData(_) => REGULATORY_CERTIFICATION_DATA,
             Decoded::PnpId(_) => PNP_ID,
             Decoded::BatteryLevel(_) => BATTERY_LEVEL,
+            Decoded::BloodPressureRecord(_) => BLOOD_PRESSURE_RECORD,
+            Decoded::LiveHealthObservations(_) => LIVE_HEALTH_OBSERVATIONS,
+            Decoded::StoredHealthObservations(_) => STORED_HEALTH_OBSERVATIONS,
+            Decoded::HealthSensorFeatures(_) => HEALTH_SENSOR_FEATURES,
+            Decoded::GhsControlPoint(_) => GHS_CONTROL_POINT,
+            Decoded::ObservationScheduleChanged(_) => OBSERVATION_SCHEDULE_CHANGED,
         }
     }
 
@@ -327,6 +399,11 @@ impl Decoded {
             Decoded::RegulatoryCertificationData(_) => &[],
             Decoded::PnpId(v) => &v.quirks,
             Decoded::BatteryLevel(v) => &v.quirks,
+            Decoded::BloodPressureRecord(v) => v.quirks(),
+            Decoded::LiveHealthObservations(v) => &v.observation.quirks,
+            Decoded::StoredHealthObservations(v) => &v.stored.observation.quirks,
+            Decoded::HealthSensorFeatures(v) => &v.quirks,
+            Decoded::GhsControlPoint(_) | Decoded::ObservationScheduleChanged(_) => &[],
         }
     }
 
@@ -352,6 +429,15 @@ impl Decoded {
             Decoded::RegulatoryCertificationData(_) => {}
             Decoded::PnpId(v) => v.quirks.clear(),
             Decoded::BatteryLevel(v) => v.quirks.clear(),
+            Decoded::BloodPressureRecord(v) => v.clear_quirks(),
+            Decoded::LiveHealthObservations(v) => {
+                v.observation = v.observation.clone().without_quirks();
+            }
+            Decoded::StoredHealthObservations(v) => {
+                v.stored.observation = v.stored.observation.clone().without_quirks();
+            }
+            Decoded::HealthSensorFeatures(v) => v.quirks.clear(),
+            Decoded::GhsControlPoint(_) | Decoded::ObservationScheduleChanged(_) => {}
         }
         self
     }
@@ -411,6 +497,12 @@ mod tests {
             (0x2A2A, b""),
             (0x2A50, &[1, 0, 0, 0, 0, 0, 0]),
             (0x2A19, &[0]),
+            (0x2B36, &[3, 0, 0, 0x35, 0x2A, 0, 0, 0, 0, 0, 0, 0]),
+            (0x2B8B, &[3, 1, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            (0x2BDD, &[3, 0, 0, 0, 0, 1, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            (0x2BF3, &[0, 0]),
+            (0x2BF4, &[1]),
+            (0x2BF1, &[0; 12]),
         ];
         assert_eq!(minimal.len(), SUPPORTED.len());
         for (uuid16, bytes) in minimal {

@@ -69,6 +69,35 @@ impl<'a> Reader<'a> {
         Ok(Float11073::from_sfloat_bits(self.u16(field)?))
     }
 
+    /// A 32-bit IEEE-11073 FLOAT.
+    pub(crate) fn float(&mut self, field: &'static str) -> Result<Float11073, DecodeError> {
+        Ok(Float11073::from_float_bits(self.u32(field)?))
+    }
+
+    /// Reads exactly `n` bytes.
+    pub(crate) fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        if n > self.rest.len() {
+            return Err(DecodeError::Truncated {
+                field,
+                offset: self.offset,
+                needed: n,
+                got: self.rest.len(),
+            });
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        self.offset += n;
+        Ok(head)
+    }
+
+    /// Reads everything left.
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        let all = self.rest;
+        self.offset += all.len();
+        self.rest = &[];
+        all
+    }
+
     /// Ends a lenient read: left-over bytes become a [`Quirk::TrailingBytes`].
     pub(crate) fn finish(self, quirks: &mut Vec<Quirk>) {
         if !self.rest.is_empty() {
@@ -103,6 +132,18 @@ pub(crate) fn put_u24(out: &mut Vec<u8>, v: u32) {
 
 pub(crate) fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
+}
+
+pub(crate) fn put_float(
+    out: &mut Vec<u8>,
+    field: &'static str,
+    v: &Float11073,
+) -> Result<(), EncodeError> {
+    let bits = v
+        .to_float_bits()
+        .map_err(|source| EncodeError::Float { field, source })?;
+    put_u32(out, bits);
+    Ok(())
 }
 
 pub(crate) fn put_sfloat(

@@ -27,6 +27,8 @@ use crate::codec::pulse_oximeter::{
 };
 use crate::codec::{Float11073, SpecialValue};
 
+use crate::codec::ghs::{self, ElapsedTime, MeasurementStatus, Observation, mdc};
+
 use super::spirometry::SpirometryResult;
 
 /// What the device clock said compared with the gateway's, at the last contact.
@@ -78,6 +80,9 @@ pub enum MapError {
     /// Demonstration or test data, not a measurement of the patient.
     #[error("device marked the value as demonstration or test data")]
     NotPatientData,
+    /// A GHS observation with no numeric of a type the record holds.
+    #[error("no observation of a known type")]
+    NoKnownObservation,
     /// The reading failed the structural checks.
     #[error(transparent)]
     Invalid(#[from] ReadingError),
@@ -90,6 +95,7 @@ impl MapError {
             MapError::NoPatient { .. } => "no_patient",
             MapError::Exponent { .. } => "exponent",
             MapError::NotPatientData => "not_patient_data",
+            MapError::NoKnownObservation => "unknown_observation_type",
             MapError::Invalid(_) => "invalid",
         }
     }
@@ -158,6 +164,25 @@ fn build(
     user_index: Option<u8>,
     stamp: Option<&DateTime>,
     values: Vec<Observed>,
+    flags: Flags,
+) -> Result<Reading, MapError> {
+    let (device_time, measured_at) = times(stamp, ctx);
+    build_at(
+        ctx,
+        reading_type,
+        user_index,
+        (device_time, measured_at),
+        values,
+        flags,
+    )
+}
+
+fn build_at(
+    ctx: &MapContext<'_>,
+    reading_type: ReadingType,
+    user_index: Option<u8>,
+    (device_time, measured_at): (Option<PrimitiveDateTime>, OffsetDateTime),
+    values: Vec<Observed>,
     mut flags: Flags,
 ) -> Result<Reading, MapError> {
     let patient = ctx
@@ -171,7 +196,6 @@ fn build(
     if ctx.low_battery {
         flags.insert(Flag::LowBattery);
     }
-    let (device_time, measured_at) = times(stamp, ctx);
     let reading = Reading {
         id: ReadingId(uuid::Uuid::nil()),
         seq: 0,
@@ -361,11 +385,13 @@ pub fn plx_continuous(
 
 /// A spirometer result (any [`super::spirometry::SpirometerDriver`]).
 pub fn spirometry(r: &SpirometryResult, ctx: &MapContext<'_>) -> Result<Reading, MapError> {
-    let values = vec![
-        observed(Kind::Fev1, r.fev1_l, Unit::Litre)?,
-        observed(Kind::Fvc, r.fvc_l, Unit::Litre)?,
-        observed(Kind::Pef, r.pef_l_min, Unit::LitrePerMin)?,
-    ];
+    let mut values = vec![observed(Kind::Fev1, r.fev1_l, Unit::Litre)?];
+    if let Some(fvc) = r.fvc_l {
+        values.push(observed(Kind::Fvc, fvc, Unit::Litre)?);
+    }
+    if let Some(pef) = r.pef_l_min {
+        values.push(observed(Kind::Pef, pef, Unit::LitrePerMin)?);
+    }
     let mut flags = Flags::EMPTY;
     if r.from_storage {
         flags.insert(Flag::FromStorage);
@@ -384,6 +410,119 @@ pub fn spirometry(r: &SpirometryResult, ctx: &MapContext<'_>) -> Result<Reading,
         values,
         flags,
     )
+}
+
+/// The kind, unit and reading type of a GHS numeric, by its MDC type and unit codes.
+/// `None` for what the record does not hold (or a unit it cannot take for that kind).
+pub fn ghs_kind(observation_type: u32, unit: u16) -> Option<(Kind, Unit, ReadingType)> {
+    use mdc::unit as u;
+    let unit = match unit {
+        u::LITRE => Unit::Litre,
+        u::MILLILITRE => Unit::Millilitre,
+        u::LITRE_PER_MIN => Unit::LitrePerMin,
+        u::LITRE_PER_SEC => Unit::LitrePerSecond,
+        u::PERCENT => Unit::Percent,
+        u::DIMLESS => Unit::One,
+        u::BEAT_PER_MIN => Unit::PerMin,
+        u::MMHG => Unit::MmHg,
+        u::KILO_PASCAL => Unit::KPa,
+        _ => return None,
+    };
+    let (kind, reading_type) = match observation_type {
+        mdc::FEV1 => (Kind::Fev1, ReadingType::Spirometry),
+        mdc::FVC => (Kind::Fvc, ReadingType::Spirometry),
+        mdc::FEV1_FVC => (Kind::Fev1FvcRatio, ReadingType::Spirometry),
+        mdc::PEF => (Kind::Pef, ReadingType::Spirometry),
+        mdc::SPO2 => (Kind::Spo2, ReadingType::OximetrySpotCheck),
+        mdc::PULSE_OXIM_RATE => (Kind::PulseRate, ReadingType::OximetrySpotCheck),
+        mdc::BP_SYS => (Kind::Systolic, ReadingType::BloodPressure),
+        mdc::BP_DIA => (Kind::Diastolic, ReadingType::BloodPressure),
+        mdc::BP_MEAN => (Kind::MeanArterialPressure, ReadingType::BloodPressure),
+        _ => return None,
+    };
+    // The unit must convert onto the kind's canonical unit.
+    kind.to_canonical(Decimal::new(1, 0)?, unit).ok()?;
+    Some((kind, unit, reading_type))
+}
+
+/// `(device_time, measured_at)` for a GHS (Elapsed Time) stamp: a time of day is placed by
+/// its own UTC/TZ offset when it states one, else in the configured zone, and corrected by
+/// the measured device clock offset; a tick counter or no stamp is the receive time.
+pub fn ghs_times(
+    stamp: Option<&ElapsedTime>,
+    ctx: &MapContext<'_>,
+) -> (Option<PrimitiveDateTime>, OffsetDateTime) {
+    let Some(wall) = stamp.and_then(ElapsedTime::wall_clock) else {
+        return (None, ctx.received_at);
+    };
+    let zone = stamp
+        .and_then(ElapsedTime::offset)
+        .unwrap_or(ctx.clock.zone);
+    let on_device = wall.assume_offset(zone);
+    let measured_at = match ctx.clock.device_minus_gateway {
+        Some(offset) => on_device - offset,
+        None => on_device,
+    };
+    (Some(wall), measured_at)
+}
+
+/// A GHS observation (single, compound or bundle) to readings: its numerics grouped by
+/// reading type, one reading per type. Numerics of types the record does not hold are
+/// skipped; an observation with none is [`MapError::NoKnownObservation`].
+pub fn ghs_observation(o: &Observation, ctx: &MapContext<'_>) -> Vec<Result<Reading, MapError>> {
+    let items = o.numerics();
+    let mut groups: Vec<(ReadingType, Vec<(Kind, Unit, ghs::NumericItem)>)> = Vec::new();
+    for item in items {
+        let Some((kind, unit, rt)) = ghs_kind(item.observation_type, item.unit) else {
+            continue;
+        };
+        match groups.iter_mut().find(|(t, _)| *t == rt) {
+            Some((_, g)) => g.push((kind, unit, item)),
+            None => groups.push((rt, vec![(kind, unit, item)])),
+        }
+    }
+    if groups.is_empty() {
+        return vec![Err(MapError::NoKnownObservation)];
+    }
+    groups
+        .into_iter()
+        .map(|(reading_type, group)| {
+            let mut flags = Flags::EMPTY;
+            let mut values = Vec::with_capacity(group.len());
+            for (kind, unit, item) in &group {
+                if let Some(s) = item.measurement_status {
+                    if s.contains(MeasurementStatus::TEST_DATA) {
+                        return Err(MapError::NotPatientData);
+                    }
+                    for (bit, flag) in [
+                        (MeasurementStatus::INVALID, Flag::SignalQuestionable),
+                        (MeasurementStatus::QUESTIONABLE, Flag::SignalQuestionable),
+                        (MeasurementStatus::CALIBRATING, Flag::CalibrationOngoing),
+                        (MeasurementStatus::EARLY_ESTIMATE, Flag::EarlyEstimate),
+                    ] {
+                        if s.contains(bit) {
+                            flags.insert(flag);
+                        }
+                    }
+                }
+                values.push(observed(*kind, item.value, *unit)?);
+            }
+            let first = group.first().map(|(_, _, i)| *i);
+            let stamp = first.and_then(|i| i.time_stamp);
+            if stamp.is_some_and(|t| !t.tick_counter && !t.current_timeline) {
+                // Stamped on a timeline the sensor has since left (its clock was reset).
+                flags.insert(Flag::ClockNotSet);
+            }
+            build_at(
+                ctx,
+                reading_type,
+                first.and_then(|i| i.patient_id),
+                ghs_times(stamp.as_ref(), ctx),
+                values,
+                flags,
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -27,7 +27,6 @@ pub mod backoff;
 #[cfg(all(feature = "bluez", target_os = "linux"))]
 pub mod bluez;
 pub mod mapping;
-pub mod record;
 pub mod session;
 pub mod spirometry;
 

@@ -43,11 +43,14 @@ use crate::codec::pulse_oximeter::{
 use crate::codec::racp::{
     FilterValue, RacpMessage, RecordAccessControlPoint, RecordFilter, ResponseCode,
 };
+use crate::codec::blood_pressure_record::{MAX_RECORD, RecordBody, RecordedValue};
+use crate::codec::ghs::{self, GhsRacp, GhsRecordFilter, StoredObservation};
+use crate::codec::segment::Reassembler;
+use crate::codec::uuid::BLOOD_PRESSURE_RECORD;
 use crate::codec::{DecodeError, battery::BatteryLevel, uuid as cu};
 use crate::queue::{Queue, QueueError};
 
 use super::mapping::{self, ClockCorrection, MapContext, MapError};
-use super::record::{BLOOD_PRESSURE_RECORD, Reassembler};
 use super::spirometry::SpirometerDriver;
 use super::{
     Address, Backoff, BackoffConfig, Characteristic, CharacteristicId, DeviceError, DeviceLink,
@@ -180,6 +183,14 @@ pub enum SessionError {
     Permanent(DeviceError),
 }
 
+/// A RACP request in the service's dialect.
+enum Request {
+    /// BLS / PLXS (u16 sequence numbers).
+    Sig(RacpMessage),
+    /// GHS (u32 record numbers).
+    Ghs(GhsRacp),
+}
+
 /// How one connection ended.
 enum End {
     Cancelled,
@@ -238,6 +249,9 @@ pub struct Session<S: DeviceSource> {
     identity: Option<(DeviceIdentity, DeviceBinding)>,
     next_sequence: Option<u16>,
     reassembler: Reassembler,
+    ghs_live: Reassembler,
+    ghs_stored: Reassembler,
+    next_record_number: Option<u32>,
     backoff: Backoff,
 }
 
@@ -313,7 +327,10 @@ impl<S: DeviceSource> Session<S> {
             stats: watch::Sender::new(SessionStats::default()),
             identity: None,
             next_sequence: None,
-            reassembler: Reassembler::default(),
+            reassembler: Reassembler::new(MAX_RECORD),
+            ghs_live: Reassembler::new(ghs::MAX_OBSERVATION),
+            ghs_stored: Reassembler::new(ghs::MAX_OBSERVATION),
+            next_record_number: None,
         }
     }
 
@@ -401,6 +418,8 @@ impl<S: DeviceSource> Session<S> {
             return Ok(End::LinkLost);
         };
         self.reassembler.reset();
+        self.ghs_live.reset();
+        self.ghs_stored.reset();
         let outcome = self.serve_link(&mut link, &mut events, cancel).await;
         let _ = self.op(link.disconnect()).await;
         match outcome {
@@ -444,6 +463,10 @@ impl<S: DeviceSource> Session<S> {
             (0x1822, cu::PLX_SPOT_CHECK_MEASUREMENT),
             (0x1822, cu::PLX_CONTINUOUS_MEASUREMENT),
             (0x1822, cu::RECORD_ACCESS_CONTROL_POINT),
+            (0x1840, cu::LIVE_HEALTH_OBSERVATIONS),
+            (0x1840, cu::STORED_HEALTH_OBSERVATIONS),
+            (0x1840, cu::RECORD_ACCESS_CONTROL_POINT),
+            (0x1840, cu::GHS_CONTROL_POINT),
             (0x180F, cu::BATTERY_LEVEL),
         ]
         .into_iter()
@@ -461,6 +484,7 @@ impl<S: DeviceSource> Session<S> {
 
         let bp_racp = CharacteristicId::sig(0x1810, cu::RECORD_ACCESS_CONTROL_POINT);
         let plx_racp = CharacteristicId::sig(0x1822, cu::RECORD_ACCESS_CONTROL_POINT);
+        let ghs_racp = CharacteristicId::sig(0x1840, cu::RECORD_ACCESS_CONTROL_POINT);
         let mut state = LinkState {
             live,
             stored,
@@ -482,6 +506,19 @@ impl<S: DeviceSource> Session<S> {
         } else if subscribed.contains(&plx_racp) && self.plx_has_storage(link, &chars).await? {
             state.racp = Some(plx_racp);
             self.transfer_all(link, events, cancel, &mut state).await?;
+        }
+        if subscribed.contains(&ghs_racp)
+            && subscribed.contains(&CharacteristicId::sig(0x1840, cu::STORED_HEALTH_OBSERVATIONS))
+        {
+            state.racp = Some(ghs_racp);
+            self.transfer_ghs(link, events, cancel, &mut state).await?;
+        }
+        // A GHS sensor sends live observations once asked to (GHS Control Point 0x01).
+        let ghs_cp = CharacteristicId::sig(0x1840, cu::GHS_CONTROL_POINT);
+        if subscribed.contains(&ghs_cp)
+            && chars.iter().any(|c| c.id == ghs_cp && c.properties.write)
+        {
+            self.op(link.write(ghs_cp, &[0x01])).await?;
         }
         self.backoff.reset();
 
@@ -693,7 +730,7 @@ impl<S: DeviceSource> Session<S> {
             FilterValue::SequenceNumber(from),
         ));
         let code = self
-            .racp_request(link, events, cancel, state, request)
+            .racp_request(link, events, cancel, state, Request::Sig(request))
             .await?;
         state.in_transfer = false;
         match code {
@@ -721,7 +758,7 @@ impl<S: DeviceSource> Session<S> {
             FilterValue::SequenceNumber(last),
         ));
         if self
-            .racp_request(link, events, cancel, state, delete)
+            .racp_request(link, events, cancel, state, Request::Sig(delete))
             .await?
             == ResponseCode::Success
         {
@@ -742,7 +779,7 @@ impl<S: DeviceSource> Session<S> {
         state.transfer_failures = 0;
         let request = RacpMessage::ReportStoredRecords(RecordFilter::AllRecords);
         let code = self
-            .racp_request(link, events, cancel, state, request)
+            .racp_request(link, events, cancel, state, Request::Sig(request))
             .await?;
         state.in_transfer = false;
         if code != ResponseCode::Success {
@@ -754,7 +791,61 @@ impl<S: DeviceSource> Session<S> {
         }
         let delete = RacpMessage::DeleteStoredRecords(RecordFilter::AllRecords);
         if self
-            .racp_request(link, events, cancel, state, delete)
+            .racp_request(link, events, cancel, state, Request::Sig(delete))
+            .await?
+            == ResponseCode::Success
+        {
+            self.update(|s| s.deletes += 1);
+        }
+        Ok(())
+    }
+
+    /// Fetches a GHS sensor's stored observations from the next record number on, then
+    /// deletes those now durable in the queue.
+    async fn transfer_ghs(
+        &mut self,
+        link: &mut S::Link,
+        events: &mut mpsc::Receiver<LinkEvent>,
+        cancel: &CancellationToken,
+        state: &mut LinkState,
+    ) -> Result<(), LinkFault> {
+        self.update(|s| s.phase = Phase::Transferring);
+        state.in_transfer = true;
+        state.transfer_failures = 0;
+        let filter = match self.next_record_number {
+            Some(n) => GhsRecordFilter::GreaterThanOrEqual(n),
+            None => GhsRecordFilter::AllRecords,
+        };
+        let code = self
+            .racp_request(
+                link,
+                events,
+                cancel,
+                state,
+                Request::Ghs(GhsRacp::ReportStoredRecords(filter)),
+            )
+            .await?;
+        state.in_transfer = false;
+        if code != ResponseCode::Success {
+            if code != ResponseCode::NoRecordsFound {
+                warn!(code = code.to_u8(), "stored-observation transfer refused");
+            }
+            return Ok(());
+        }
+        self.update(|s| s.transfers += 1);
+        if state.transfer_failures > 0 {
+            warn!(
+                failures = state.transfer_failures,
+                "observations that did not decode stay on the sensor; not deleting"
+            );
+            return Ok(());
+        }
+        let Some(last) = self.next_record_number.and_then(|n| n.checked_sub(1)) else {
+            return Ok(());
+        };
+        let delete = GhsRacp::DeleteStoredRecords(GhsRecordFilter::LessThanOrEqual(last));
+        if self
+            .racp_request(link, events, cancel, state, Request::Ghs(delete))
             .await?
             == ResponseCode::Success
         {
@@ -771,14 +862,17 @@ impl<S: DeviceSource> Session<S> {
         events: &mut mpsc::Receiver<LinkEvent>,
         cancel: &CancellationToken,
         state: &mut LinkState,
-        message: RacpMessage,
+        message: Request,
     ) -> Result<ResponseCode, LinkFault> {
         let Some(racp) = state.racp else {
             return Ok(ResponseCode::OpCodeNotSupported);
         };
-        let bytes = match RecordAccessControlPoint::new(message).encode() {
-            Ok(b) => b,
-            Err(_) => return Ok(ResponseCode::InvalidOperand),
+        let bytes = match message {
+            Request::Sig(m) => match RecordAccessControlPoint::new(m).encode() {
+                Ok(b) => b,
+                Err(_) => return Ok(ResponseCode::InvalidOperand),
+            },
+            Request::Ghs(m) => m.encode(),
         };
         let op = bytes.first().copied().unwrap_or(0);
         self.op(link.write(racp, &bytes)).await?;
@@ -800,15 +894,27 @@ impl<S: DeviceSource> Session<S> {
                     bytes,
                 })) if characteristic == racp => {
                     self.update(|s| s.values_received += 1);
-                    match RecordAccessControlPoint::decode(&bytes) {
-                        Ok(RecordAccessControlPoint {
-                            message:
-                                RacpMessage::Response {
-                                    request_op_code,
-                                    response_code,
-                                },
-                            ..
-                        }) if request_op_code == op => return Ok(response_code),
+                    let response = if racp.service == Uuid::from_u16(0x1840) {
+                        GhsRacp::decode(&bytes).map(|m| match m {
+                            GhsRacp::Response {
+                                request_op_code,
+                                response_code,
+                            } => Some((request_op_code, response_code)),
+                            _ => None,
+                        })
+                    } else {
+                        RecordAccessControlPoint::decode(&bytes).map(|m| match m.message {
+                            RacpMessage::Response {
+                                request_op_code,
+                                response_code,
+                            } => Some((request_op_code, response_code)),
+                            _ => None,
+                        })
+                    };
+                    match response {
+                        Ok(Some((request_op_code, code))) if request_op_code == op => {
+                            return Ok(code);
+                        }
                         Ok(_) => {}
                         Err(e) => self.decode_error(cu::RECORD_ACCESS_CONTROL_POINT, &e),
                     }
@@ -852,6 +958,7 @@ impl<S: DeviceSource> Session<S> {
         let Some((identity, binding)) = &self.identity else {
             return Ok(());
         };
+        let low_battery = state.low_battery;
         let ctx = |clock, from_storage| MapContext {
             gateway: &self.config.gateway,
             binding,
@@ -859,56 +966,92 @@ impl<S: DeviceSource> Session<S> {
             received_at,
             clock,
             from_storage,
-            low_battery: state.low_battery,
+            low_battery,
         };
         let uuid16 = characteristic.uuid.as_u16().unwrap_or(0);
+        // What the value completes: readings (or why not), and the device record number
+        // that becomes "fetched" once they are durable.
+        let mut mapped: Vec<Result<Reading, MapError>> = Vec::new();
         let mut sequence = None;
-        let mapped: Result<Reading, MapError> = if let Some(driver) = self
+        let mut record_number = None;
+        if let Some(driver) = self
             .drivers
             .iter()
             .find(|d| d.result_characteristic() == characteristic)
         {
-            match driver.decode(bytes) {
-                Ok(r) => {
-                    let clock = if r.from_storage {
-                        state.stored
-                    } else {
-                        state.live
-                    };
-                    mapping::spirometry(&r, &ctx(clock, state.in_transfer))
+            for result in driver.feed(bytes) {
+                match result {
+                    Ok(r) => {
+                        let clock = if r.from_storage {
+                            state.stored
+                        } else {
+                            state.live
+                        };
+                        mapped.push(mapping::spirometry(&r, &ctx(clock, state.in_transfer)));
+                    }
+                    Err(e) => self.count_decode(uuid16, &e, state)?,
                 }
-                Err(e) => return self.count_decode(uuid16, &e, state),
             }
+        } else if characteristic.service == Uuid::from_u16(0x1840)
+            && matches!(
+                uuid16,
+                cu::LIVE_HEALTH_OBSERVATIONS | cu::STORED_HEALTH_OBSERVATIONS
+            )
+        {
+            let stored = uuid16 == cu::STORED_HEALTH_OBSERVATIONS;
+            let joined = if stored {
+                self.ghs_stored.push(bytes)
+            } else {
+                self.ghs_live.push(bytes)
+            };
+            let body = match joined {
+                Ok(Some(b)) => b,
+                Ok(None) => return Ok(()),
+                Err(e) => return self.segment_error(uuid16, &e, state),
+            };
+            let observation = if stored {
+                match StoredObservation::decode(&body) {
+                    Ok(s) => {
+                        record_number = Some(s.record_number);
+                        s.observation
+                    }
+                    Err(e) => return self.count_decode(uuid16, &e, state),
+                }
+            } else {
+                match ghs::Observation::decode(&body) {
+                    Ok(o) => o,
+                    Err(e) => return self.count_decode(uuid16, &e, state),
+                }
+            };
+            let clock = if stored { state.stored } else { state.live };
+            mapped = mapping::ghs_observation(&observation, &ctx(clock, stored));
         } else {
-            match uuid16 {
+            let one = match uuid16 {
                 cu::BLOOD_PRESSURE_MEASUREMENT => match BloodPressureMeasurement::decode(bytes) {
                     Ok(m) => mapping::blood_pressure(&m, &ctx(state.live, false)),
                     Err(e) => return self.count_decode(uuid16, &e, state),
                 },
                 BLOOD_PRESSURE_RECORD => {
-                    let record = match self.reassembler.push(bytes) {
-                        Ok(Some(r)) => r,
+                    let body = match self.reassembler.push(bytes) {
+                        Ok(Some(b)) => b,
                         Ok(None) => return Ok(()),
-                        Err(e) => {
-                            self.update(|s| s.decode_errors += 1);
-                            if state.in_transfer {
-                                state.transfer_failures += 1;
-                            }
-                            warn!(characteristic = uuid16, error = %e, "record segment");
+                        Err(e) => return self.segment_error(uuid16, &e, state),
+                    };
+                    let record = match RecordBody::decode(&body) {
+                        Ok(r) => r,
+                        Err(e) => return self.count_decode(uuid16, &e, state),
+                    };
+                    sequence = Some(record.sequence_number);
+                    match &record.recorded {
+                        RecordedValue::BloodPressureMeasurement(m) => {
+                            mapping::blood_pressure(m, &ctx(state.stored, true))
+                        }
+                        // A stored cuff pressure is not a measurement: nothing to queue, but
+                        // the record counts as fetched.
+                        RecordedValue::IntermediateCuffPressure(_) => {
+                            self.advance_sequence(sequence);
                             return Ok(());
                         }
-                    };
-                    if record.uuid16 != cu::BLOOD_PRESSURE_MEASUREMENT {
-                        return self.count_decode(
-                            uuid16,
-                            &DecodeError::UnknownCharacteristic(record.uuid16),
-                            state,
-                        );
-                    }
-                    sequence = Some(record.sequence_number);
-                    match BloodPressureMeasurement::decode(&record.value) {
-                        Ok(m) => mapping::blood_pressure(&m, &ctx(state.stored, true)),
-                        Err(e) => return self.count_decode(uuid16, &e, state),
                     }
                 }
                 cu::PLX_SPOT_CHECK_MEASUREMENT => match PlxSpotCheckMeasurement::decode(bytes) {
@@ -937,24 +1080,41 @@ impl<S: DeviceSource> Session<S> {
                     return Ok(());
                 }
                 _ => return Ok(()),
+            };
+            mapped.push(one);
+        }
+        let mut readings = Vec::with_capacity(mapped.len());
+        for m in mapped {
+            match m {
+                Ok(r) => readings.push(r),
+                Err(e) => self.map_error(uuid16, &e, state),
             }
-        };
-        let reading = match mapped {
-            Ok(r) => r,
-            Err(e) => {
-                self.map_error(uuid16, &e, state);
-                return Ok(());
+        }
+        if !readings.is_empty() {
+            let outcome = match self.queue.push(&readings).await {
+                Ok(o) => o,
+                Err(e) => {
+                    self.update(|s| s.queue_errors += 1);
+                    return Err(e.into());
+                }
+            };
+            self.update(|s| {
+                s.readings_queued += outcome.queued as u64;
+                s.duplicates += outcome.duplicates as u64;
+            });
+        }
+        // Durable (or nothing to keep): only now does the record count as fetched.
+        self.advance_sequence(sequence);
+        if let Some(n) = record_number {
+            let next = n.saturating_add(1);
+            if self.next_record_number.is_none_or(|m| next > m) {
+                self.next_record_number = Some(next);
             }
-        };
-        let outcome = self.queue.push(std::slice::from_ref(&reading)).await;
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                self.update(|s| s.queue_errors += 1);
-                return Err(e.into());
-            }
-        };
-        // Durable: only now does the record count as fetched.
+        }
+        Ok(())
+    }
+
+    fn advance_sequence(&mut self, sequence: Option<u16>) {
         if let Some(seq) = sequence {
             let next = seq.wrapping_add(1);
             if self.next_sequence.is_none_or(|n| next > n) {
@@ -962,11 +1122,20 @@ impl<S: DeviceSource> Session<S> {
             }
         }
         let next_sequence = self.next_sequence;
-        self.update(|s| {
-            s.readings_queued += outcome.queued as u64;
-            s.duplicates += outcome.duplicates as u64;
-            s.next_sequence = next_sequence;
-        });
+        self.update(|s| s.next_sequence = next_sequence);
+    }
+
+    fn segment_error(
+        &self,
+        uuid16: u16,
+        e: &crate::codec::segment::SegmentError,
+        state: &mut LinkState,
+    ) -> Result<(), LinkFault> {
+        self.update(|s| s.decode_errors += 1);
+        if state.in_transfer {
+            state.transfer_failures += 1;
+        }
+        warn!(characteristic = uuid16, error = %e, "segment");
         Ok(())
     }
 

@@ -1,29 +1,30 @@
-//! Spirometers: a driver seam, because there is no SIG spirometer profile.
+//! Spirometers: a driver seam for vendor protocols, beside the Generic Health Sensor
+//! service.
 //!
-//! The Generic Health Sensor service (0x1840, Health Observations 0x2B8B) is the SIG's answer,
-//! but its observation layout could not be confirmed from a public text within the time
-//! available (the specification is published; the search index held only its characteristic
-//! UUIDs and a pre-release vendor simulator), and guessing a medical wire format is worse
-//! than not having one. So a spirometer is read through a [`SpirometerDriver`]: the vendor's
-//! service and characteristic, and a function from its bytes to FEV1/FVC/PEF. Adding GHS later
-//! is adding a driver (or a codec module) — the session does not change.
+//! A spirometer that speaks GHS (0x1840) needs no driver: the session decodes its
+//! observations with [`crate::codec::ghs`] and maps FEV1, FVC, FEV1/FVC and PEF by their MDC
+//! codes. A proprietary spirometer is one [`SpirometerDriver`]: its service and result
+//! characteristic, and a function from the bytes it sends to [`SpirometryResult`]s.
 //!
-//! The one driver here, [`SimSpirometerV1`], is a **simulated vendor format used only by the
-//! simulators**, documented below so it is not mistaken for a real device's:
+//! Drivers here:
 //!
-//! Service `7e5a0001-1d3c-4b9e-a6f0-5c2b9d410e77`, characteristic "test result"
-//! `7e5a0002-…` (indicate), little-endian:
+//! - [`VitalographLungMonitor`]: the Vitalograph Lung Monitor BT's result packets
+//!   ([`crate::codec::vitalograph`], as the OpenTele client parses them). The packets are a
+//!   byte stream; the driver finds them across notifications of any size. Its service and
+//!   characteristic are given at construction (see that module on the transport).
+//! - [`SimSpirometerV1`]: a **simulated vendor format used only in tests**, documented below
+//!   so it is not mistaken for a real device's.
 //!
-//! | field          | size | note                                                          |
-//! |----------------|------|---------------------------------------------------------------|
-//! | version        | 1    | 1                                                             |
-//! | flags          | 1    | bit 0 time stamp present, bit 1 from storage, bit 2 clock not set, bit 3 poor effort (the manoeuvre did not meet ATS/ERS acceptability) |
-//! | FEV1           | 2    | SFLOAT, litres                                                |
-//! | FVC            | 2    | SFLOAT, litres                                                |
-//! | PEF            | 2    | SFLOAT, litres per minute                                     |
-//! | time stamp     | 7    | Date Time (0x2A08 layout), when bit 0                         |
+//! `SimSpirometerV1`: service `7e5a0001-1d3c-4b9e-a6f0-5c2b9d410e77`, characteristic
+//! `7e5a0002-…` (indicate), little-endian: version (1) = 1; flags (1): bit 0 time stamp
+//! present, bit 1 from storage, bit 2 clock not set, bit 3 poor effort; FEV1, FVC (litres),
+//! PEF (L/min) as SFLOAT (2 each; NaN for a value not measured); time stamp (7, Date Time)
+//! when bit 0.
+
+use std::sync::Mutex;
 
 use crate::codec::date_time::{DateTime, DateTimeCharacteristic};
+use crate::codec::vitalograph::{FrameReader, LungMonitorResult};
 use crate::codec::{DecodeError, Float11073};
 
 use super::{CharacteristicId, Uuid};
@@ -33,10 +34,10 @@ use super::{CharacteristicId, Uuid};
 pub struct SpirometryResult {
     /// FEV1, litres.
     pub fev1_l: Float11073,
-    /// FVC, litres.
-    pub fvc_l: Float11073,
-    /// PEF, litres per minute.
-    pub pef_l_min: Float11073,
+    /// FVC, litres, when the device measures it.
+    pub fvc_l: Option<Float11073>,
+    /// PEF, litres per minute, when the device measures it.
+    pub pef_l_min: Option<Float11073>,
     /// Device time stamp.
     pub timestamp: Option<DateTime>,
     /// Read from the device's memory.
@@ -55,8 +56,11 @@ pub trait SpirometerDriver: Send + Sync {
     fn service(&self) -> Uuid;
     /// The characteristic results arrive on (the session subscribes to it).
     fn result_characteristic(&self) -> CharacteristicId;
-    /// Decodes one value.
-    fn decode(&self, bytes: &[u8]) -> Result<SpirometryResult, DecodeError>;
+    /// Feeds one notification/indication value; the results it completes (or why one
+    /// could not be read). A driver whose protocol spans values keeps the partial state.
+    fn feed(&self, bytes: &[u8]) -> Vec<Result<SpirometryResult, DecodeError>>;
+    /// Drops partial state (the link was lost).
+    fn reset(&self) {}
 }
 
 /// The simulated vendor format (see the module docs). Simulators only.
@@ -92,8 +96,8 @@ impl SimSpirometerV1 {
         let mut out = vec![1, flags];
         for (field, v) in [
             ("fev1", &result.fev1_l),
-            ("fvc", &result.fvc_l),
-            ("pef", &result.pef_l_min),
+            ("fvc", &result.fvc_l.unwrap_or(Float11073::NAN)),
+            ("pef", &result.pef_l_min.unwrap_or(Float11073::NAN)),
         ] {
             let bits = v
                 .to_sfloat_bits()
@@ -127,7 +131,14 @@ impl SpirometerDriver for SimSpirometerV1 {
         }
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<SpirometryResult, DecodeError> {
+    fn feed(&self, bytes: &[u8]) -> Vec<Result<SpirometryResult, DecodeError>> {
+        vec![Self::decode(bytes)]
+    }
+}
+
+impl SimSpirometerV1 {
+    /// Decodes one value.
+    pub fn decode(bytes: &[u8]) -> Result<SpirometryResult, DecodeError> {
         let [version, flags, a0, a1, b0, b1, c0, c1, rest @ ..] = bytes else {
             return Err(DecodeError::Truncated {
                 field: "header",
@@ -158,13 +169,86 @@ impl SpirometerDriver for SimSpirometerV1 {
         };
         Ok(SpirometryResult {
             fev1_l: sfloat(a0, a1),
-            fvc_l: sfloat(b0, b1),
-            pef_l_min: sfloat(c0, c1),
+            fvc_l: Some(sfloat(b0, b1)),
+            pef_l_min: Some(sfloat(c0, c1)),
             timestamp,
             from_storage: flags & Self::STORED != 0,
             clock_not_set: flags & Self::CLOCK_NOT_SET != 0,
             poor_effort: flags & Self::POOR_EFFORT != 0,
         })
+    }
+}
+
+/// The Vitalograph Lung Monitor BT over a serial-over-BLE characteristic.
+///
+/// Each complete, checksum-valid packet becomes a result with FEV1 (FEV6 is not FVC and is
+/// not reported as such; FEF25–75 and the zones have no place in the record). A packet the
+/// device flags as not a good test is marked poor effort. The device's own ACK/NAK handshake
+/// is not answered (the seam is receive-only): a device that repeats an unacknowledged
+/// packet yields the same reading id again, which the queue drops as a duplicate.
+#[derive(Debug)]
+pub struct VitalographLungMonitor {
+    service: Uuid,
+    characteristic: Uuid,
+    frames: Mutex<FrameReader>,
+}
+
+impl VitalographLungMonitor {
+    /// A driver reading packets from `characteristic` of `service`.
+    pub fn new(service: Uuid, characteristic: Uuid) -> Self {
+        VitalographLungMonitor {
+            service,
+            characteristic,
+            frames: Mutex::new(FrameReader::default()),
+        }
+    }
+
+    /// One decoded packet as a result.
+    pub fn result(packet: &LungMonitorResult) -> SpirometryResult {
+        SpirometryResult {
+            fev1_l: packet.fev1_l,
+            fvc_l: None,
+            pef_l_min: None,
+            timestamp: Some(packet.timestamp),
+            from_storage: false,
+            clock_not_set: false,
+            poor_effort: !packet.good_test,
+        }
+    }
+}
+
+impl SpirometerDriver for VitalographLungMonitor {
+    fn name(&self) -> &'static str {
+        "vitalograph-lung-monitor"
+    }
+
+    fn service(&self) -> Uuid {
+        self.service
+    }
+
+    fn result_characteristic(&self) -> CharacteristicId {
+        CharacteristicId {
+            service: self.service,
+            uuid: self.characteristic,
+        }
+    }
+
+    fn feed(&self, bytes: &[u8]) -> Vec<Result<SpirometryResult, DecodeError>> {
+        let frames = match self.frames.lock() {
+            Ok(mut r) => r.push(bytes),
+            Err(poisoned) => poisoned.into_inner().push(bytes),
+        };
+        frames
+            .iter()
+            .map(|f| LungMonitorResult::decode(f).map(|p| Self::result(&p)))
+            .collect()
+    }
+
+    fn reset(&self) {
+        match self.frames.lock() {
+            Ok(mut r) => *r = FrameReader::default(),
+            Err(poisoned) => *poisoned.into_inner() = FrameReader::default(),
+        }
     }
 }
 
@@ -176,8 +260,8 @@ mod tests {
     fn sim_format_round_trips_and_rejects_short_input() {
         let r = SpirometryResult {
             fev1_l: Float11073::new(152, -2),
-            fvc_l: Float11073::new(281, -2),
-            pef_l_min: Float11073::NAN,
+            fvc_l: Some(Float11073::new(281, -2)),
+            pef_l_min: Some(Float11073::NAN),
             timestamp: Some(DateTime::new(2025, 3, 4, 8, 0, 5)),
             from_storage: true,
             clock_not_set: false,
@@ -185,7 +269,7 @@ mod tests {
         };
         let bytes = SimSpirometerV1::encode(&r).expect("encodes");
         assert_eq!(bytes.len(), 15);
-        assert_eq!(SimSpirometerV1.decode(&bytes), Ok(r));
+        assert_eq!(SimSpirometerV1::decode(&bytes), Ok(r));
         for n in 0..bytes.len() {
             if n == 8 {
                 continue; // a header without the flagged time stamp
@@ -194,7 +278,42 @@ mod tests {
             if n > 8 {
                 cut[1] |= 1;
             }
-            assert!(SimSpirometerV1.decode(&cut).is_err(), "{n}");
+            assert!(SimSpirometerV1::decode(&cut).is_err(), "{n}");
         }
+    }
+
+    #[test]
+    fn vitalograph_packets_split_across_notifications_become_results() {
+        let packet = LungMonitorResult {
+            device_id: "LM00000042".into(),
+            fev1_l: Float11073::new(187, -2),
+            fev6_l: Float11073::new(255, -2),
+            fev1_fev6_ratio: Float11073::new(73, -2),
+            fef25_75_l_s: Float11073::new(120, -2),
+            fev1_personal_best_l: Float11073::new(230, -2),
+            fev1_percent_of_best: 81,
+            zones: [80, 50, 30],
+            timestamp: DateTime::new(2025, 3, 4, 8, 0, 5),
+            good_test: true,
+            software_version: 3,
+        };
+        let frame = packet.encode().expect("encodes");
+        let driver = VitalographLungMonitor::new(Uuid(1), Uuid(2));
+        assert!(driver.feed(&frame[..20]).is_empty());
+        let out = driver.feed(&frame[20..]);
+        assert_eq!(out.len(), 1);
+        let r = out[0].clone().expect("decodes");
+        assert_eq!(r.fev1_l, Float11073::new(187, -2));
+        assert_eq!(r.fvc_l, None);
+        assert!(!r.poor_effort);
+        assert_eq!(r.timestamp, Some(DateTime::new(2025, 3, 4, 8, 0, 5)));
+        // A corrupted packet is an error, and the stream goes on.
+        let mut bad = frame.clone();
+        bad[15] ^= 1;
+        bad.extend_from_slice(&frame);
+        let out = driver.feed(&bad);
+        assert_eq!(out.len(), 2);
+        assert!(out[0].is_err());
+        assert!(out[1].is_ok());
     }
 }
