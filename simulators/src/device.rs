@@ -4,16 +4,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use gateway::codec::blood_pressure::BloodPressureMeasurement;
+use gateway::codec::blood_pressure_record::{RecordBody, RecordedValue};
 use gateway::codec::date_time::{CurrentTime, DateTime, DayOfWeek};
 use gateway::codec::device_information::{DisString, SystemId};
 use gateway::codec::pulse_oximeter::{PlxFeatures, PlxSupportedFeatures};
 use gateway::codec::racp::{
     FilterValue, RacpMessage, RecordAccessControlPoint, RecordFilter, ResponseCode,
 };
-use gateway::codec::{battery::BatteryLevel, uuid as cu};
-use gateway::codec::blood_pressure_record::{RecordBody, RecordedValue};
 use gateway::codec::segment;
 use gateway::codec::uuid::BLOOD_PRESSURE_RECORD;
+use gateway::codec::{battery::BatteryLevel, uuid as cu};
 use gateway::device::spirometry::SimSpirometerV1;
 use gateway::device::{
     Address, Advertisement, Characteristic, CharacteristicId, DeviceError, DeviceLink,

@@ -323,7 +323,6 @@ impl TimeResolution {
     fn to_bits(self) -> u8 {
         self as u8
     }
-
 }
 
 /// A time stamp in the Elapsed Time layout (GSS §3.82): 9 bytes.
@@ -540,7 +539,11 @@ fn count_list(
     (0..n).map(|_| r.u32(item_field)).collect()
 }
 
-fn put_count_list(out: &mut Vec<u8>, field: &'static str, items: &[u32]) -> Result<(), EncodeError> {
+fn put_count_list(
+    out: &mut Vec<u8>,
+    field: &'static str,
+    items: &[u32],
+) -> Result<(), EncodeError> {
     let n = u8::try_from(items.len()).map_err(|_| EncodeError::InvalidValue {
         field,
         value: i64::try_from(items.len()).unwrap_or(i64::MAX),
@@ -813,13 +816,13 @@ impl Observation {
                 }
             }
             (ObservationValue::Bundle(members), ObservationClass::Bundle) => {
-                body.push(u8::try_from(members.len()).map_err(|_| {
-                    EncodeError::InvalidValue {
+                body.push(
+                    u8::try_from(members.len()).map_err(|_| EncodeError::InvalidValue {
                         field: "bundle.count",
                         value: i64::try_from(members.len()).unwrap_or(i64::MAX),
                         reason: "at most 255 observations",
-                    }
-                })?);
+                    })?,
+                );
                 for m in members {
                     m.write(&mut body)?;
                 }
@@ -854,7 +857,8 @@ impl Observation {
         self.quirks.clear();
         if let ObservationValue::Bundle(members) = &mut self.value {
             for m in members.iter_mut() {
-                *m = std::mem::replace(m, Observation::numeric(0, 0, Float11073::NAN)).without_quirks();
+                *m = std::mem::replace(m, Observation::numeric(0, 0, Float11073::NAN))
+                    .without_quirks();
             }
         }
         self
@@ -1084,14 +1088,11 @@ impl HealthSensorFeatures {
                 bits: u32::from(flags & !1),
             });
         }
-        let observation_types = count_list(
-            &mut r,
-            "observation_types.count",
-            "observation_types.code",
-        )?
-        .into_iter()
-        .map(MdcCode)
-        .collect();
+        let observation_types =
+            count_list(&mut r, "observation_types.count", "observation_types.code")?
+                .into_iter()
+                .map(MdcCode)
+                .collect();
         let device_specializations = if flags & 1 != 0 {
             let n = r.u8("device_specializations.count")?;
             let mut v = Vec::with_capacity(usize::from(n));
@@ -1119,11 +1120,13 @@ impl HealthSensorFeatures {
         let codes: Vec<u32> = self.observation_types.iter().map(|c| c.0).collect();
         put_count_list(&mut out, "observation_types", &codes)?;
         if let Some(specs) = &self.device_specializations {
-            out.push(u8::try_from(specs.len()).map_err(|_| EncodeError::InvalidValue {
-                field: "device_specializations",
-                value: i64::try_from(specs.len()).unwrap_or(i64::MAX),
-                reason: "at most 255 entries",
-            })?);
+            out.push(
+                u8::try_from(specs.len()).map_err(|_| EncodeError::InvalidValue {
+                    field: "device_specializations",
+                    value: i64::try_from(specs.len()).unwrap_or(i64::MAX),
+                    reason: "at most 255 entries",
+                })?,
+            );
             for s in specs {
                 put_u16(&mut out, s.code);
                 out.push(s.version);
@@ -1310,7 +1313,9 @@ impl GhsRacp {
             2 => GhsRacp::DeleteStoredRecords(filter(&mut r)?),
             3 if operator == 0 => GhsRacp::AbortOperation,
             4 => GhsRacp::ReportNumberOfStoredRecords(filter(&mut r)?),
-            5 if operator == 0 => GhsRacp::NumberOfStoredRecords(r.u32("operand.number_of_records")?),
+            5 if operator == 0 => {
+                GhsRacp::NumberOfStoredRecords(r.u32("operand.number_of_records")?)
+            }
             6 if operator == 0 => GhsRacp::Response {
                 request_op_code: r.u8("operand.request_op_code")?,
                 response_code: ResponseCode::from_u8(r.u8("operand.response_code")?),
@@ -1466,11 +1471,9 @@ mod tests {
     #[test]
     fn bundle_members_inherit_the_bundle_time_stamp() {
         // ST `ObservationBundle` (SpO2 98 %, pulse 98/min).
-        let b = hex(
-            "ff 2f00 4200 22 729d2b290000 06 00 01 3c4c0200 02 \
+        let b = hex("ff 2f00 4200 22 729d2b290000 06 00 01 3c4c0200 02 \
              01 0c00 0100 b84b0200 2002 62000000 \
-             01 0c00 0100 1a480200 a00a 62000000",
-        );
+             01 0c00 0100 1a480200 a00a 62000000");
         let o = Observation::decode(&b).unwrap();
         let items = o.numerics();
         assert_eq!(items.len(), 2);
@@ -1482,10 +1485,8 @@ mod tests {
 
     #[test]
     fn st_compound_blood_pressure_decodes() {
-        let b = hex(
-            "07 3500 1300 044a0200 22 729d2b290000 06 00 40e20100 03 \
-             054a0200 01 200f 64000000 064a0200 01 200f 3c000000 074a0200 01 200f 50000000",
-        );
+        let b = hex("07 3500 1300 044a0200 22 729d2b290000 06 00 40e20100 03 \
+             054a0200 01 200f 64000000 064a0200 01 200f 3c000000 074a0200 01 200f 50000000");
         let o = Observation::decode(&b).unwrap();
         assert_eq!(o.object_id, Some(123_456));
         let items = o.numerics();

@@ -54,12 +54,12 @@ pub use ieee11073::{Float11073, SpecialValue};
 use battery::BatteryLevel;
 use blood_pressure::{BloodPressureFeature, BloodPressureMeasurement, IntermediateCuffPressure};
 use blood_pressure_record::BloodPressureRecord;
+use date_time::{CurrentTime, DateTimeCharacteristic};
+use device_information::{DisString, PnpId, RegulatoryCertificationData, SystemId};
 use ghs::{
     GhsControlPoint, HealthSensorFeatures, LiveHealthObservation, ObservationScheduleChanged,
     StoredHealthObservation,
 };
-use date_time::{CurrentTime, DateTimeCharacteristic};
-use device_information::{DisString, PnpId, RegulatoryCertificationData, SystemId};
 use pulse_oximeter::{PlxContinuousMeasurement, PlxFeatures, PlxSpotCheckMeasurement};
 use racp::RecordAccessControlPoint;
 
@@ -158,7 +158,10 @@ pub const SUPPORTED: &[(u16, &str)] = &[
     (uuid::BATTERY_LEVEL, "battery_level"),
     (uuid::BLOOD_PRESSURE_RECORD, "blood_pressure_record"),
     (uuid::LIVE_HEALTH_OBSERVATIONS, "live_health_observations"),
-    (uuid::STORED_HEALTH_OBSERVATIONS, "stored_health_observations"),
+    (
+        uuid::STORED_HEALTH_OBSERVATIONS,
+        "stored_health_observations",
+    ),
     (uuid::HEALTH_SENSOR_FEATURES, "health_sensor_features"),
     (uuid::GHS_CONTROL_POINT, "ghs_control_point"),
     (

@@ -53,7 +53,9 @@ impl SegmentHeader {
 
     /// The wire byte.
     pub const fn to_u8(self) -> u8 {
-        ((self.counter & 0x3F) << 2) | if self.first { FIRST } else { 0 } | if self.last { LAST } else { 0 }
+        ((self.counter & 0x3F) << 2)
+            | if self.first { FIRST } else { 0 }
+            | if self.last { LAST } else { 0 }
     }
 }
 

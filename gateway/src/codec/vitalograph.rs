@@ -246,7 +246,12 @@ impl LungMonitorResult {
 
     /// Encodes a frame (what a simulated Lung Monitor sends).
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        fn digits(out: &mut Vec<u8>, v: u32, n: usize, field: &'static str) -> Result<(), EncodeError> {
+        fn digits(
+            out: &mut Vec<u8>,
+            v: u32,
+            n: usize,
+            field: &'static str,
+        ) -> Result<(), EncodeError> {
             if u64::from(v) >= 10u64.pow(n as u32) {
                 return Err(EncodeError::InvalidValue {
                     field,
@@ -257,7 +262,11 @@ impl LungMonitorResult {
             out.extend_from_slice(format!("{v:0n$}").as_bytes());
             Ok(())
         }
-        fn hundredths(out: &mut Vec<u8>, v: &Float11073, field: &'static str) -> Result<(), EncodeError> {
+        fn hundredths(
+            out: &mut Vec<u8>,
+            v: &Float11073,
+            field: &'static str,
+        ) -> Result<(), EncodeError> {
             let Float11073::Value { mantissa, exponent } = *v else {
                 return Err(EncodeError::InvalidValue {
                     field,
@@ -273,18 +282,24 @@ impl LungMonitorResult {
                     .checked_pow(u32::from((exponent + 2).unsigned_abs()))
                     .and_then(|m| i64::from(mantissa).checked_mul(m))
             };
-            let v = scaled
-                .and_then(|s| u32::try_from(s).ok())
-                .ok_or(EncodeError::InvalidValue {
-                    field,
-                    value: mantissa.into(),
-                    reason: "not a non-negative number of hundredths",
-                })?;
+            let v =
+                scaled
+                    .and_then(|s| u32::try_from(s).ok())
+                    .ok_or(EncodeError::InvalidValue {
+                        field,
+                        value: mantissa.into(),
+                        reason: "not a non-negative number of hundredths",
+                    })?;
             digits(out, v, 3, field)
         }
         let mut body = Vec::with_capacity(BODY_LEN);
         body.extend_from_slice(b"FTD");
-        if self.device_id.len() > 10 || !self.device_id.bytes().all(|c| c.is_ascii_graphic() || c == b' ') {
+        if self.device_id.len() > 10
+            || !self
+                .device_id
+                .bytes()
+                .all(|c| c.is_ascii_graphic() || c == b' ')
+        {
             return Err(EncodeError::InvalidValue {
                 field: "device_id",
                 value: self.device_id.len() as i64,
@@ -297,7 +312,12 @@ impl LungMonitorResult {
         hundredths(&mut body, &self.fev1_fev6_ratio, "fev1_fev6")?;
         hundredths(&mut body, &self.fef25_75_l_s, "fef25_75")?;
         hundredths(&mut body, &self.fev1_personal_best_l, "fev1_personal_best")?;
-        digits(&mut body, self.fev1_percent_of_best.into(), 3, "fev1_percent")?;
+        digits(
+            &mut body,
+            self.fev1_percent_of_best.into(),
+            3,
+            "fev1_percent",
+        )?;
         for z in self.zones {
             digits(&mut body, z.into(), 3, "zone")?;
         }
@@ -314,7 +334,12 @@ impl LungMonitorResult {
             digits(&mut body, v.unwrap_or(0).into(), 2, field)?;
         }
         body.push(if self.good_test { b'0' } else { b'1' });
-        digits(&mut body, self.software_version.into(), 3, "software_version")?;
+        digits(
+            &mut body,
+            self.software_version.into(),
+            3,
+            "software_version",
+        )?;
         let mut frame = Vec::with_capacity(FRAME_LEN);
         frame.push(STX);
         frame.extend_from_slice(&body);
@@ -386,8 +411,26 @@ mod tests {
         let frame = sample().encode().expect("encodes");
         assert_eq!(frame.len(), FRAME_LEN);
         let body = concat!(
-            "F", "TD", "LM12345678", "152", "231", "066", "098", "210", "072", "080", "050",
-            "030", "25", "03", "04", "08", "00", "05", "1", "107"
+            "F",
+            "TD",
+            "LM12345678",
+            "152",
+            "231",
+            "066",
+            "098",
+            "210",
+            "072",
+            "080",
+            "050",
+            "030",
+            "25",
+            "03",
+            "04",
+            "08",
+            "00",
+            "05",
+            "1",
+            "107"
         );
         assert_eq!(&frame[1..frame.len() - 2], body.as_bytes());
         assert_eq!(frame[frame.len() - 1], bcc(&frame[..frame.len() - 1]));
@@ -401,7 +444,10 @@ mod tests {
         frame[last] ^= 0x40;
         assert!(matches!(
             LungMonitorResult::decode(&frame),
-            Err(DecodeError::InvalidValue { field: "checksum", .. })
+            Err(DecodeError::InvalidValue {
+                field: "checksum",
+                ..
+            })
         ));
         let mut frame = sample().encode().expect("encodes");
         frame[14] = b'x'; // first FEV1 digit

@@ -466,12 +466,15 @@ pub fn ghs_times(
     (Some(wall), measured_at)
 }
 
+/// One GHS numeric with its kind and unit.
+type GhsValue = (Kind, Unit, ghs::NumericItem);
+
 /// A GHS observation (single, compound or bundle) to readings: its numerics grouped by
 /// reading type, one reading per type. Numerics of types the record does not hold are
 /// skipped; an observation with none is [`MapError::NoKnownObservation`].
 pub fn ghs_observation(o: &Observation, ctx: &MapContext<'_>) -> Vec<Result<Reading, MapError>> {
     let items = o.numerics();
-    let mut groups: Vec<(ReadingType, Vec<(Kind, Unit, ghs::NumericItem)>)> = Vec::new();
+    let mut groups: Vec<(ReadingType, Vec<GhsValue>)> = Vec::new();
     for item in items {
         let Some((kind, unit, rt)) = ghs_kind(item.observation_type, item.unit) else {
             continue;
@@ -565,6 +568,71 @@ mod tests {
             low_battery: false,
         };
         f(&ctx)
+    }
+
+    fn ghs_spirometry(status: Option<MeasurementStatus>) -> Observation {
+        use crate::codec::ghs::{ObservationClass, ObservationValue};
+        let at = time::macros::datetime!(2025-03-04 08:30:00);
+        Observation {
+            class: ObservationClass::Bundle,
+            observation_type: None,
+            time_stamp: ElapsedTime::utc_seconds(at, 1),
+            measurement_status: status,
+            patient_id: Some(2),
+            value: ObservationValue::Bundle(vec![
+                Observation::numeric(mdc::FEV1, mdc::unit::LITRE, Float11073::new(152, -2)),
+                Observation::numeric(mdc::FVC, mdc::unit::LITRE, Float11073::new(281, -2)),
+                Observation::numeric(mdc::PEF, mdc::unit::LITRE_PER_MIN, Float11073::NAN),
+                // A type the record does not hold is skipped, not an error.
+                Observation::numeric(0x0002_FFFF, mdc::unit::LITRE, Float11073::new(1, 0)),
+            ]),
+            ..Observation::numeric(0, 0, Float11073::NAN)
+        }
+    }
+
+    #[test]
+    fn a_ghs_spirometry_bundle_is_one_reading_with_its_special_values_absent() {
+        let out = with_ctx(Some(60), |ctx| ghs_observation(&ghs_spirometry(None), ctx));
+        assert_eq!(out.len(), 1);
+        let r = out[0].as_ref().expect("maps");
+        assert_eq!(r.reading_type, ReadingType::Spirometry);
+        assert_eq!(r.patient.as_str(), "pk-b");
+        let kinds: Vec<Kind> = r.values.iter().map(|v| v.kind).collect();
+        assert_eq!(kinds, [Kind::Fev1, Kind::Fvc, Kind::Pef]);
+        assert_eq!(
+            r.values[0].value,
+            Value::Number(Decimal::new(152, -2).expect("ok"))
+        );
+        assert_eq!(r.values[2].value, Value::Absent(AbsentReason::Nan));
+        // A UTC stamp, corrected by the measured device clock offset (+60 s).
+        assert_eq!(
+            r.device_time,
+            Some(time::macros::datetime!(2025-03-04 08:30:00))
+        );
+        assert_eq!(
+            r.measured_at,
+            time::macros::datetime!(2025-03-04 08:29:00 UTC)
+        );
+    }
+
+    #[test]
+    fn ghs_test_data_is_refused_and_unknown_types_alone_are_unmapped() {
+        let out = with_ctx(None, |ctx| {
+            ghs_observation(&ghs_spirometry(Some(MeasurementStatus::TEST_DATA)), ctx)
+        });
+        assert_eq!(out, vec![Err(MapError::NotPatientData)]);
+        let lone = Observation {
+            patient_id: Some(1),
+            ..Observation::numeric(0x0002_FFFF, mdc::unit::LITRE, Float11073::new(1, 0))
+        };
+        let out = with_ctx(None, |ctx| ghs_observation(&lone, ctx));
+        assert_eq!(out, vec![Err(MapError::NoKnownObservation)]);
+        // FEV1 in a unit a volume cannot take is not mapped either.
+        assert_eq!(ghs_kind(mdc::FEV1, mdc::unit::MMHG), None);
+        assert_eq!(
+            ghs_kind(mdc::PEF, mdc::unit::LITRE_PER_SEC),
+            Some((Kind::Pef, Unit::LitrePerSecond, ReadingType::Spirometry))
+        );
     }
 
     fn bpm() -> BloodPressureMeasurement {

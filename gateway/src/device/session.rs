@@ -35,16 +35,16 @@ use tracing::{debug, info, warn};
 use vitals::{DeviceBinding, DeviceId, DeviceIdentity, GatewayId, Reading};
 
 use crate::codec::blood_pressure::BloodPressureMeasurement;
+use crate::codec::blood_pressure_record::{MAX_RECORD, RecordBody, RecordedValue};
 use crate::codec::date_time::{CurrentTime, DateTime, DateTimeCharacteristic, DayOfWeek};
 use crate::codec::device_information::{DisString, SystemId};
+use crate::codec::ghs::{self, GhsRacp, GhsRecordFilter, StoredObservation};
 use crate::codec::pulse_oximeter::{
     PlxContinuousMeasurement, PlxFeatures, PlxSpotCheckMeasurement, PlxSupportedFeatures,
 };
 use crate::codec::racp::{
     FilterValue, RacpMessage, RecordAccessControlPoint, RecordFilter, ResponseCode,
 };
-use crate::codec::blood_pressure_record::{MAX_RECORD, RecordBody, RecordedValue};
-use crate::codec::ghs::{self, GhsRacp, GhsRecordFilter, StoredObservation};
 use crate::codec::segment::Reassembler;
 use crate::codec::uuid::BLOOD_PRESSURE_RECORD;
 use crate::codec::{DecodeError, battery::BatteryLevel, uuid as cu};
@@ -508,7 +508,10 @@ impl<S: DeviceSource> Session<S> {
             self.transfer_all(link, events, cancel, &mut state).await?;
         }
         if subscribed.contains(&ghs_racp)
-            && subscribed.contains(&CharacteristicId::sig(0x1840, cu::STORED_HEALTH_OBSERVATIONS))
+            && subscribed.contains(&CharacteristicId::sig(
+                0x1840,
+                cu::STORED_HEALTH_OBSERVATIONS,
+            ))
         {
             state.racp = Some(ghs_racp);
             self.transfer_ghs(link, events, cancel, &mut state).await?;
