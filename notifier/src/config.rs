@@ -10,6 +10,7 @@
 //! password = "…"               # better: RPM_NOTIFIER__SMTP__PASSWORD
 //! from = "RPM alerts <alerts@example.org>"
 //! timeout = "15s"
+//! # ca_file = "/etc/rpm/mail-ca.pem"  # a private CA to trust besides the system's
 //!
 //! [webhook]
 //! secret = "…"

@@ -593,6 +593,20 @@ pub struct SmtpSink {
     port: u16,
     dir: tempfile::TempDir,
     python: String,
+    secure: Option<SmtpSecure>,
+}
+
+/// How a [`SmtpSink::start_secure`] server protects itself (`testkit/smtp_secure.py`).
+#[derive(Clone, Debug)]
+pub struct SmtpSecure {
+    /// PEM certificate chain the server presents (for `localhost`).
+    pub cert: PathBuf,
+    /// Its PEM private key.
+    pub key: PathBuf,
+    /// TLS from the first byte (port 465 style) instead of a required STARTTLS.
+    pub implicit_tls: bool,
+    /// When set, AUTH with this user and password is required before MAIL FROM.
+    pub login: Option<(String, String)>,
 }
 
 impl SmtpSink {
@@ -603,6 +617,16 @@ impl SmtpSink {
 
     /// Starts on `port`.
     pub fn start_on(port: u16) -> Result<Self, ServiceError> {
+        Self::launch_new(port, None)
+    }
+
+    /// Starts a server that requires TLS (STARTTLS or implicit) and, optionally,
+    /// authentication, on a free port.
+    pub fn start_secure(secure: SmtpSecure) -> Result<Self, ServiceError> {
+        Self::launch_new(free_port().map_err(service_err)?, Some(secure))
+    }
+
+    fn launch_new(port: u16, secure: Option<SmtpSecure>) -> Result<Self, ServiceError> {
         let python = python_with_aiosmtpd()?;
         let dir = tempfile::tempdir().map_err(service_err)?;
         let mut sink = SmtpSink {
@@ -610,6 +634,7 @@ impl SmtpSink {
             port,
             dir,
             python,
+            secure,
         };
         sink.launch()?;
         Ok(sink)
@@ -617,11 +642,37 @@ impl SmtpSink {
 
     fn launch(&mut self) -> Result<(), ServiceError> {
         let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let child = Command::new(&self.python)
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{}", self.port))
-            .args(["-c", "smtp_sink.Sink"])
-            .arg(self.dir.path())
+        let mut command = Command::new(&self.python);
+        match &self.secure {
+            None => {
+                command
+                    .args(["-m", "aiosmtpd", "-n", "-l"])
+                    .arg(format!("127.0.0.1:{}", self.port))
+                    .args(["-c", "smtp_sink.Sink"])
+                    .arg(self.dir.path());
+            }
+            Some(s) => {
+                command
+                    .arg(here.join("smtp_secure.py"))
+                    .arg("--port")
+                    .arg(self.port.to_string())
+                    .arg("--dir")
+                    .arg(self.dir.path())
+                    .arg("--cert")
+                    .arg(&s.cert)
+                    .arg("--key")
+                    .arg(&s.key)
+                    .arg(if s.implicit_tls {
+                        "--implicit-tls"
+                    } else {
+                        "--starttls"
+                    });
+                if let Some((user, password)) = &s.login {
+                    command.args(["--user", user, "--password", password]);
+                }
+            }
+        }
+        let child = command
             .env("PYTHONPATH", &here)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

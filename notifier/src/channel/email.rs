@@ -1,12 +1,14 @@
 //! Email over SMTP with lettre: plain, STARTTLS or implicit TLS, optional authentication,
 //! a connection pool.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +50,10 @@ pub struct SmtpConfig {
     /// Most pooled connections.
     #[serde(default = "default_pool")]
     pub pool_size: u32,
+    /// A PEM file of extra certificate authorities to trust (a clinic's private CA), beside
+    /// the system's. Only used with `starttls` or `tls`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_timeout() -> Duration {
@@ -68,16 +74,23 @@ pub struct EmailChannel {
 impl EmailChannel {
     /// Builds the transport; connects lazily on first send.
     pub fn build(config: &SmtpConfig) -> Result<Self, ChannelError> {
-        let builder = match config.security {
-            SmtpSecurity::None => {
-                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+        let tls = || -> Result<TlsParameters, ChannelError> {
+            let mut params = TlsParameters::builder(config.host.clone());
+            if let Some(path) = &config.ca_file {
+                let pem = std::fs::read(path).map_err(|e| {
+                    ChannelError::Config(format!("smtp ca_file {}: {e}", path.display()))
+                })?;
+                params = params.add_root_certificate(Certificate::from_pem(&pem)?);
             }
-            SmtpSecurity::Starttls => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.host)?
-            }
-            SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host)?,
+            Ok(params.build()?)
         };
-        let mut builder = builder
+        let tls = match config.security {
+            SmtpSecurity::None => Tls::None,
+            SmtpSecurity::Starttls => Tls::Required(tls()?),
+            SmtpSecurity::Tls => Tls::Wrapper(tls()?),
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+            .tls(tls)
             .port(config.port)
             .timeout(Some(config.timeout))
             .pool_config(PoolConfig::new().max_size(config.pool_size.max(1)));

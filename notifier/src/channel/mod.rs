@@ -42,6 +42,9 @@ pub enum ChannelError {
     /// The SMS gateway URL does not parse.
     #[error("sms gateway url is invalid")]
     Url,
+    /// A setting names a file that cannot be used.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// One message to deliver.
