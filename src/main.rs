@@ -37,7 +37,9 @@ enum Command {
     /// Decode one GATT characteristic value to JSON, for device debugging.
     ///
     /// Example: `rpm decode 2a35 "1e 78 00 50 00 5d 00"`. Exits 1 with the reason when the
-    /// value is malformed.
+    /// value is malformed. Segmented characteristics (Blood Pressure Record `2b36`, the
+    /// Generic Health Sensor's `2b8b` live and `2bdd` stored observations) decode when the
+    /// value holds the whole record in one segment.
     Decode {
         /// The 16-bit characteristic UUID: `2a35`, `2A35` or `0x2a35`.
         characteristic: String,
