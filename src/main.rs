@@ -11,6 +11,7 @@ mod rules_cli;
 mod serve;
 
 use std::io::Read as _;
+mod users_cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -116,6 +117,14 @@ enum BenchCommand {
         /// The broker to publish to.
         #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
         broker: String,
+    /// Console users (nurse, clinician, admin) and their API tokens.
+    Users {
+        /// The patient record (`sqlite:path` or `postgres://…`).
+        #[arg(long, env = "RPM_DATABASE_URL")]
+        database: String,
+        #[command(subcommand)]
+        command: users_cli::UsersCmd,
+    },
         /// Readings queued before forwarding starts.
         #[arg(long, default_value_t = 100_000)]
         readings: usize,
@@ -296,6 +305,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             patients,
             readings,
             quick,
+        Command::Users { database, command } => {
+            runtime()?.block_on(users_cli::run(&database, command))?;
+            Ok(ExitCode::SUCCESS)
+        }
         }) => {
             let report = bench_rules::run(&bench_rules::Options {
                 patients,

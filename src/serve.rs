@@ -107,6 +107,15 @@ pub async fn ingest(config: ingest::config::IngestConfig) -> anyhow::Result<()> 
     tracing::info!(broker = %config.broker.url, group = %config.consumer.group, "ingest starting");
     let mut http_state = ingest::http::HttpState::new(record.clone(), stats.clone());
     http_state.public_url = config.http.public_url.clone();
+    http_state.console.settings = ingest::console::ConsoleSettings::from_config(
+        &config.console,
+        config.http.public_url.as_deref(),
+    );
+    http_state.console.profiles = Some(Arc::new(
+        ingest::console::thresholds::ProfileCatalog::load(&config.rules)
+            .map_err(anyhow::Error::msg)
+            .context("cannot load the threshold profiles for the console")?,
+    ));
     if let (Some(runtime), Some(running)) = (&notifier_runtime, &notifier) {
         http_state.ack = Some(ingest::http::ack::AckLinks {
             signer: runtime.signer.clone(),

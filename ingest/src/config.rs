@@ -28,6 +28,9 @@ pub struct IngestConfig {
     /// The rules engine: where threshold profiles are, which one is the default.
     #[serde(default)]
     pub rules: RulesConfig,
+    /// The console and `/api/v1`: sessions, cookies, who may read `/fhir`.
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// Notifications: channels, the care teams and their rotas, escalation. Absent: alerts
     /// are stored but nobody is notified. See [`notifier::config`] for the keys. Printed
     /// with its secrets (passwords, webhook secret, link key) redacted.
@@ -147,6 +150,47 @@ impl Default for RulesConfig {
     }
 }
 
+/// `[console]`: the web console's and the JSON API's security settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// A session not used for this long ends (the nurse signs in again).
+    #[serde(with = "humantime_serde")]
+    pub session_idle: Duration,
+    /// A session ends this long after sign-in, however busy.
+    #[serde(with = "humantime_serde")]
+    pub session_max: Duration,
+    /// Mark the session cookie `Secure` (sent over HTTPS only). Default: when
+    /// `[http] public_url` is `https://…` (a TLS-terminating proxy in front). Set it
+    /// explicitly when the proxy's address is not the public URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secure_cookies: Option<bool>,
+    /// Require a signed-in user or an API token for `/fhir/…`. The FHIR views carry
+    /// pseudonymous patient keys and measurements but never names; they stay open by
+    /// default for integrations on a trusted network. Set `true` whenever the port is
+    /// reachable beyond it.
+    pub fhir_requires_auth: bool,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            session_idle: Duration::from_secs(30 * 60),
+            session_max: Duration::from_secs(12 * 3600),
+            secure_cookies: None,
+            fhir_requires_auth: false,
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// Whether cookies are `Secure` given the public URL.
+    pub fn secure(&self, public_url: Option<&str>) -> bool {
+        self.secure_cookies
+            .unwrap_or_else(|| public_url.is_some_and(|u| u.starts_with("https://")))
+    }
+}
+
 /// What a printed configuration shows instead of a secret.
 pub const REDACTED: &str = "(redacted)";
 
@@ -203,6 +247,15 @@ impl IngestConfig {
         }
         if self.rules.default_profile.is_empty() {
             return Err(("rules.default_profile", "must name a profile".into()));
+        }
+        if self.console.session_idle.is_zero() {
+            return Err(("console.session_idle", "must be more than zero".into()));
+        }
+        if self.console.session_max < self.console.session_idle {
+            return Err((
+                "console.session_max",
+                "must be at least console.session_idle".into(),
+            ));
         }
         if self.rules.tick_every.is_zero() {
             return Err(("rules.tick_every", "must be more than zero".into()));

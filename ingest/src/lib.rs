@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod console;
 pub mod consume;
 pub mod http;
 pub mod notify;

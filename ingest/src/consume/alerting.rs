@@ -12,6 +12,9 @@
 //! the override on its base); else the profile named like their condition (`copd`,
 //! `hypertension`, …) when there is one; else `[rules] default_profile`. A `profile_id` that
 //! names nothing loaded falls back the same way, with a warning (the id, never the patient).
+//! Thresholds a clinician saved in the console (`threshold_versions`, the latest version)
+//! take precedence: an override on the base profile it names, built when the patient's state
+//! is rebuilt, which saving forces by bumping the patient's rule version.
 //!
 //! # State, and when it is rebuilt
 //!
@@ -105,6 +108,8 @@ struct Profiles {
     sets: Vec<Ruleset>,
     by_id: HashMap<String, usize>,
     default: usize,
+    /// The base profiles by id: console-saved thresholds are overrides on them.
+    bases: HashMap<String, Profile>,
 }
 
 fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, RulesError> {
@@ -182,6 +187,7 @@ impl Profiles {
             sets,
             by_id,
             default,
+            bases,
         })
     }
 
@@ -250,6 +256,9 @@ pub struct Rules {
     /// How often [`Rules::tick`] runs.
     pub(crate) tick_every: Duration,
     events: Vec<Event>,
+    /// Console-saved thresholds built so far: patient → (threshold version, index into
+    /// `profiles.sets`).
+    saved: HashMap<PatientKey, (i64, usize)>,
 }
 
 /// Rollbacks for stale state before a batch is evaluated on the state at hand (another node
@@ -280,6 +289,7 @@ impl Rules {
             slots: Vec::new(),
             tick_every: config.tick_every,
             events: Vec::with_capacity(16),
+            saved: HashMap::new(),
         })
     }
 
@@ -322,9 +332,21 @@ impl Rules {
         let Some(patient) = record.patient(key).await? else {
             return Ok(false);
         };
-        let set = self
+        let mut set = self
             .profiles
             .for_patient(patient.profile_id.as_deref(), &patient.condition);
+        // Thresholds saved in the console win over the files. Saving one bumps the patient's
+        // rule version, so every node finds its state stale and comes through here.
+        if let Some(saved) = record.current_thresholds(key).await? {
+            match self.saved_set(key, &saved) {
+                Ok(i) => set = i,
+                Err(e) => tracing::error!(
+                    version = saved.version,
+                    error = %e,
+                    "saved thresholds do not build; using the profile files"
+                ),
+            }
+        }
         // The version first: readings stored after it make the state newer than it says,
         // which at worst costs one more rebuild, never a missed reading.
         let version = record.rule_version(key).await?;
@@ -373,6 +395,31 @@ impl Rules {
         self.slots[idx.0 as usize].version = Some(version);
         tracing::debug!(patient = %key, replayed, version, "rules state rebuilt");
         Ok(true)
+    }
+
+    /// The ruleset of a console-saved threshold version, built once per version.
+    fn saved_set(
+        &mut self,
+        key: &PatientKey,
+        saved: &crate::record::ThresholdVersion,
+    ) -> Result<usize, String> {
+        if let Some(&(version, i)) = self.saved.get(key)
+            && version == saved.version
+        {
+            return Ok(i);
+        }
+        let base = self
+            .profiles
+            .bases
+            .get(&saved.base_profile)
+            .ok_or_else(|| format!("base profile `{}` is not loaded", saved.base_profile))?;
+        let set = crate::console::thresholds::build_saved(base, saved)?;
+        let i = self.profiles.sets.len();
+        self.windows.push(history_window(&set));
+        self.engine_sets.push(self.engine.add_profile(set.clone()));
+        self.profiles.sets.push(set);
+        self.saved.insert(key.clone(), (saved.version, i));
+        Ok(i)
     }
 
     /// The batch transaction's callback: checks versions, then evaluates the new readings in

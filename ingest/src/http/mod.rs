@@ -58,6 +58,8 @@ pub struct HttpState {
     pub ack: Option<ack::AckLinks>,
     /// The notifier dispatcher's counters for `/metrics`, when it runs.
     pub notifier: Option<Arc<notifier::DispatchStats>>,
+    /// The console's settings and threshold profiles.
+    pub console: crate::console::ConsoleState,
 }
 
 impl HttpState {
@@ -69,6 +71,7 @@ impl HttpState {
             public_url: None,
             ack: None,
             notifier: None,
+            console: crate::console::ConsoleState::default(),
         }
     }
 }
@@ -79,10 +82,25 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/ack", get(ack::acknowledge).post(ack::acknowledge))
-        .merge(fhir::routes())
+        .merge(fhir_routes(&state))
+        .merge(crate::console::routes(&state))
         .fallback(not_found)
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// `/fhir`, behind a session or token when `[console] fhir_requires_auth` says so.
+fn fhir_routes(state: &HttpState) -> Router<HttpState> {
+    if state.console.settings.fhir_requires_auth {
+        fhir::routes()
+            .layer(middleware::from_fn(crate::console::auth::fhir_guard))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                crate::console::auth::authenticate,
+            ))
+    } else {
+        fhir::routes()
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets requests in flight

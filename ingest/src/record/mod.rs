@@ -60,6 +60,9 @@
 //!
 //! - `notifier_outbox`, `notifier_attempts`, `notifier_groups` (migration 0003): the
 //!   notifier's outbox, written in the alert's transaction (see [`crate::notify`]).
+//! - `console_users`, `console_sessions`, `api_tokens` and `threshold_versions` (migration
+//!   0004): console staff, their sessions and tokens (stored hashed, see `staff.rs`), and
+//!   every per-patient threshold change with who, when and why.
 //!
 //! # Durability
 //!
@@ -89,10 +92,12 @@
 //! number was old.
 
 mod alerts;
+mod console;
 mod dead_letters;
 mod error;
 mod readings;
 mod registry;
+mod staff;
 
 pub mod bench;
 
@@ -112,6 +117,10 @@ pub use alerts::{
     AlertEventKind, AlertState, AlertWrite, Evaluate, OpenAlert, RuleVersion, StoredAlert,
     StoredAlertEvent, WrittenEvent, audience_str,
 };
+pub use console::{
+    AckView, AuditFilter, AuditView, CaseloadRow, CohortFilter, InboxAlert, InboxQuery,
+    LastReadingView, MeanView, NotificationView, ThresholdVersion, ValueFilter,
+};
 pub use dead_letters::{DeadLetter, MAX_DEAD_LETTER_PAYLOAD, SeqCheck};
 pub use error::{RecordError, Result};
 pub use readings::{BatchOutcome, LastValue, Page, ReadingsPage, StoredReading};
@@ -121,6 +130,10 @@ pub use registry::{
 };
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+pub use staff::{
+    ApiToken, AuthVia, LOCKOUT_AFTER, LOCKOUT_FOR, LoginRefused, MIN_PASSWORD, NewSession,
+    Principal, Role, StaffUser, check_username,
+};
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Which database a [`Record`] is stored in.
