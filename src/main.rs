@@ -145,12 +145,20 @@ enum BenchCommand {
         /// Readings per run.
         #[arg(long, default_value_t = 100_000)]
         readings: usize,
-        /// Readings per MQTT message.
-        #[arg(long, default_value_t = 200)]
-        per_message: usize,
+        /// Readings per MQTT message (a live hub sends one or a few; a hub back from a week
+        /// offline sends full messages).
+        #[arg(long, alias = "per-message", default_value_t = 200)]
+        batch: usize,
         /// Patients in the synthetic fleet.
         #[arg(long, default_value_t = 200)]
         patients: usize,
+        /// Evaluate every new reading with the threshold profiles in `--profiles`, in the
+        /// batch transaction, as `rpm ingest` does.
+        #[arg(long)]
+        rules: bool,
+        /// The threshold profiles for `--rules`.
+        #[arg(long, default_value = "fixtures/profiles")]
+        profiles: std::path::PathBuf,
     },
     /// The rules engine: throughput and per-reading latency with many patients, and the cost
     /// per reading as one patient's history grows.
@@ -287,15 +295,21 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             broker,
             postgres,
             readings,
-            per_message,
+            batch,
             patients,
+            rules,
+            profiles,
         }) => {
             let opts = bench_ingest::Options {
                 broker,
                 postgres,
                 readings,
-                per_message,
+                batch,
                 patients,
+                rules: rules.then(|| ingest::config::RulesConfig {
+                    profiles_dir: profiles,
+                    ..Default::default()
+                }),
             };
             let report = runtime()?.block_on(bench_ingest::run(&opts))?;
             print!("{report}");

@@ -1,12 +1,18 @@
 //! The MQTT consumer: the server's per-reading path, top to bottom.
 //!
 //! ```text
-//! broker ──(shared subscription, QoS 1, manual acks)──► event-loop task ──► bounded channel
+//! broker ──(shared subscription, QoS 1, manual acks)──► event-loop task ──► channel
 //!   ──► batcher: decode envelope → gateway known? → per reading: units, ranges, clock,
-//!       gateway↔device↔patient binding → insert_batch_evaluated (one transaction: insert,
-//!       dedup by id, rules engine on the NEW readings, alert rows) → dead letters for what
-//!       failed → PUBACK every message of the batch
+//!       gateway↔device↔patient binding
+//!   ──(one prepared batch)──► committer: insert_batch_tracked (one transaction: envelope
+//!       sequence numbers, insert, dedup by id, rules engine on the NEW readings, alert rows)
+//!       → dead letters for what failed → statuses → PUBACK every message, in arrival order
 //! ```
+//!
+//! **Pipeline:** the batcher validates batch N+1 while the committer commits batch N. Batches
+//! are committed one at a time in the order they were collected and each message is
+//! acknowledged after its batch's commit, so acknowledgements leave in arrival order and a
+//! crash at any point leaves only unacknowledged messages, which the broker delivers again.
 //!
 //! **Rules** ([`Consumer::run_with`]): every new reading is evaluated by the rules engine
 //! against the patient's threshold profile, from per-patient state held in memory
@@ -24,9 +30,10 @@
 //! waiting at most `batch_linger` for more, so an idle system commits each message at once
 //! and a busy one commits thousands of readings per transaction.
 //!
-//! **Back-pressure:** the broker never has more than `max_inflight` unacknowledged messages
-//! out to this node (MQTT 5 receive maximum), and the channel holds that many, so the
-//! event-loop task never waits on the batcher (rumqttc must be polled to keep the connection).
+//! **Back-pressure:** the broker should never have more than `max_inflight` unacknowledged
+//! messages out to this node (MQTT 5 receive maximum); the event-loop task never waits on the
+//! batcher (rumqttc must be polled to keep the connection) and never drops a message: what a
+//! broker sends beyond the window waits in the channel, and the batcher reports it.
 //!
 //! **Bad input** never stops the consumer: every rejection is a dead letter with its
 //! [`RejectReason`], counted in [`IngestStats`]. Database outages are retried with backoff,
@@ -45,7 +52,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use vitals::{Channel, Envelope, GatewayId, GatewayStatus, Observed, Reading, RejectReason, topic};
 
-use crate::record::{BatchOutcome, Record, RecordError, SeqCheck};
+use crate::record::{Committed, Record, RecordError, RuleVersion, SeqCheck};
 
 pub mod alerting;
 
@@ -157,6 +164,33 @@ enum Incoming {
     Status(Publish),
 }
 
+impl Incoming {
+    fn publish(&self) -> &Publish {
+        match self {
+            Incoming::Readings(p) | Incoming::Status(p) => p,
+        }
+    }
+}
+
+/// A batch validated by the batcher and waiting for the committer.
+struct Prepared {
+    /// Every message of the batch in arrival order, acknowledged in that order once all of
+    /// it is committed.
+    messages: Vec<Incoming>,
+    /// The readings that passed validation, with their normalized values.
+    good: Vec<(Reading, Vec<Observed>)>,
+    /// Which message (index into `messages`) each good reading came from.
+    origin: Vec<usize>,
+    /// What failed validation.
+    dead: Vec<Dead>,
+    /// The envelopes' sequence numbers, in arrival order, checked in the batch transaction.
+    seqs: Vec<(GatewayId, u64)>,
+}
+
+/// The pipeline depth: batches validated and waiting while one commits. One is enough to keep
+/// the database busy; more would only hold more messages unacknowledged.
+const PIPELINE: usize = 1;
+
 impl Consumer {
     /// Runs until `shutdown` is cancelled, storing readings without evaluating rules (the
     /// ingest path alone: benchmarks and tests of it). `rpm ingest` uses [`Consumer::run_with`].
@@ -170,7 +204,12 @@ impl Consumer {
         self.run_inner(Some(rules)).await
     }
 
-    async fn run_inner(self, mut rules: Option<Rules>) -> Result<(), ConsumeError> {
+    /// Two stages joined by a channel of [`PIPELINE`] batches: this task (the batcher)
+    /// collects and validates batch N+1 while the committer task commits batch N and then
+    /// acknowledges its messages. Batches commit in the order they were collected and every
+    /// acknowledgement follows its commit, so the order of acknowledgements is the order of
+    /// arrival, and a crash anywhere leaves only unacknowledged messages, which come back.
+    async fn run_inner(self, rules: Option<Rules>) -> Result<(), ConsumeError> {
         let Consumer {
             settings,
             record,
@@ -178,8 +217,16 @@ impl Consumer {
             stats,
             shutdown,
         } = self;
-        let capacity = usize::from(settings.max_inflight) * 2 + 16;
-        let (tx, mut rx) = mpsc::channel(capacity);
+        let settings = Arc::new(settings);
+        // Unbounded in type, bounded by the broker's in-flight window (the receive maximum):
+        // the poller must neither wait on the batcher nor drop a message. Mosquitto 2.0 was
+        // seen sending a shared subscriber far more than its receive maximum while a batch
+        // was retried during a database outage; a dropped message would stay unacknowledged
+        // until the next reconnection and stall the session, so the excess is queued here and
+        // reported.
+        let window = usize::from(settings.max_inflight) * 2 + 16;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut over_window = false;
         let poller = tokio::spawn(poll_events(
             client.clone(),
             events,
@@ -188,78 +235,110 @@ impl Consumer {
             shutdown.clone(),
             settings.max_backoff,
         ));
+        let (to_commit, committing) = mpsc::channel(PIPELINE);
+        let committer = tokio::spawn(commit_batches(
+            settings.clone(),
+            record.clone(),
+            stats.clone(),
+            rules,
+            client.clone(),
+            committing,
+            shutdown.clone(),
+        ));
         let mut known = KnownGateways::default();
-        let mut batch: Vec<Publish> = Vec::new();
-        let mut readings_in_batch = 0usize;
-        // Without rules the tick branch is disabled; the period only has to be valid.
-        let tick_every = rules
-            .as_ref()
-            .map_or(Duration::from_secs(60), |r| r.tick_every);
-        if let Some(rules) = rules.as_mut() {
-            enrol_all(&settings, &record, &stats, rules, &shutdown).await;
-        }
-        let mut ticker =
-            tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Wait for the first message of a batch (or the end), running time-driven rules
-            // when they are due.
+            // Wait for the first message of a batch (or the end).
             let first = tokio::select! {
                 () = shutdown.cancelled() => None,
-                _ = ticker.tick(), if rules.is_some() => {
-                    if let Some(rules) = rules.as_mut() {
-                        tick(&settings, &record, &stats, rules).await;
-                    }
-                    continue;
-                }
                 m = rx.recv() => m,
             };
             let Some(first) = first else { break };
             let deadline = tokio::time::Instant::now() + settings.batch_linger;
+            let mut messages = Vec::new();
+            let mut readings_in_batch = 0usize;
+            let mut has_readings = false;
             let mut next = Some(first);
-            loop {
-                match next.take() {
-                    Some(Incoming::Status(p)) => {
-                        record_status(&record, &stats, &p).await;
-                        ack(&client, &p).await?;
-                    }
-                    Some(Incoming::Readings(p)) => {
-                        readings_in_batch += approx_readings(&p);
-                        batch.push(p);
-                    }
-                    None => {}
+            while let Some(m) = next.take() {
+                if let Incoming::Readings(p) = &m {
+                    readings_in_batch += approx_readings(p);
+                    has_readings = true;
                 }
+                messages.push(m);
                 if readings_in_batch >= settings.batch_max {
                     break;
                 }
                 next = match rx.try_recv() {
                     Ok(m) => Some(m),
-                    Err(_) if batch.is_empty() => break,
+                    // Only statuses so far: no reason to wait.
+                    Err(_) if !has_readings => None,
                     Err(_) => tokio::select! {
-                        () = tokio::time::sleep_until(deadline) => break,
-                        m = rx.recv() => match m { Some(m) => Some(m), None => break },
+                        () = tokio::time::sleep_until(deadline) => None,
+                        m = rx.recv() => m,
                     },
                 };
             }
-            if !batch.is_empty() {
-                process(
-                    &settings,
-                    &record,
-                    &stats,
-                    &mut known,
-                    rules.as_mut(),
-                    &batch,
-                )
-                .await;
-                for p in batch.drain(..) {
-                    ack(&client, &p).await?;
-                }
-                readings_in_batch = 0;
+            if rx.len() > window && !over_window {
+                tracing::warn!(
+                    queued = rx.len(),
+                    max_inflight = settings.max_inflight,
+                    "the broker sent more unacknowledged messages than the receive maximum"
+                );
+            }
+            over_window = rx.len() > window;
+            let prepared = prepare_batch(&settings, &record, &stats, &mut known, messages).await;
+            if to_commit.send(prepared).await.is_err() {
+                break; // the committer stopped: the MQTT client is gone
             }
         }
+        // Intake has stopped; the committer commits and acknowledges what it was given.
+        drop(to_commit);
+        let result = match committer.await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "the ingest committer task failed");
+                Err(ConsumeError::ClientGone)
+            }
+        };
         poller.abort();
         let _ = client.try_disconnect();
-        Ok(())
+        result
+    }
+}
+
+/// The committer: commits each prepared batch (retrying while the database is away), then
+/// acknowledges its messages in arrival order. Runs the time-driven rules between batches.
+async fn commit_batches(
+    settings: Arc<ConsumerSettings>,
+    record: Record,
+    stats: Arc<IngestStats>,
+    mut rules: Option<Rules>,
+    client: AsyncClient,
+    mut batches: mpsc::Receiver<Prepared>,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumeError> {
+    // Without rules the tick branch is disabled; the period only has to be valid.
+    let tick_every = rules
+        .as_ref()
+        .map_or(Duration::from_secs(60), |r| r.tick_every);
+    if let Some(rules) = rules.as_mut() {
+        enrol_all(&settings, &record, &stats, rules, &shutdown).await;
+    }
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let batch = tokio::select! {
+            biased;
+            b = batches.recv() => b,
+            _ = ticker.tick(), if rules.is_some() => {
+                if let Some(rules) = rules.as_mut() {
+                    tick(&settings, &record, &stats, rules).await;
+                }
+                continue;
+            }
+        };
+        // `None`: the batcher stopped and everything it sent has been committed.
+        let Some(batch) = batch else { return Ok(()) };
+        commit(&settings, &record, &stats, rules.as_mut(), batch, &client).await?;
     }
 }
 
@@ -279,7 +358,7 @@ async fn poll_events(
     client: AsyncClient,
     mut events: EventLoop,
     group: String,
-    tx: mpsc::Sender<Incoming>,
+    tx: mpsc::UnboundedSender<Incoming>,
     shutdown: CancellationToken,
     max_backoff: Duration,
 ) {
@@ -309,12 +388,8 @@ async fn poll_events(
                 } else {
                     Incoming::Readings(p)
                 };
-                if tx.try_send(msg).is_err() {
-                    // Only possible if the broker ignores our receive maximum; the message
-                    // stays unacknowledged and comes back with the session.
-                    tracing::error!(
-                        "ingest channel full: the broker sent more than the receive maximum"
-                    );
+                if tx.send(msg).is_err() {
+                    return; // the batcher has stopped
                 }
             }
             Ok(_) => {}
@@ -343,22 +418,25 @@ struct Dead {
     payload: Vec<u8>,
 }
 
-/// Validates, stores and dead-letters one batch. Returns only when all of it is committed
-/// (database errors are retried until they clear).
-async fn process(
+/// Decodes and validates a batch (the batcher's half of the pipeline): envelopes, known
+/// gateways, and per reading units, ranges, clock and binding. Writes nothing except what
+/// lookups cache.
+async fn prepare_batch(
     settings: &ConsumerSettings,
     record: &Record,
     stats: &IngestStats,
     known: &mut KnownGateways,
-    rules: Option<&mut Rules>,
-    batch: &[Publish],
-) {
+    messages: Vec<Incoming>,
+) -> Prepared {
     let now = OffsetDateTime::now_utc();
     let mut good: Vec<(Reading, Vec<Observed>)> = Vec::new();
-    // Which message each good reading came from, for the fallback path.
     let mut origin: Vec<usize> = Vec::new();
     let mut dead: Vec<Dead> = Vec::new();
-    for (m, p) in batch.iter().enumerate() {
+    let mut seqs: Vec<(GatewayId, u64)> = Vec::new();
+    for (m, message) in messages.iter().enumerate() {
+        let Incoming::Readings(p) = message else {
+            continue;
+        };
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
         let envelope = match Envelope::decode_from(&topic, &p.payload) {
             Ok(e) => e,
@@ -394,17 +472,14 @@ async fn process(
             });
             continue;
         }
-        match retry_permanent(settings, stats, || {
-            record.check_and_advance_seq(&envelope.gateway, envelope.seq)
-        })
-        .await
-        {
-            Ok(SeqCheck::Replay { last }) => {
-                stats.replays.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(gateway = %envelope.gateway, seq = envelope.seq, last, "replayed envelope (kept; readings dedup by id)");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "could not track the envelope sequence"),
+        if i64::try_from(envelope.seq).is_ok() {
+            seqs.push((envelope.gateway.clone(), envelope.seq));
+        } else {
+            tracing::error!(
+                gateway = %envelope.gateway,
+                seq = envelope.seq,
+                "could not track the envelope sequence: over i64::MAX"
+            );
         }
         for reading in envelope.readings {
             match check_reading(settings, record, stats, &reading, now).await {
@@ -422,7 +497,42 @@ async fn process(
             }
         }
     }
-    store(settings, record, stats, rules, &good, &origin, &mut dead).await;
+    Prepared {
+        messages,
+        good,
+        origin,
+        dead,
+        seqs,
+    }
+}
+
+/// Commits one prepared batch (the committer's half): readings and sequence numbers in one
+/// transaction, then dead letters and statuses, then the acknowledgements, in arrival order.
+/// Database errors are retried until they clear; only a gone MQTT client ends it early.
+async fn commit(
+    settings: &ConsumerSettings,
+    record: &Record,
+    stats: &IngestStats,
+    rules: Option<&mut Rules>,
+    batch: Prepared,
+    client: &AsyncClient,
+) -> Result<(), ConsumeError> {
+    let Prepared {
+        messages,
+        good,
+        origin,
+        mut dead,
+        seqs,
+    } = batch;
+    if !good.is_empty() || !seqs.is_empty() {
+        let checks = store(settings, record, stats, rules, &good, &origin, &seqs, &mut dead).await;
+        for ((gateway, seq), check) in seqs.iter().zip(checks) {
+            if let SeqCheck::Replay { last } = check {
+                stats.replays.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%gateway, seq, last, "replayed envelope (kept; readings dedup by id)");
+            }
+        }
+    }
     for d in dead {
         retry(settings, stats, || {
             record.dead_letter(&d.topic, d.gateway.as_ref(), d.reason, &d.error, &d.payload)
@@ -430,10 +540,21 @@ async fn process(
         .await;
         stats.reject(d.reason);
     }
+    let mut readings_messages = 0u64;
+    for m in &messages {
+        match m {
+            Incoming::Status(p) => record_status(record, stats, p).await,
+            Incoming::Readings(_) => readings_messages += 1,
+        }
+    }
     // Counted once everything the messages carried is committed (readings and dead letters).
     stats
         .messages
-        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        .fetch_add(readings_messages, Ordering::Relaxed);
+    for m in &messages {
+        ack(client, m.publish()).await?;
+    }
+    Ok(())
 }
 
 /// Units, plausible ranges, clock sanity and the binding of gateway, device and patient.
@@ -474,8 +595,11 @@ async fn check_reading(
     }
 }
 
-/// Commits the good readings in one transaction; if the record refuses the batch permanently,
-/// stores message by message and dead-letters what still fails.
+/// Commits the good readings and the sequence numbers in one transaction; if the record
+/// refuses the batch permanently, tracks the numbers alone, stores message by message and
+/// dead-letters what still fails. Returns the sequence checks (empty if they could not be
+/// stored).
+#[allow(clippy::too_many_arguments)]
 async fn store(
     settings: &ConsumerSettings,
     record: &Record,
@@ -483,15 +607,33 @@ async fn store(
     mut rules: Option<&mut Rules>,
     good: &[(Reading, Vec<Observed>)],
     origin: &[usize],
+    seqs: &[(GatewayId, u64)],
     dead: &mut Vec<Dead>,
-) {
-    if good.is_empty() {
-        return;
-    }
-    match insert(settings, record, stats, rules.as_deref_mut(), good).await {
-        Ok(outcome) => count(stats, outcome.new_count(), outcome.duplicates),
+) -> Vec<SeqCheck> {
+    match insert(settings, record, stats, rules.as_deref_mut(), good, seqs).await {
+        Ok(committed) => {
+            if !good.is_empty() {
+                count(
+                    stats,
+                    committed.outcome.new_count(),
+                    committed.outcome.duplicates,
+                );
+            }
+            committed.seqs
+        }
         Err(e) => {
             tracing::error!(error = %e, "the record refused a batch; storing message by message");
+            let checks = match retry_permanent(settings, stats, || {
+                record.insert_batch_tracked(&[], seqs, None)
+            })
+            .await
+            {
+                Ok(c) => c.map(|c| c.seqs).unwrap_or_default(),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not track the envelope sequences");
+                    Vec::new()
+                }
+            };
             let mut start = 0;
             while start < good.len() {
                 let end = start
@@ -500,8 +642,8 @@ async fn store(
                         .take_while(|m| **m == origin[start])
                         .count();
                 let part = &good[start..end];
-                match insert(settings, record, stats, rules.as_deref_mut(), part).await {
-                    Ok(outcome) => count(stats, outcome.new_count(), outcome.duplicates),
+                match insert(settings, record, stats, rules.as_deref_mut(), part, &[]).await {
+                    Ok(c) => count(stats, c.outcome.new_count(), c.outcome.duplicates),
                     Err(e) => {
                         for (r, _) in part {
                             dead.push(Dead {
@@ -517,21 +659,31 @@ async fn store(
                 }
                 start = end;
             }
+            checks
         }
     }
 }
 
-/// Inserts one batch, with or without rules; transient failures are retried.
+/// Inserts one batch with its sequence numbers, with or without rules; transient failures
+/// are retried.
 async fn insert(
     settings: &ConsumerSettings,
     record: &Record,
     stats: &IngestStats,
     rules: Option<&mut Rules>,
     batch: &[(Reading, Vec<Observed>)],
-) -> Result<BatchOutcome, RecordError> {
+    seqs: &[(GatewayId, u64)],
+) -> Result<Committed, RecordError> {
     match rules {
-        None => retry_permanent(settings, stats, || record.insert_batch(batch)).await,
-        Some(rules) => insert_evaluated(settings, record, stats, rules, batch).await,
+        None => retry_permanent(settings, stats, || async {
+            // Without `evaluate` nothing asks for a rollback.
+            Ok(record
+                .insert_batch_tracked(batch, seqs, None)
+                .await?
+                .unwrap_or_default())
+        })
+        .await,
+        Some(rules) => insert_evaluated(settings, record, stats, rules, batch, seqs).await,
     }
 }
 
@@ -544,7 +696,8 @@ async fn insert_evaluated(
     stats: &IngestStats,
     rules: &mut Rules,
     batch: &[(Reading, Vec<Observed>)],
-) -> Result<BatchOutcome, RecordError> {
+    seqs: &[(GatewayId, u64)],
+) -> Result<Committed, RecordError> {
     let mut patients: Vec<&vitals::PatientKey> = batch.iter().map(|(r, _)| &r.patient).collect();
     patients.sort_unstable();
     patients.dedup();
@@ -555,20 +708,20 @@ async fn insert_evaluated(
         let result = match prepared {
             Ok(()) => {
                 let force = rollbacks >= alerting::MAX_ROLLBACKS;
+                let mut evaluate =
+                    |new: &[&Reading], versions: &[RuleVersion]| rules.evaluate(new, versions, force);
                 record
-                    .insert_batch_evaluated(batch, |new, versions| {
-                        rules.evaluate(new, versions, force)
-                    })
+                    .insert_batch_tracked(batch, seqs, Some(&mut evaluate))
                     .await
             }
             Err(e) => Err(e),
         };
         match result {
-            Ok(Some((outcome, written))) => {
+            Ok(Some(committed)) => {
                 stats
                     .alert_events
-                    .fetch_add(written.len() as u64, Ordering::Relaxed);
-                return Ok(outcome);
+                    .fetch_add(committed.written.len() as u64, Ordering::Relaxed);
+                return Ok(committed);
             }
             Ok(None) => {
                 rollbacks += 1;
@@ -588,7 +741,6 @@ async fn insert_evaluated(
         }
     }
 }
-
 /// Rebuilds the state of the patients that need it. A patient whose readings cannot be read
 /// back (a permanent error) is logged and left stale: their readings are still stored.
 async fn prepare(

@@ -123,7 +123,9 @@ pub use console::{
 };
 pub use dead_letters::{DeadLetter, MAX_DEAD_LETTER_PAYLOAD, SeqCheck};
 pub use error::{RecordError, Result};
-pub use readings::{BatchOutcome, LastValue, Page, ReadingsPage, StoredReading};
+pub use readings::{
+    BatchOutcome, Committed, LastValue, Page, ReadingsPage, SQLITE_CHUNKS, StoredReading,
+};
 pub use registry::{
     Audit, AuditEntry, BINDING_CACHE_TTL, Binding, Device, Gateway, NewBinding, NewPatient,
     Patient, PatientUpdate,

@@ -1,4 +1,24 @@
 //! Readings: the batch insert on the hot path (top of the file), then the reads.
+//!
+//! # The batch transaction
+//!
+//! [`Record::insert_batch_tracked`] is what the consumer commits per batch, in one
+//! transaction: the envelopes' sequence numbers, the readings (dedup by id), their values,
+//! the devices' and gateways' last-seen times and, with rules on, the rule versions and the
+//! alerts (see `alerts.rs`). Each table takes one statement per batch, whatever its size:
+//!
+//! - **PostgreSQL:** `INSERT … SELECT … FROM UNNEST($1::text[], …)`, one array per column, so
+//!   each statement has the same text (and is prepared once per connection) for any number
+//!   of rows, and binds 12 parameters instead of 12 per row.
+//! - **SQLite:** multi-row `VALUES` lists in a few fixed sizes ([`SQLITE_CHUNKS`]), so the
+//!   statement cache holds a handful of statements instead of one per batch size.
+//!
+//! Readings and values reference patients and gateways by key. On PostgreSQL the per-row
+//! foreign-key triggers of `0001` were the largest single cost of the insert (migration 0005
+//! drops them); instead, one query per batch checks that every patient and gateway the batch
+//! names is registered (they are never deleted), and the batch fails with
+//! [`RecordError::Constraint`] as before when one is not. SQLite keeps its foreign keys: an
+//! index probe each, cheap there, and dropping them would mean rebuilding the tables.
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,7 +31,8 @@ use vitals::{
     ReadingId, ReadingType, Unit, Value,
 };
 
-use super::{Record, RecordError, Result, from_us, now_us, to_us, with_pool};
+use super::alerts::{AlertSql, Evaluate, WrittenEvent};
+use super::{Record, RecordError, Result, SeqCheck, from_us, now_us, to_us, with_pool};
 
 /// What [`Record::insert_batch`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,15 +51,39 @@ impl BatchOutcome {
     }
 }
 
-const READING_COLUMNS: &str = "INSERT INTO readings (reading_id, patient_key, device_id, \
-     gateway_id, user_index, reading_type, device_time, measured_at, received_at, ingested_at, \
-     flags, gateway_seq) ";
-const READING_BINDS: usize = 12;
-const VALUE_COLUMNS: &str = "INSERT INTO reading_values (reading_id, kind, patient_key, \
-     measured_at, value_text, value_num, unit, absent) ";
-const VALUE_BINDS: usize = 8;
-const DEVICE_BINDS: usize = 7;
-const GATEWAY_BINDS: usize = 2;
+/// What one [`Record::insert_batch_tracked`] transaction committed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Committed {
+    /// The readings.
+    pub outcome: BatchOutcome,
+    /// One check per envelope sequence number given, in the same order: what
+    /// [`Record::check_and_advance_seq`] would have said for each, one after the other.
+    pub seqs: Vec<SeqCheck>,
+    /// The alert events the rules raised (empty without rules).
+    pub written: Vec<WrittenEvent>,
+}
+
+/// The multi-row statement sizes on SQLite: a batch is cut into the largest of these that
+/// fit, so at most this many statement texts per table are ever prepared (and cached).
+pub const SQLITE_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// Cuts `items` into chunks of the sizes in [`SQLITE_CHUNKS`], largest first.
+fn fixed_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let size = SQLITE_CHUNKS
+            .iter()
+            .copied()
+            .find(|&c| c <= rest.len())
+            .unwrap_or(1);
+        let (head, tail) = rest.split_at(size);
+        rest = tail;
+        Some(head)
+    })
+}
 
 /// A reading flattened into the values its row binds.
 struct ReadingRow<'a> {
@@ -81,6 +126,462 @@ impl<'a> ReadingRow<'a> {
     }
 }
 
+/// A value flattened into its row's binds.
+struct ValueRow<'r, 'a> {
+    row: &'r ReadingRow<'a>,
+    kind: &'static str,
+    text: Option<String>,
+    num: Option<f64>,
+    unit: &'static str,
+    absent: Option<&'static str>,
+}
+
+impl<'r, 'a> ValueRow<'r, 'a> {
+    fn new(row: &'r ReadingRow<'a>, o: &Observed) -> Self {
+        let (text, num, absent) = match o.value {
+            Value::Number(d) => (Some(d.to_string()), Some(d.to_f64()), None),
+            Value::Absent(why) => (None, None, Some(why.as_str())),
+        };
+        ValueRow {
+            row,
+            kind: o.kind.as_str(),
+            text,
+            num,
+            unit: o.unit.ucum(),
+            absent,
+        }
+    }
+}
+
+/// A `gateway_seq` row to write: the state after every envelope of the batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SeqRow<'a> {
+    gateway: &'a str,
+    last_seq: i64,
+    previous_seq: Option<i64>,
+    replays: i64,
+}
+
+/// Checks envelope numbers `marks` in order against the stored high-water marks `stored`, as
+/// [`Record::check_and_advance_seq`] would one by one, and the rows that leave the table as
+/// those calls would have left it (`replays` here is the number to add).
+fn plan_seqs<'a>(
+    marks: &'a [(GatewayId, u64)],
+    stored: &HashMap<String, i64>,
+) -> (Vec<SeqCheck>, Vec<SeqRow<'a>>) {
+    let mut state: Vec<SeqRow<'a>> = Vec::new();
+    let mut index: HashMap<&str, (usize, Option<u64>)> = HashMap::new();
+    let mut checks = Vec::with_capacity(marks.len());
+    for (gateway, seq) in marks {
+        let g = gateway.as_str();
+        let (i, last) = *index.entry(g).or_insert_with(|| {
+            state.push(SeqRow {
+                gateway: g,
+                last_seq: 0,
+                previous_seq: None,
+                replays: 0,
+            });
+            (
+                state.len() - 1,
+                stored.get(g).map(|&l| l.max(0) as u64),
+            )
+        });
+        let check = match last {
+            None => SeqCheck::First,
+            Some(last) if *seq <= last => SeqCheck::Replay { last },
+            Some(last) if *seq == last + 1 => SeqCheck::InOrder,
+            Some(last) => SeqCheck::Gap {
+                missing: seq - last - 1,
+            },
+        };
+        let row = &mut state[i];
+        row.previous_seq = last.map(|l| l as i64);
+        if let SeqCheck::Replay { .. } = check {
+            row.replays += 1;
+        }
+        let now_last = last.map_or(*seq, |l| l.max(*seq));
+        row.last_seq = now_last as i64;
+        index.insert(g, (i, Some(now_last)));
+        checks.push(check);
+    }
+    (checks, state)
+}
+
+/// The per-backend statements of the batch transaction.
+trait BatchSql: AlertSql {
+    /// Fails with [`RecordError::Constraint`] when a patient or gateway is not registered
+    /// (where the schema has no foreign key doing it row by row).
+    async fn check_registry(
+        conn: &mut Self::Connection,
+        patients: &[&str],
+        gateways: &[&str],
+    ) -> Result<()>;
+    /// The stored high-water marks of `gateways` (sorted, distinct), locked until commit.
+    async fn last_seqs(
+        conn: &mut Self::Connection,
+        gateways: &[&str],
+    ) -> Result<HashMap<String, i64>>;
+    /// Writes the planned `gateway_seq` rows.
+    async fn store_seqs(conn: &mut Self::Connection, rows: &[SeqRow<'_>], at: i64) -> Result<()>;
+    /// Inserts the readings not yet stored; returns the ids that were new.
+    async fn insert_readings(
+        conn: &mut Self::Connection,
+        rows: &[ReadingRow<'_>],
+        ingested_at: i64,
+    ) -> Result<HashSet<String>>;
+    /// Inserts value rows.
+    async fn insert_values(conn: &mut Self::Connection, values: &[ValueRow<'_, '_>]) -> Result<()>;
+    /// Registers unknown devices and advances last-seen times (devices sorted by id).
+    async fn touch_devices(
+        conn: &mut Self::Connection,
+        devices: &[&ReadingRow<'_>],
+        ingested_at: i64,
+    ) -> Result<()>;
+    /// Advances the gateways' last-seen times.
+    async fn touch_gateways(conn: &mut Self::Connection, gateways: &[&str], at: i64) -> Result<()>;
+}
+
+const DEVICE_UPSERT_TAIL: &str = " ON CONFLICT (device_id) DO UPDATE SET \
+     manufacturer = COALESCE(excluded.manufacturer, devices.manufacturer), \
+     model = COALESCE(excluded.model, devices.model), \
+     serial = COALESCE(excluded.serial, devices.serial), \
+     firmware = COALESCE(excluded.firmware, devices.firmware), \
+     last_seen_at = CASE WHEN devices.last_seen_at IS NULL \
+       OR excluded.last_seen_at > devices.last_seen_at \
+       THEN excluded.last_seen_at ELSE devices.last_seen_at END";
+
+const SEQ_UPSERT_TAIL: &str = " ON CONFLICT (gateway_id) DO UPDATE SET \
+     previous_seq = excluded.previous_seq, \
+     last_seq = CASE WHEN excluded.last_seq > gateway_seq.last_seq \
+       THEN excluded.last_seq ELSE gateway_seq.last_seq END, \
+     replays = gateway_seq.replays + excluded.replays, \
+     updated_at = excluded.updated_at";
+
+const GATEWAY_TOUCH: &str = "UPDATE gateways SET last_seen_at = $2 \
+     WHERE gateway_id IN (SELECT value FROM json_each($1)) \
+     AND (last_seen_at IS NULL OR last_seen_at < $2)";
+
+impl BatchSql for sqlx::Sqlite {
+    async fn check_registry(
+        _conn: &mut sqlx::SqliteConnection,
+        _patients: &[&str],
+        _gateways: &[&str],
+    ) -> Result<()> {
+        Ok(()) // the foreign keys of readings check every row
+    }
+
+    async fn last_seqs(
+        conn: &mut sqlx::SqliteConnection,
+        gateways: &[&str],
+    ) -> Result<HashMap<String, i64>> {
+        // The single writer connection holds the database lock until commit.
+        let list = serde_json::to_string(gateways)
+            .map_err(|e| RecordError::Invalid(format!("gateway ids: {e}")))?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT gateway_id, last_seq FROM gateway_seq \
+             WHERE gateway_id IN (SELECT value FROM json_each($1))",
+        )
+        .bind(list)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn store_seqs(conn: &mut sqlx::SqliteConnection, rows: &[SeqRow<'_>], at: i64) -> Result<()> {
+        for chunk in fixed_chunks(rows) {
+            let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO gateway_seq (gateway_id, last_seq, previous_seq, replays, updated_at) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.gateway)
+                    .push_bind(r.last_seq)
+                    .push_bind(r.previous_seq)
+                    .push_bind(r.replays)
+                    .push_bind(at);
+            });
+            q.push(SEQ_UPSERT_TAIL);
+            q.build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_readings(
+        conn: &mut sqlx::SqliteConnection,
+        rows: &[ReadingRow<'_>],
+        ingested_at: i64,
+    ) -> Result<HashSet<String>> {
+        let mut new_ids = HashSet::with_capacity(rows.len());
+        for chunk in fixed_chunks(rows) {
+            let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO readings (reading_id, patient_key, device_id, gateway_id, \
+                 user_index, reading_type, device_time, measured_at, received_at, ingested_at, \
+                 flags, gateway_seq) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.id.as_str())
+                    .push_bind(r.reading.patient.as_str())
+                    .push_bind(r.device.as_str())
+                    .push_bind(r.reading.gateway.as_str())
+                    .push_bind(r.reading.user_index.map(i64::from))
+                    .push_bind(r.reading.reading_type.as_str())
+                    .push_bind(r.device_time.as_deref())
+                    .push_bind(r.measured_at)
+                    .push_bind(r.received_at)
+                    .push_bind(ingested_at)
+                    .push_bind(i64::from(r.reading.flags.bits()))
+                    .push_bind(r.seq);
+            });
+            q.push(" ON CONFLICT (reading_id) DO NOTHING RETURNING reading_id");
+            let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *conn).await?;
+            new_ids.extend(ids);
+        }
+        Ok(new_ids)
+    }
+
+    async fn insert_values(conn: &mut sqlx::SqliteConnection, values: &[ValueRow<'_, '_>]) -> Result<()> {
+        for chunk in fixed_chunks(values) {
+            let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO reading_values (reading_id, kind, patient_key, measured_at, \
+                 value_text, value_num, unit, absent) ",
+            );
+            q.push_values(chunk, |mut b, v| {
+                b.push_bind(v.row.id.as_str())
+                    .push_bind(v.kind)
+                    .push_bind(v.row.reading.patient.as_str())
+                    .push_bind(v.row.measured_at)
+                    .push_bind(v.text.as_deref())
+                    .push_bind(v.num)
+                    .push_bind(v.unit)
+                    .push_bind(v.absent);
+            });
+            q.build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn touch_devices(
+        conn: &mut sqlx::SqliteConnection,
+        devices: &[&ReadingRow<'_>],
+        ingested_at: i64,
+    ) -> Result<()> {
+        for chunk in fixed_chunks(devices) {
+            let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO devices (device_id, manufacturer, model, serial, firmware, \
+                 registered_at, last_seen_at) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                let d = &r.reading.device;
+                b.push_bind(r.device.as_str())
+                    .push_bind(d.manufacturer.as_deref())
+                    .push_bind(d.model.as_deref())
+                    .push_bind(d.serial.as_deref())
+                    .push_bind(d.firmware.as_deref())
+                    .push_bind(ingested_at)
+                    .push_bind(r.received_at);
+            });
+            q.push(DEVICE_UPSERT_TAIL);
+            q.build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn touch_gateways(conn: &mut sqlx::SqliteConnection, gateways: &[&str], at: i64) -> Result<()> {
+        let list = serde_json::to_string(gateways)
+            .map_err(|e| RecordError::Invalid(format!("gateway ids: {e}")))?;
+        sqlx::query(GATEWAY_TOUCH)
+            .bind(list)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+impl BatchSql for sqlx::Postgres {
+    async fn check_registry(
+        conn: &mut sqlx::PgConnection,
+        patients: &[&str],
+        gateways: &[&str],
+    ) -> Result<()> {
+        let (p, g): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM patients WHERE patient_key = ANY($1)), \
+                    (SELECT COUNT(*) FROM gateways WHERE gateway_id = ANY($2))",
+        )
+        .bind(patients)
+        .bind(gateways)
+        .fetch_one(&mut *conn)
+        .await?;
+        let missing = |what: &str| {
+            RecordError::Constraint(sqlx::Error::InvalidArgument(format!(
+                "a reading names a {what} the registry does not know"
+            )))
+        };
+        if p != patients.len() as i64 {
+            return Err(missing("patient"));
+        }
+        if g != gateways.len() as i64 {
+            return Err(missing("gateway"));
+        }
+        Ok(())
+    }
+
+    async fn last_seqs(
+        conn: &mut sqlx::PgConnection,
+        gateways: &[&str],
+    ) -> Result<HashMap<String, i64>> {
+        // Locked in key order until commit, so two nodes checking the same gateway take turns.
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT gateway_id, last_seq FROM gateway_seq WHERE gateway_id = ANY($1) \
+             ORDER BY gateway_id FOR UPDATE",
+        )
+        .bind(gateways)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn store_seqs(conn: &mut sqlx::PgConnection, rows: &[SeqRow<'_>], at: i64) -> Result<()> {
+        let gateways: Vec<&str> = rows.iter().map(|r| r.gateway).collect();
+        let last: Vec<i64> = rows.iter().map(|r| r.last_seq).collect();
+        let previous: Vec<Option<i64>> = rows.iter().map(|r| r.previous_seq).collect();
+        let replays: Vec<i64> = rows.iter().map(|r| r.replays).collect();
+        sqlx::query(&format!(
+            "INSERT INTO gateway_seq (gateway_id, last_seq, previous_seq, replays, updated_at) \
+             SELECT g, l, p, r, $5 FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[]) \
+             AS u(g, l, p, r){SEQ_UPSERT_TAIL}"
+        ))
+        .bind(gateways)
+        .bind(last)
+        .bind(previous)
+        .bind(replays)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_readings(
+        conn: &mut sqlx::PgConnection,
+        rows: &[ReadingRow<'_>],
+        ingested_at: i64,
+    ) -> Result<HashSet<String>> {
+        let col = |f: fn(&ReadingRow<'_>) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let patients: Vec<&str> = rows.iter().map(|r| r.reading.patient.as_str()).collect();
+        let devices: Vec<&str> = rows.iter().map(|r| r.device.as_str()).collect();
+        let gateways: Vec<&str> = rows.iter().map(|r| r.reading.gateway.as_str()).collect();
+        let users: Vec<Option<i64>> = rows
+            .iter()
+            .map(|r| r.reading.user_index.map(i64::from))
+            .collect();
+        let types: Vec<&str> = rows
+            .iter()
+            .map(|r| r.reading.reading_type.as_str())
+            .collect();
+        let device_times: Vec<Option<&str>> =
+            rows.iter().map(|r| r.device_time.as_deref()).collect();
+        let new: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO readings (reading_id, patient_key, device_id, gateway_id, user_index, \
+             reading_type, device_time, measured_at, received_at, ingested_at, flags, \
+             gateway_seq) \
+             SELECT r, p, d, g, u, t, dt, m, rc, $10, f, s FROM UNNEST($1::text[], \
+             $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], \
+             $8::int8[], $9::int8[], $11::int8[], $12::int8[]) \
+             AS x(r, p, d, g, u, t, dt, m, rc, f, s) \
+             ON CONFLICT (reading_id) DO NOTHING RETURNING reading_id",
+        )
+        .bind(ids)
+        .bind(patients)
+        .bind(devices)
+        .bind(gateways)
+        .bind(users)
+        .bind(types)
+        .bind(device_times)
+        .bind(col(|r| r.measured_at))
+        .bind(col(|r| r.received_at))
+        .bind(ingested_at)
+        .bind(col(|r| i64::from(r.reading.flags.bits())))
+        .bind(col(|r| r.seq))
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(new.into_iter().collect())
+    }
+
+    async fn insert_values(conn: &mut sqlx::PgConnection, values: &[ValueRow<'_, '_>]) -> Result<()> {
+        let ids: Vec<&str> = values.iter().map(|v| v.row.id.as_str()).collect();
+        let kinds: Vec<&str> = values.iter().map(|v| v.kind).collect();
+        let patients: Vec<&str> = values
+            .iter()
+            .map(|v| v.row.reading.patient.as_str())
+            .collect();
+        let measured: Vec<i64> = values.iter().map(|v| v.row.measured_at).collect();
+        let texts: Vec<Option<&str>> = values.iter().map(|v| v.text.as_deref()).collect();
+        let nums: Vec<Option<f64>> = values.iter().map(|v| v.num).collect();
+        let units: Vec<&str> = values.iter().map(|v| v.unit).collect();
+        let absent: Vec<Option<&str>> = values.iter().map(|v| v.absent).collect();
+        sqlx::query(
+            "INSERT INTO reading_values (reading_id, kind, patient_key, measured_at, \
+             value_text, value_num, unit, absent) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], \
+             $6::float8[], $7::text[], $8::text[])",
+        )
+        .bind(ids)
+        .bind(kinds)
+        .bind(patients)
+        .bind(measured)
+        .bind(texts)
+        .bind(nums)
+        .bind(units)
+        .bind(absent)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn touch_devices(
+        conn: &mut sqlx::PgConnection,
+        devices: &[&ReadingRow<'_>],
+        ingested_at: i64,
+    ) -> Result<()> {
+        let ids: Vec<&str> = devices.iter().map(|r| r.device.as_str()).collect();
+        let field = |f: fn(&vitals::DeviceIdentity) -> Option<&str>| {
+            devices
+                .iter()
+                .map(|r| f(&r.reading.device))
+                .collect::<Vec<Option<&str>>>()
+        };
+        let seen: Vec<i64> = devices.iter().map(|r| r.received_at).collect();
+        sqlx::query(&format!(
+            "INSERT INTO devices (device_id, manufacturer, model, serial, firmware, \
+             registered_at, last_seen_at) \
+             SELECT d, ma, mo, se, fw, $6, ls FROM UNNEST($1::text[], $2::text[], $3::text[], \
+             $4::text[], $5::text[], $7::int8[]) AS u(d, ma, mo, se, fw, ls){DEVICE_UPSERT_TAIL}"
+        ))
+        .bind(ids)
+        .bind(field(|d| d.manufacturer.as_deref()))
+        .bind(field(|d| d.model.as_deref()))
+        .bind(field(|d| d.serial.as_deref()))
+        .bind(field(|d| d.firmware.as_deref()))
+        .bind(ingested_at)
+        .bind(seen)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn touch_gateways(conn: &mut sqlx::PgConnection, gateways: &[&str], at: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE gateways SET last_seen_at = $2 WHERE gateway_id = ANY($1) \
+             AND (last_seen_at IS NULL OR last_seen_at < $2)",
+        )
+        .bind(gateways)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
 impl Record {
     /// Stores a batch of validated readings, each with its normalized values, in one
     /// transaction. A reading whose id is already stored (or that appeared earlier in the
@@ -94,14 +595,50 @@ impl Record {
         Ok(outcome.map(|(o, _)| o).unwrap_or_default())
     }
 
+    /// The consumer's batch transaction: [`Record::insert_batch`], and in the same
+    /// transaction the envelope sequence numbers `seqs` (gateway and number, in arrival order)
+    /// checked and advanced as [`Record::check_and_advance_seq`] would one by one, and, with
+    /// `evaluate`, the rules run on the new readings with their alerts stored (see
+    /// [`Record::insert_batch_evaluated`]). `None` when `evaluate` asked for a rollback.
+    ///
+    /// `seqs` may be given with an empty `batch` (messages whose readings were all rejected).
+    pub async fn insert_batch_tracked(
+        &self,
+        batch: &[(Reading, Vec<Observed>)],
+        seqs: &[(GatewayId, u64)],
+        evaluate: Option<&mut Evaluate<'_>>,
+    ) -> Result<Option<Committed>> {
+        let evaluated = evaluate.is_some();
+        let done = self.insert_batch_full(batch, seqs, evaluate).await?;
+        if let (true, Some(n), Some(c)) = (evaluated, &self.notifications, &done) {
+            n.committed(&c.written).await;
+        }
+        Ok(done)
+    }
+
     /// [`Record::insert_batch`], with `evaluate` run inside the transaction on the new
     /// readings (see [`Record::insert_batch_evaluated`]). `None` when it asked for a rollback.
     pub(super) async fn insert_batch_inner(
         &self,
         batch: &[(Reading, Vec<Observed>)],
-        evaluate: Option<&mut super::alerts::Evaluate<'_>>,
-    ) -> Result<Option<(BatchOutcome, Vec<super::alerts::WrittenEvent>)>> {
+        evaluate: Option<&mut Evaluate<'_>>,
+    ) -> Result<Option<(BatchOutcome, Vec<WrittenEvent>)>> {
+        let done = self.insert_batch_full(batch, &[], evaluate).await?;
+        Ok(done.map(|c| (c.outcome, c.written)))
+    }
+
+    async fn insert_batch_full(
+        &self,
+        batch: &[(Reading, Vec<Observed>)],
+        seqs: &[(GatewayId, u64)],
+        evaluate: Option<&mut Evaluate<'_>>,
+    ) -> Result<Option<Committed>> {
         let ingested_at = now_us();
+        if let Some((_, seq)) = seqs.iter().find(|(_, s)| i64::try_from(*s).is_err()) {
+            return Err(RecordError::Invalid(format!(
+                "envelope sequence number {seq} is over i64::MAX"
+            )));
+        }
         let mut seen = HashSet::with_capacity(batch.len());
         let rows = batch
             .iter()
@@ -109,11 +646,11 @@ impl Record {
             .map(|(r, v)| ReadingRow::new(r, v))
             .collect::<Result<Vec<_>>>()?;
         let in_batch_duplicates = batch.len() - rows.len();
-        if rows.is_empty() {
-            return Ok(Some((BatchOutcome::default(), Vec::new())));
+        if rows.is_empty() && seqs.is_empty() {
+            return Ok(Some(Committed::default()));
         }
 
-        // Devices and gateways touched by the batch, with their latest times.
+        // Devices, gateways and patients touched by the batch, with the devices' latest times.
         let mut devices: HashMap<&str, &ReadingRow<'_>> = HashMap::new();
         for row in &rows {
             devices
@@ -130,13 +667,69 @@ impl Record {
         let mut gateways: Vec<&str> = rows.iter().map(|r| r.reading.gateway.as_str()).collect();
         gateways.sort_unstable();
         gateways.dedup();
+        let mut patients: Vec<&str> = rows.iter().map(|r| r.reading.patient.as_str()).collect();
+        patients.sort_unstable();
+        patients.dedup();
+        let mut seq_gateways: Vec<&str> = seqs.iter().map(|(g, _)| g.as_str()).collect();
+        seq_gateways.sort_unstable();
+        seq_gateways.dedup();
 
-        let span = tracing::debug_span!("insert_batch", readings = batch.len());
-        let Some((new_ids, written)) = self
-            .write_batch(&rows, &devices, &gateways, ingested_at, evaluate)
-            .instrument(span)
-            .await?
-        else {
+        let span = tracing::debug_span!("insert_batch", readings = batch.len(), messages = seqs.len());
+        let notify = self.notifications.as_deref();
+        let done = async {
+            Ok::<_, RecordError>(with_pool!(self, write, |pool, DB| {
+                let mut tx = pool.begin().await?;
+                let mut checks = Vec::new();
+                if !seqs.is_empty() {
+                    let stored = <DB as BatchSql>::last_seqs(&mut *tx, &seq_gateways).await?;
+                    let (c, planned) = plan_seqs(seqs, &stored);
+                    <DB as BatchSql>::store_seqs(&mut *tx, &planned, ingested_at).await?;
+                    checks = c;
+                }
+                let mut new_ids = HashSet::new();
+                if !rows.is_empty() {
+                    <DB as BatchSql>::check_registry(&mut *tx, &patients, &gateways).await?;
+                    new_ids = <DB as BatchSql>::insert_readings(&mut *tx, &rows, ingested_at).await?;
+                    let values: Vec<ValueRow<'_, '_>> = rows
+                        .iter()
+                        .filter(|r| new_ids.contains(&r.id))
+                        .flat_map(|r| r.values.iter().map(move |o| ValueRow::new(r, o)))
+                        .collect();
+                    if !values.is_empty() {
+                        <DB as BatchSql>::insert_values(&mut *tx, &values).await?;
+                    }
+                    <DB as BatchSql>::touch_devices(&mut *tx, &devices, ingested_at).await?;
+                    <DB as BatchSql>::touch_gateways(&mut *tx, &gateways, ingested_at).await?;
+                }
+
+                // The rules see the new readings before anything is committed: their alerts
+                // commit with them, or neither does.
+                let written = match evaluate {
+                    None => Some(Vec::new()),
+                    Some(evaluate) => {
+                        let new: Vec<&Reading> = rows
+                            .iter()
+                            .filter(|r| new_ids.contains(&r.id))
+                            .map(|r| r.reading)
+                            .collect();
+                        super::alerts::in_batch::<DB>(&mut *tx, &new, evaluate, notify).await?
+                    }
+                };
+                match written {
+                    Some(written) => {
+                        tx.commit().await?;
+                        Some((new_ids, checks, written))
+                    }
+                    None => {
+                        tx.rollback().await?;
+                        None
+                    }
+                }
+            }))
+        }
+        .instrument(span)
+        .await?;
+        let Some((new_ids, seqs, written)) = done else {
             return Ok(None);
         };
 
@@ -154,141 +747,77 @@ impl Record {
             duplicates = outcome.duplicates,
             "batch committed"
         );
-        Ok(Some((outcome, written)))
+        Ok(Some(Committed {
+            outcome,
+            seqs,
+            written,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gw(id: &str) -> GatewayId {
+        GatewayId::new(id).expect("gateway id")
     }
 
-    /// The transaction of [`Record::insert_batch`]; returns the ids that were new and what
-    /// `evaluate` stored, or `None` when `evaluate` asked for a rollback.
-    async fn write_batch(
-        &self,
-        rows: &[ReadingRow<'_>],
-        devices: &[&ReadingRow<'_>],
-        gateways: &[&str],
-        ingested_at: i64,
-        evaluate: Option<&mut super::alerts::Evaluate<'_>>,
-    ) -> Result<Option<(HashSet<String>, Vec<super::alerts::WrittenEvent>)>> {
-        let max_binds = self.max_binds();
-        let done = with_pool!(self, write, |pool, DB| {
-            let mut tx = pool.begin().await?;
-            let mut new_ids = HashSet::with_capacity(rows.len());
-            for chunk in rows.chunks(max_binds / READING_BINDS) {
-                let mut q = QueryBuilder::<DB>::new(READING_COLUMNS);
-                q.push_values(chunk, |mut b, r| {
-                    b.push_bind(r.id.as_str())
-                        .push_bind(r.reading.patient.as_str())
-                        .push_bind(r.device.as_str())
-                        .push_bind(r.reading.gateway.as_str())
-                        .push_bind(r.reading.user_index.map(i64::from))
-                        .push_bind(r.reading.reading_type.as_str())
-                        .push_bind(r.device_time.as_deref())
-                        .push_bind(r.measured_at)
-                        .push_bind(r.received_at)
-                        .push_bind(ingested_at)
-                        .push_bind(i64::from(r.reading.flags.bits()))
-                        .push_bind(r.seq);
-                });
-                q.push(" ON CONFLICT (reading_id) DO NOTHING RETURNING reading_id");
-                let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
-                new_ids.extend(ids);
-            }
+    #[test]
+    fn fixed_chunks_cover_everything_in_known_sizes() {
+        for n in [0usize, 1, 3, 4, 5, 63, 64, 255, 256, 257, 1000, 2001] {
+            let items: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = fixed_chunks(&items).collect();
+            assert!(chunks.iter().all(|c| SQLITE_CHUNKS.contains(&c.len())), "{n}");
+            let joined: Vec<usize> = chunks.concat();
+            assert_eq!(joined, items, "{n}: every item once, in order");
+        }
+        // Largest first: 300 = 256 + 16 + 16 + 4 + 4 + 4.
+        let items = [0u8; 300];
+        let sizes: Vec<usize> = fixed_chunks(&items).map(<[u8]>::len).collect();
+        assert_eq!(sizes, vec![256, 16, 16, 4, 4, 4]);
+    }
 
-            let values: Vec<(&ReadingRow<'_>, &Observed)> = rows
-                .iter()
-                .filter(|r| new_ids.contains(&r.id))
-                .flat_map(|r| r.values.iter().map(move |o| (r, o)))
-                .collect();
-            for chunk in values.chunks(max_binds / VALUE_BINDS) {
-                let mut q = QueryBuilder::<DB>::new(VALUE_COLUMNS);
-                q.push_values(chunk, |mut b, (r, o)| {
-                    let (text, num, absent) = match o.value {
-                        Value::Number(d) => (Some(d.to_string()), Some(d.to_f64()), None),
-                        Value::Absent(why) => (None, None, Some(why.as_str())),
-                    };
-                    b.push_bind(r.id.as_str())
-                        .push_bind(o.kind.as_str())
-                        .push_bind(r.reading.patient.as_str())
-                        .push_bind(r.measured_at)
-                        .push_bind(text)
-                        .push_bind(num)
-                        .push_bind(o.unit.ucum())
-                        .push_bind(absent);
-                });
-                q.build().execute(&mut *tx).await?;
-            }
-
-            for chunk in devices.chunks(max_binds / DEVICE_BINDS) {
-                let mut q = QueryBuilder::<DB>::new(
-                    "INSERT INTO devices (device_id, manufacturer, model, serial, firmware, \
-                     registered_at, last_seen_at) ",
-                );
-                q.push_values(chunk, |mut b, r| {
-                    let d = &r.reading.device;
-                    b.push_bind(r.device.as_str())
-                        .push_bind(d.manufacturer.as_deref())
-                        .push_bind(d.model.as_deref())
-                        .push_bind(d.serial.as_deref())
-                        .push_bind(d.firmware.as_deref())
-                        .push_bind(ingested_at)
-                        .push_bind(r.received_at);
-                });
-                q.push(
-                    " ON CONFLICT (device_id) DO UPDATE SET \
-                     manufacturer = COALESCE(excluded.manufacturer, devices.manufacturer), \
-                     model = COALESCE(excluded.model, devices.model), \
-                     serial = COALESCE(excluded.serial, devices.serial), \
-                     firmware = COALESCE(excluded.firmware, devices.firmware), \
-                     last_seen_at = CASE WHEN devices.last_seen_at IS NULL \
-                       OR excluded.last_seen_at > devices.last_seen_at \
-                       THEN excluded.last_seen_at ELSE devices.last_seen_at END",
-                );
-                q.build().execute(&mut *tx).await?;
-            }
-
-            for chunk in gateways.chunks(max_binds / GATEWAY_BINDS) {
-                let mut q =
-                    QueryBuilder::<DB>::new("UPDATE gateways SET last_seen_at = v.column2 FROM (");
-                q.push_values(chunk, |mut b, g| {
-                    b.push_bind(*g).push_bind(ingested_at);
-                });
-                q.push(
-                    ") AS v WHERE gateways.gateway_id = v.column1 \
-                     AND (gateways.last_seen_at IS NULL OR gateways.last_seen_at < v.column2)",
-                );
-                q.build().execute(&mut *tx).await?;
-            }
-
-            // The rules see the new readings before anything is committed: their alerts
-            // commit with them, or neither does.
-            let written = match evaluate {
-                None => Some(Vec::new()),
-                Some(evaluate) => {
-                    let new: Vec<&Reading> = rows
-                        .iter()
-                        .filter(|r| new_ids.contains(&r.id))
-                        .map(|r| r.reading)
-                        .collect();
-                    super::alerts::in_batch::<DB>(
-                        &mut *tx,
-                        &new,
-                        evaluate,
-                        self.notifications.as_deref(),
-                    )
-                    .await?
-                }
-            };
-            match written {
-                Some(written) => {
-                    tx.commit().await?;
-                    Some((new_ids, written))
-                }
-                None => {
-                    tx.rollback().await?;
-                    None
-                }
-            }
-        });
-
-        Ok(done)
+    #[test]
+    fn planned_seqs_match_checking_one_message_at_a_time() {
+        let marks = vec![
+            (gw("a"), 5),
+            (gw("b"), 1),
+            (gw("a"), 6),
+            (gw("a"), 6),
+            (gw("a"), 9),
+            (gw("a"), 3),
+        ];
+        let stored: HashMap<String, i64> = [("a".to_owned(), 4)].into_iter().collect();
+        let (checks, rows) = plan_seqs(&marks, &stored);
+        assert_eq!(
+            checks,
+            vec![
+                SeqCheck::InOrder,
+                SeqCheck::First,
+                SeqCheck::InOrder,
+                SeqCheck::Replay { last: 6 },
+                SeqCheck::Gap { missing: 2 },
+                SeqCheck::Replay { last: 9 },
+            ]
+        );
+        assert_eq!(
+            rows,
+            vec![
+                SeqRow {
+                    gateway: "a",
+                    last_seq: 9,
+                    previous_seq: Some(9),
+                    replays: 2
+                },
+                SeqRow {
+                    gateway: "b",
+                    last_seq: 1,
+                    previous_seq: None,
+                    replays: 0
+                },
+            ]
+        );
     }
 }
 
