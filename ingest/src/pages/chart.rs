@@ -200,7 +200,12 @@ pub struct Chart {
 
 impl Chart {
     /// An empty chart over `from..to`.
-    pub fn new(title: impl Into<String>, unit: impl Into<String>, from: OffsetDateTime, to: OffsetDateTime) -> Self {
+    pub fn new(
+        title: impl Into<String>,
+        unit: impl Into<String>,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Self {
         Chart {
             title: title.into(),
             unit: unit.into(),
@@ -302,7 +307,11 @@ fn value_axis(chart: &Chart, visible: &[(usize, Point)]) -> (f64, f64, Vec<f64>)
 
 /// Time ticks: a step from a fixed ladder that gives at most about six labels, aligned to
 /// whole steps in the display offset.
-fn time_ticks(from: OffsetDateTime, to: OffsetDateTime, offset: UtcOffset) -> (Vec<OffsetDateTime>, bool) {
+fn time_ticks(
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+    offset: UtcOffset,
+) -> (Vec<OffsetDateTime>, bool) {
     let span = to - from;
     let ladder = [
         Duration::hours(1),
@@ -558,7 +567,11 @@ fn runs(visible: &[(usize, Point)], i: usize, max_gap: Duration) -> Vec<Vec<Poin
     out
 }
 
-fn polyline_points(run: &[Point], px: &impl Fn(OffsetDateTime) -> f64, y: &Scale) -> PreEscaped<String> {
+fn polyline_points(
+    run: &[Point],
+    px: &impl Fn(OffsetDateTime) -> f64,
+    y: &Scale,
+) -> PreEscaped<String> {
     let mut s = String::with_capacity(run.len() * 12);
     for (k, p) in run.iter().enumerate() {
         if k > 0 {
@@ -571,17 +584,29 @@ fn polyline_points(run: &[Point], px: &impl Fn(OffsetDateTime) -> f64, y: &Scale
 }
 
 /// The chart in words, for `<desc>`: what a screen reader says instead of the picture.
-fn summary(chart: &Chart, visible: &[(usize, Point)], flagged: usize, alerts: usize, unit: &str) -> String {
+fn summary(
+    chart: &Chart,
+    visible: &[(usize, Point)],
+    flagged: usize,
+    alerts: usize,
+    unit: &str,
+) -> String {
     let mut s = String::new();
     if visible.is_empty() {
         s.push_str("No readings in this range.");
     }
     for (i, series) in chart.series.iter().enumerate() {
-        let pts: Vec<&Point> = visible.iter().filter(|(j, _)| *j == i).map(|(_, p)| p).collect();
+        let pts: Vec<&Point> = visible
+            .iter()
+            .filter(|(j, _)| *j == i)
+            .map(|(_, p)| p)
+            .collect();
         let Some(last) = pts.last() else { continue };
-        let (min, max) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
-            (a.min(p.value), b.max(p.value))
-        });
+        let (min, max) = pts
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+                (a.min(p.value), b.max(p.value))
+            });
         let _ = write!(
             s,
             "{}: {} readings, lowest {}{unit}, highest {}{unit}, latest {}{unit} on {}. ",
@@ -628,12 +653,16 @@ mod tests {
     }
 
     fn parse(svg: &str) -> roxmltree::Document<'_> {
-        roxmltree::Document::parse(svg).unwrap_or_else(|e| panic!("not well-formed SVG: {e}\n{svg}"))
+        roxmltree::Document::parse(svg)
+            .unwrap_or_else(|e| panic!("not well-formed SVG: {e}\n{svg}"))
     }
 
     fn by_class<'a>(doc: &'a roxmltree::Document<'a>, class: &str) -> Vec<roxmltree::Node<'a, 'a>> {
         doc.descendants()
-            .filter(|n| n.attribute("class").is_some_and(|c| c.split(' ').any(|w| w == class)))
+            .filter(|n| {
+                n.attribute("class")
+                    .is_some_and(|c| c.split(' ').any(|w| w == class))
+            })
             .collect()
     }
 
@@ -645,7 +674,12 @@ mod tests {
 
     #[test]
     fn every_point_in_range_is_drawn_once_and_placed_on_the_axes() {
-        let c = spo2(&[(0, 96.0, false), (12, 94.0, false), (24, 91.0, false), (48, 89.0, false)]);
+        let c = spo2(&[
+            (0, 96.0, false),
+            (12, 94.0, false),
+            (24, 91.0, false),
+            (48, 89.0, false),
+        ]);
         let svg = render(&c);
         let doc = parse(&svg);
         let pts = by_class(&doc, "pt");
@@ -654,18 +688,29 @@ mod tests {
         let xs: Vec<f64> = pts.iter().map(|p| num(p, "cx")).collect();
         assert_eq!(xs[0], LEFT);
         assert_eq!(xs[3], WIDTH - RIGHT);
-        assert!((xs[1] - (LEFT + (WIDTH - RIGHT - LEFT) / 4.0)).abs() < 0.1, "{xs:?}");
+        assert!(
+            (xs[1] - (LEFT + (WIDTH - RIGHT - LEFT) / 4.0)).abs() < 0.1,
+            "{xs:?}"
+        );
         // Lower values are drawn lower (larger y).
         let ys: Vec<f64> = pts.iter().map(|p| num(p, "cy")).collect();
         assert!(ys.windows(2).all(|w| w[0] < w[1]), "{ys:?}");
         // One unbroken line through the four.
-        let lines = doc.descendants().filter(|n| n.has_tag_name("polyline")).count();
+        let lines = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("polyline"))
+            .count();
         assert_eq!(lines, 1);
     }
 
     #[test]
     fn points_outside_the_range_and_non_finite_values_are_left_out() {
-        let c = spo2(&[(-1, 96.0, false), (5, f64::NAN, false), (10, 95.0, false), (49, 90.0, false)]);
+        let c = spo2(&[
+            (-1, 96.0, false),
+            (5, f64::NAN, false),
+            (10, 95.0, false),
+            (49, 90.0, false),
+        ]);
         let doc_text = render(&c);
         let doc = parse(&doc_text);
         assert_eq!(by_class(&doc, "pt").len(), 1);
@@ -681,30 +726,68 @@ mod tests {
         let flagged = by_class(&doc, "flagged");
         assert_eq!(flagged.len(), 1);
         assert_eq!(flagged[0].tag_name().name(), "path");
-        let tip = flagged[0].children().find(|n| n.has_tag_name("title")).and_then(|t| t.text());
-        assert!(tip.is_some_and(|t| t.contains("84") && t.contains("flagged")), "{tip:?}");
+        let tip = flagged[0]
+            .children()
+            .find(|n| n.has_tag_name("title"))
+            .and_then(|t| t.text());
+        assert!(
+            tip.is_some_and(|t| t.contains("84") && t.contains("flagged")),
+            "{tip:?}"
+        );
         // The line joins only the two trusted points: two coordinate pairs.
-        let poly = doc.descendants().find(|n| n.has_tag_name("polyline")).expect("line");
-        assert_eq!(poly.attribute("points").map(|p| p.split(' ').count()), Some(2));
+        let poly = doc
+            .descendants()
+            .find(|n| n.has_tag_name("polyline"))
+            .expect("line");
+        assert_eq!(
+            poly.attribute("points").map(|p| p.split(' ').count()),
+            Some(2)
+        );
         assert!(svg.contains("1 flagged by the device"));
     }
 
     #[test]
     fn a_long_gap_breaks_the_line() {
         // 48 h range breaks across more than 14 h.
-        let c = spo2(&[(0, 96.0, false), (2, 95.0, false), (30, 94.0, false), (32, 93.0, false)]);
+        let c = spo2(&[
+            (0, 96.0, false),
+            (2, 95.0, false),
+            (30, 94.0, false),
+            (32, 93.0, false),
+        ]);
         let doc_text = render(&c);
         let doc = parse(&doc_text);
-        assert_eq!(doc.descendants().filter(|n| n.has_tag_name("polyline")).count(), 2);
+        assert_eq!(
+            doc.descendants()
+                .filter(|n| n.has_tag_name("polyline"))
+                .count(),
+            2
+        );
     }
 
     #[test]
     fn thresholds_bands_and_baseline_sit_at_their_values() {
         let mut c = spo2(&[(1, 95.0, false)]);
-        c.lines.push(Line { value: 90.0, kind: LineKind::Raise, label: "raise 90".into() });
-        c.lines.push(Line { value: 92.0, kind: LineKind::Clear, label: "clear 92".into() });
-        c.lines.push(Line { value: 96.0, kind: LineKind::Baseline, label: "baseline 96".into() });
-        c.bands.push(Band { from: 85.0, to: 88.0, label: "high severity under 88".into() });
+        c.lines.push(Line {
+            value: 90.0,
+            kind: LineKind::Raise,
+            label: "raise 90".into(),
+        });
+        c.lines.push(Line {
+            value: 92.0,
+            kind: LineKind::Clear,
+            label: "clear 92".into(),
+        });
+        c.lines.push(Line {
+            value: 96.0,
+            kind: LineKind::Baseline,
+            label: "baseline 96".into(),
+        });
+        c.bands.push(Band {
+            from: 85.0,
+            to: 88.0,
+            label: "high severity under 88".into(),
+        });
         let svg = render(&c);
         let doc = parse(&svg);
         let y_of = |class: &str| {
@@ -725,28 +808,50 @@ mod tests {
     #[test]
     fn the_value_axis_widens_to_hold_every_value_and_line() {
         let mut c = spo2(&[(1, 78.0, false)]);
-        c.lines.push(Line { value: 101.0, kind: LineKind::Raise, label: "x".into() });
+        c.lines.push(Line {
+            value: 101.0,
+            kind: LineKind::Raise,
+            label: "x".into(),
+        });
         let doc_text = render(&c);
         let doc = parse(&doc_text);
         let pt = by_class(&doc, "pt").into_iter().next().expect("point");
         let cy = num(&pt, "cy");
         assert!(cy <= HEIGHT - BOTTOM && cy >= TOP, "{cy}");
         let line = by_class(&doc, "raise").into_iter().next().expect("line");
-        let ly = num(&line.children().find(|n| n.has_tag_name("line")).expect("l"), "y1");
+        let ly = num(
+            &line.children().find(|n| n.has_tag_name("line")).expect("l"),
+            "y1",
+        );
         assert!(ly >= TOP && ly <= HEIGHT - BOTTOM, "{ly}");
     }
 
     #[test]
     fn alerts_are_marked_at_their_time_with_their_severity() {
         let mut c = spo2(&[(0, 96.0, false), (24, 88.0, false)]);
-        c.alerts.push(AlertMark { at: T0 + Duration::hours(24), severity: "high".into(), label: "spo2-low: SpO2 88 %".into() });
-        c.alerts.push(AlertMark { at: T0 - Duration::hours(1), severity: "low".into(), label: "before".into() });
+        c.alerts.push(AlertMark {
+            at: T0 + Duration::hours(24),
+            severity: "high".into(),
+            label: "spo2-low: SpO2 88 %".into(),
+        });
+        c.alerts.push(AlertMark {
+            at: T0 - Duration::hours(1),
+            severity: "low".into(),
+            label: "before".into(),
+        });
         let svg = render(&c);
         let doc = parse(&svg);
         let marks = by_class(&doc, "alert");
         assert_eq!(marks.len(), 1, "the one before the range is not drawn");
-        assert!(marks[0].attribute("class").is_some_and(|c| c.contains("high")));
-        let l = marks[0].children().find(|n| n.has_tag_name("line")).expect("line");
+        assert!(
+            marks[0]
+                .attribute("class")
+                .is_some_and(|c| c.contains("high"))
+        );
+        let l = marks[0]
+            .children()
+            .find(|n| n.has_tag_name("line"))
+            .expect("line");
         assert!((num(&l, "x1") - (LEFT + WIDTH - RIGHT) / 2.0).abs() < 0.1);
     }
 
@@ -754,11 +859,19 @@ mod tests {
     fn text_from_outside_is_escaped() {
         let mut c = spo2(&[(1, 95.0, false)]);
         c.title = "<script>alert(1)</script>".into();
-        c.alerts.push(AlertMark { at: T0 + Duration::hours(2), severity: "low".into(), label: "a & \"b\" <c>".into() });
+        c.alerts.push(AlertMark {
+            at: T0 + Duration::hours(2),
+            severity: "low".into(),
+            label: "a & \"b\" <c>".into(),
+        });
         let svg = render(&c);
         assert!(!svg.contains("<script>"));
         let doc = parse(&svg);
-        let title = doc.root_element().children().find(|n| n.has_tag_name("title")).and_then(|t| t.text());
+        let title = doc
+            .root_element()
+            .children()
+            .find(|n| n.has_tag_name("title"))
+            .and_then(|t| t.text());
         assert_eq!(title, Some("<script>alert(1)</script>"));
     }
 
@@ -782,7 +895,13 @@ mod tests {
         for (label, v) in [("Systolic", 150.0), ("Diastolic", 90.0)] {
             c.series.push(Series {
                 label: label.into(),
-                points: (0..7).map(|d| Point { at: T0 + Duration::days(d) + Duration::hours(8), value: v + d as f64, flagged: false }).collect(),
+                points: (0..7)
+                    .map(|d| Point {
+                        at: T0 + Duration::days(d) + Duration::hours(8),
+                        value: v + d as f64,
+                        flagged: false,
+                    })
+                    .collect(),
             });
         }
         let svg = render(&c);
@@ -790,7 +909,10 @@ mod tests {
         assert_eq!(by_class(&doc, "s0").len(), 1);
         assert_eq!(by_class(&doc, "s1").len(), 1);
         assert_eq!(by_class(&doc, "pt").len(), 14);
-        assert!(svg.contains("Systolic: 7 readings, lowest 150 mmHg, highest 156 mmHg"), "{svg}");
+        assert!(
+            svg.contains("Systolic: 7 readings, lowest 150 mmHg, highest 156 mmHg"),
+            "{svg}"
+        );
     }
 
     #[test]

@@ -45,13 +45,19 @@ pub enum Flash {
     Error(String),
 }
 
-/// The hidden CSRF field every POST form carries (the name c1's guard reads).
+/// The hidden CSRF field every POST form carries (the field the console's middleware checks).
 pub fn csrf_field(token: &str) -> Markup {
-    html! { input type="hidden" name="csrf" value=(token); }
+    html! { input type="hidden" name=(crate::console::auth::CSRF_FIELD) value=(token); }
 }
 
 /// A whole page: `title` in the tab and as nothing else (pages write their own `<h1>`).
-pub fn page(title: &str, section: Section, viewer: Option<&Viewer>, flash: Option<&Flash>, body: Markup) -> Markup {
+pub fn page(
+    title: &str,
+    section: Section,
+    viewer: Option<&Viewer>,
+    flash: Option<&Flash>,
+    body: Markup,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -82,7 +88,7 @@ pub fn page(title: &str, section: Section, viewer: Option<&Viewer>, flash: Optio
                                 }
                             }
                         }
-                        form class="who" method="post" action="/console/sign-out" {
+                        form class="who" method="post" action="/logout" {
                             (csrf_field(&v.csrf))
                             span { (v.name) " " span class="badge" { (v.role) } }
                             button type="submit" class="secondary" { "Sign out" }
