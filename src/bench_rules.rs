@@ -97,6 +97,39 @@ impl Feed {
     }
 }
 
+/// Reusable room for one batch of [`BATCH`] readings from a [`Feed`].
+struct Batches {
+    values: [[Measurement; 3]; BATCH],
+    heads: [(PatientIdx, Timestamp, usize); BATCH],
+}
+
+impl Batches {
+    fn new() -> Self {
+        Batches {
+            values: [[m(Kind::Spo2, 0.0); 3]; BATCH],
+            heads: [(PatientIdx(0), Timestamp(0), 0); BATCH],
+        }
+    }
+
+    /// The next [`BATCH`] readings of `feed`.
+    fn fill(&mut self, feed: &mut Feed) -> [(PatientIdx, Sample<'_>); BATCH] {
+        for (head, values) in self.heads.iter_mut().zip(&mut self.values) {
+            *head = feed.next(values);
+        }
+        let (heads, values, id) = (&self.heads, &self.values, feed.id);
+        std::array::from_fn(|j| {
+            let (p, at, n) = heads[j];
+            let s = Sample {
+                reading: id,
+                at,
+                flags: Flags::EMPTY,
+                values: &values[j][..n],
+            };
+            (p, s)
+        })
+    }
+}
+
 /// Values for a patient's `k`-th reading: oximetry, then BP, then spirometry; mostly
 /// normal with some noise, now and then abnormal.
 fn fill(buf: &mut [Measurement; 3], noise: u64, k: u64) -> usize {
@@ -218,6 +251,31 @@ pub fn run(opts: &Options) -> anyhow::Result<String> {
     }
     let run = t.elapsed();
 
+    // The same stream handed over in batches (`Engine::evaluate_batch`), as ingest has them:
+    // a message's readings at once. Its baseline is the batch harness alone.
+    let mut batch_buf = Batches::new();
+    let mut base_feed = Feed::new(opts.patients)?;
+    let t = Instant::now();
+    let mut hits = 0u64;
+    for _ in 0..opts.readings / BATCH {
+        let batch = batch_buf.fill(&mut base_feed);
+        let batch = black_box(&batch);
+        for (p, s) in batch {
+            hits += u64::from(s.values[0].value < 90.0) + u64::from(p.0 == u32::MAX);
+        }
+    }
+    black_box(hits);
+    let batch_base = t.elapsed();
+    let t = Instant::now();
+    for _ in 0..opts.readings / BATCH {
+        let batch = batch_buf.fill(&mut feed);
+        out.clear();
+        e.evaluate_batch(black_box(&batch), &mut out)
+            .context("evaluate")?;
+    }
+    let batched_run = t.elapsed();
+    let batched_readings = (opts.readings / BATCH * BATCH).max(1);
+
     // The same, patients in turn: the best case for the cache, as when readings of one
     // patient arrive together.
     let mut turn_feed = Feed::new(opts.patients)?;
@@ -268,6 +326,18 @@ pub fn run(opts: &Options) -> anyhow::Result<String> {
         report,
         "| engine minus baseline | {:.1} | |",
         ns_run - ns_base
+    );
+    let ns_batch_base = batch_base.as_secs_f64() * 1e9 / batched_readings as f64;
+    let ns_batched = batched_run.as_secs_f64() * 1e9 / batched_readings as f64;
+    let _ = writeln!(
+        report,
+        "| baseline: batch harness + one comparison | {ns_batch_base:.1} | {:.2} M |",
+        1e3 / ns_batch_base.max(1e-9)
+    );
+    let _ = writeln!(
+        report,
+        "| engine, batches of {BATCH} (`Engine::evaluate_batch`) | {ns_batched:.1} | {:.2} M |",
+        1e3 / ns_batched.max(1e-9)
     );
     let _ = writeln!(
         report,

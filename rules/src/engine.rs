@@ -109,6 +109,30 @@ struct Compiled {
     layout: Vec<Layout>,
     /// Sizes of a patient's state arrays.
     sizes: Sizes,
+    /// The inline detectors a finite value of each kind reaches.
+    reach: [Reach; Kind::COUNT],
+}
+
+/// Which of a patient's inline detectors (`Inline::head`) a reading reaches: bit i stands for
+/// `head[i]`. What [`PatientState::touch`] brings in before the reading is evaluated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Reach {
+    ewma: u8,
+    days: u8,
+    /// Day statistics that keep today's values (median summaries).
+    today_values: u8,
+    news2: bool,
+}
+
+impl Reach {
+    fn union(self, o: Reach) -> Reach {
+        Reach {
+            ewma: self.ewma | o.ewma,
+            days: self.days | o.days,
+            today_values: self.today_values | o.today_values,
+            news2: self.news2 | o.news2,
+        }
+    }
 }
 
 /// Where one rule's state lives in its patient's arrays.
@@ -149,6 +173,14 @@ struct Sizes {
 }
 
 impl Compiled {
+    /// What a sample's values reach.
+    fn reach_of(&self, s: &Sample<'_>) -> Reach {
+        s.values
+            .iter()
+            .filter(|m| m.value.is_finite())
+            .fold(Reach::default(), |r, m| r.union(self.reach[m.kind.index()]))
+    }
+
     fn new(set: Ruleset) -> Self {
         let mut c = Compiled {
             set,
@@ -159,6 +191,7 @@ impl Compiled {
             confirming: 0,
             layout: Vec::new(),
             sizes: Sizes::default(),
+            reach: [Reach::default(); Kind::COUNT],
         };
         let mut z = Sizes::default();
         for (i, rule) in c.set.rules.iter().enumerate() {
@@ -217,6 +250,20 @@ impl Compiled {
                 }
                 _ => DetSlot::None,
             };
+            let bit8 = |i: u16| if i < 8 { 1u8 << i } else { 0 };
+            for k in rule.measures() {
+                let r = &mut c.reach[k.index()];
+                match (det, &rule.check) {
+                    (DetSlot::Ewma(i), _) => r.ewma |= bit8(i),
+                    (DetSlot::Days { idx, .. }, Check::BaselineDrop { .. }) => {
+                        r.days |= bit8(idx);
+                        r.today_values |= bit8(idx);
+                    }
+                    (DetSlot::Days { idx, .. }, _) => r.days |= bit8(idx),
+                    (DetSlot::News2(_), _) => r.news2 = true,
+                    (DetSlot::None, _) => {}
+                }
+            }
             c.layout.push(Layout {
                 ring_start,
                 ring_len,
@@ -524,6 +571,9 @@ const FRESH_RULE: RuleState = RuleState {
 
 const NEVER: Timestamp = Timestamp(i64::MIN);
 
+/// Readings of a batch whose patients' state is fetched together before they are evaluated.
+const PREFETCH_GROUP: usize = 16;
+
 /// One patient's state: opaque, comparable (a replay must rebuild exactly this).
 ///
 /// The detectors are held inline; the rest is in flat arrays sized to the ruleset when the
@@ -585,24 +635,45 @@ impl PatientState {
 }
 
 impl PatientState {
-    /// Reads one word from each cache line of the entry a reading may need (header, inline
-    /// detectors), so their misses are all in flight together with the header's instead of
-    /// each waiting behind branches on the profile and the reading's kinds, which mispredict
-    /// when patients come in random order.
-    fn touch(&self) -> u64 {
+    /// Reads the first and last word of each part of the entry this reading will use (the
+    /// header, the last-seen times of its kinds, the inline detectors its values reach), so
+    /// their cache misses are all in flight together instead of each waiting behind
+    /// branches on the profile and the reading's kinds, which mispredict when patients come
+    /// in random order. Parts the reading does not use are left alone: fetching them cost
+    /// memory bandwidth for nothing.
+    fn touch(&self, reach: Reach, s: &Sample<'_>) {
+        // Each load is its own `black_box`: the compiler would otherwise load every part
+        // unconditionally (the entry is known to be readable) and select, which fetches the
+        // whole entry, the waste this is here to avoid.
+        use std::hint::black_box;
+        black_box(self.gateway_heard.0 ^ self.busy_bits as i64);
+        for m in s.values {
+            black_box(self.last_seen[m.kind.index()].0);
+        }
         let d = &self.det;
-        let day =
-            |i: usize| d.days.head[i].today as u64 ^ u64::from(d.days.head[i].cached.is_some());
-        let latest = &d.news2.head[0];
-        self.last_seen[Kind::COUNT - 1].0 as u64
-            ^ u64::from(d.ewma.head[0].n)
-            ^ u64::from(d.ewma.head[1].n)
-            ^ day(0)
-            ^ d.days.head[0].values[TODAY_VALUES - 1].to_bits()
-            ^ day(1)
-            ^ day(2)
-            ^ latest.at[0].0 as u64
-            ^ u64::from(latest.reading[0].is_some())
+        for (i, e) in d.ewma.head.iter().enumerate() {
+            if reach.ewma & (1 << i) != 0 {
+                black_box(e.n);
+                black_box(e.sum);
+            }
+        }
+        for (i, day) in d.days.head.iter().enumerate() {
+            if reach.days & (1 << i) != 0 {
+                black_box(day.today);
+                black_box(day.cached_days);
+            }
+            if reach.today_values & (1 << i) != 0 {
+                black_box(day.values[0]);
+                black_box(day.values[TODAY_VALUES - 1]);
+            }
+        }
+        if reach.news2 {
+            let latest = &d.news2.head[0];
+            black_box(latest.at[0]);
+            black_box(latest.value[3]);
+            black_box(latest.reading[0].is_some());
+            black_box(latest.reading[3].is_some());
+        }
     }
 
     /// Brings rule `r`'s bits in `open_bits` and `busy_bits` up to date with its state.
@@ -668,6 +739,9 @@ impl<'a> RuleMut<'a> {
 pub struct Engine {
     profiles: Vec<Compiled>,
     patients: Vec<PatientState>,
+    /// Each patient's ruleset, also in its state; kept apart (4 bytes a patient, in cache)
+    /// so what a reading needs of the state is known before the state is fetched.
+    profile_of: Vec<ProfileIdx>,
     keys: HashMap<PatientKey, PatientIdx>,
 }
 
@@ -726,6 +800,7 @@ impl Engine {
         let idx = PatientIdx(self.patients.len() as u32);
         self.patients
             .push(PatientState::new(profile, c, enrolled, false));
+        self.profile_of.push(profile);
         self.keys.insert(key, idx);
         Ok(idx)
     }
@@ -753,6 +828,9 @@ impl Engine {
             .get_mut(idx.0 as usize)
             .ok_or(EngineError::UnknownPatient(idx.0))?;
         *p = PatientState::new(profile, c, p.enrolled, p.on_oxygen);
+        if let Some(slot) = self.profile_of.get_mut(idx.0 as usize) {
+            *slot = profile;
+        }
         Ok(())
     }
 
@@ -829,8 +907,62 @@ impl Engine {
         self.evaluate(idx, &sample, out)
     }
 
+    /// Starts fetching what evaluating `s` for patient `idx` will read (nothing for an unknown
+    /// index).
+    fn touch(&self, idx: PatientIdx, s: &Sample<'_>) {
+        let i = idx.0 as usize;
+        let (Some(p), Some(c)) = (
+            self.patients.get(i),
+            self.profile_of
+                .get(i)
+                .and_then(|pr| self.profiles.get(pr.0 as usize)),
+        ) else {
+            return;
+        };
+        p.touch(c.reach_of(s), s);
+    }
+
+    /// Evaluates a batch of readings, in order, exactly as [`Engine::evaluate`] on each would
+    /// (events in the same order, each carrying its patient), but faster when the patients'
+    /// state is not in cache: the state of the next readings' patients is fetched from memory
+    /// together, a group at a time, instead of one miss after another.
+    ///
+    /// An index that names no patient is refused before anything is evaluated.
+    pub fn evaluate_batch(
+        &mut self,
+        batch: &[(PatientIdx, Sample<'_>)],
+        out: &mut Vec<Event>,
+    ) -> Result<(), EngineError> {
+        if let Some((idx, _)) = batch
+            .iter()
+            .find(|(idx, _)| idx.0 as usize >= self.patients.len())
+        {
+            return Err(EngineError::UnknownPatient(idx.0));
+        }
+        for group in batch.chunks(PREFETCH_GROUP) {
+            for (idx, s) in group {
+                self.touch(*idx, s);
+            }
+            for (idx, s) in group {
+                self.evaluate_fetched(*idx, s, out)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Evaluates one reading for one patient, pushing what it decides into `out`.
     pub fn evaluate(
+        &mut self,
+        idx: PatientIdx,
+        s: &Sample<'_>,
+        out: &mut Vec<Event>,
+    ) -> Result<(), EngineError> {
+        self.touch(idx, s);
+        self.evaluate_fetched(idx, s, out)
+    }
+
+    /// [`Engine::evaluate`] once the state is on its way.
+    fn evaluate_fetched(
         &mut self,
         idx: PatientIdx,
         s: &Sample<'_>,
@@ -840,7 +972,6 @@ impl Engine {
             .patients
             .get_mut(idx.0 as usize)
             .ok_or(EngineError::UnknownPatient(idx.0))?;
-        std::hint::black_box(p.touch());
         let c = &self.profiles[p.profile.0 as usize];
         let ids = Ids {
             patient: idx,
@@ -865,9 +996,9 @@ impl Engine {
             }
         }
         p.gateway_heard = p.gateway_heard.max(s.at);
-        let answered = seen | c.gateway;
-        if answered != 0 {
-            resolve_ticked(c, p, ids, answered, s.at, out);
+        // Only an open missing-data or silent-gateway alert is answered (rarely any).
+        if (seen | c.gateway) & c.ticked & p.open_bits != 0 {
+            resolve_ticked(c, p, ids, seen | c.gateway, s.at, out);
         }
 
         if s.flags.questions_the_value() {

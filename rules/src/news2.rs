@@ -79,8 +79,21 @@ impl News2Score {
     }
 }
 
+/// `v.round() as i64` (half away from zero, saturating, NaN to 0), without the call into libm
+/// that `f64::round` is on x86-64 (no `roundsd` before SSE4.1): the engine scores every
+/// oximetry and blood-pressure reading, and the call was most of the score's cost.
 fn whole(v: f64) -> i64 {
-    v.round() as i64
+    // Truncation toward zero is one instruction; the fraction it drops is exact (for
+    // |v| ≥ 2^52 there is none, and beyond i64 the cast saturates, as `round() as i64` does).
+    let t = v as i64;
+    let frac = v - t as f64;
+    if frac >= 0.5 {
+        t.saturating_add(1)
+    } else if frac <= -0.5 {
+        t.saturating_sub(1)
+    } else {
+        t
+    }
 }
 
 /// SpO2 points. Scale 2's upper band (93 % and above) scores only when on oxygen.
@@ -131,7 +144,7 @@ pub fn pulse_points(per_min: f64) -> u8 {
 
 /// Temperature points (°C, scored in tenths of a degree).
 pub fn temperature_points(celsius: f64) -> u8 {
-    match (celsius * 10.0).round() as i64 {
+    match whole(celsius * 10.0) {
         ..=350 => 3,
         351..=360 => 1,
         361..=380 => 0,
@@ -154,9 +167,12 @@ pub fn score(
     let pulse = pulse.map(pulse_points);
     let temperature = temperature.map(temperature_points);
     let oxygen = if on_oxygen { 2 } else { 0 };
-    let parts = [spo2, systolic, pulse, temperature];
-    let total = oxygen + parts.iter().flatten().sum::<u8>();
-    let single_three = parts.iter().flatten().any(|p| *p == 3);
+    let mut total = oxygen;
+    let mut single_three = false;
+    for p in [spo2, systolic, pulse, temperature].into_iter().flatten() {
+        total += p;
+        single_three |= p == 3;
+    }
     let response = match total {
         0 => Response::None,
         1..=4 if single_three => Response::LowMedium,
@@ -303,6 +319,45 @@ mod tests {
         assert_eq!(spo2_points(91.4, One, false), 3);
         assert_eq!(temperature_points(35.04), 3);
         assert_eq!(temperature_points(35.06), 1);
+    }
+
+    #[test]
+    fn whole_rounds_half_away_from_zero_like_f64_round() {
+        for (v, w) in [
+            (0.5, 1),
+            (-0.5, -1),
+            (1.5, 2),
+            (2.5, 3),
+            (-2.5, -3),
+            (0.499_999_999_999_999_94, 0),
+            (91.5, 92),
+            (91.499_999_999_999_99, 91),
+            (4_503_599_627_370_495.5, 4_503_599_627_370_496),
+            (f64::NAN, 0),
+            (f64::INFINITY, i64::MAX),
+            (f64::NEG_INFINITY, i64::MIN),
+            (1e300, i64::MAX),
+            (-1e300, i64::MIN),
+            (9.223_372_036_854_775e18, 9_223_372_036_854_774_784),
+            (9.3e18, i64::MAX),
+        ] {
+            assert_eq!(whole(v), w, "{v}");
+            assert_eq!(whole(v), v.round() as i64, "{v} as f64::round does");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn whole_matches_f64_round_for_every_bit_pattern(bits in proptest::num::u64::ANY) {
+            let v = f64::from_bits(bits);
+            proptest::prop_assert_eq!(whole(v), v.round() as i64);
+        }
+
+        #[test]
+        fn whole_matches_f64_round_on_the_charts_scale(v in -1_000.0f64..1_000.0) {
+            proptest::prop_assert_eq!(whole(v), v.round() as i64);
+            proptest::prop_assert_eq!(whole(v * 10.0), (v * 10.0).round() as i64);
+        }
     }
 
     #[test]

@@ -6,8 +6,8 @@ mod common;
 use std::collections::HashSet;
 
 use proptest::prelude::*;
-use rules::{Engine, Event, PatientIdx, Profile, RuleIdx, Timestamp};
-use vitals::{Flag, Flags, Kind, PatientKey, Reading};
+use rules::{Engine, Event, Measurement, PatientIdx, Profile, RuleIdx, Sample, Timestamp};
+use vitals::{Flag, Flags, Kind, PatientKey, Reading, ReadingId};
 
 /// Every rule kind, with small windows so random streams reach them.
 const EVERYTHING: &str = r#"
@@ -275,4 +275,106 @@ proptest! {
         prop_assert_eq!(n, recorded.len() as u64);
         prop_assert_eq!(live.patient_state(PatientIdx(0)), restarted.patient_state(PatientIdx(0)));
     }
+}
+
+/// One reading of a generated stream: patient, time, flags, id and values.
+type Recorded = (PatientIdx, Timestamp, Flags, ReadingId, Vec<Measurement>);
+
+fn sample(r: &Recorded) -> Sample<'_> {
+    Sample {
+        reading: r.3,
+        at: r.1,
+        flags: r.2,
+        values: &r.4,
+    }
+}
+
+/// Patients on every rule kind (two of them on oxygen) and one on the COPD fixture profile.
+fn mixed_engine() -> Engine {
+    let mut e = engine(3);
+    let copd = Profile::from_toml(include_str!("../../fixtures/profiles/copd.toml"))
+        .expect("parses")
+        .build()
+        .expect("valid");
+    let copd = e.add_profile(copd);
+    e.add_patient(PatientKey::new("pt-copd").expect("key"), copd, Timestamp(0))
+        .expect("enrol");
+    e
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// `evaluate_batch` is `evaluate` on each reading in turn: the same events in the same
+    /// order, and the same state afterwards, however the stream is cut into batches.
+    #[test]
+    fn batches_evaluate_exactly_like_single_readings(
+        steps in proptest::collection::vec(
+            (0..4usize, 0..300i64, values(), proptest::bool::weighted(0.1)),
+            1..300,
+        ),
+        cuts in proptest::collection::vec(1..40usize, 1..8),
+    ) {
+        let mut now = 0i64;
+        let mut stream: Vec<Recorded> = Vec::new();
+        for (i, (patient, gap_min, values, doubtful)) in steps.into_iter().enumerate() {
+            now += gap_min;
+            let values: Vec<Measurement> = values
+                .into_iter()
+                .map(|(kind, v)| Measurement { kind, value: v.unwrap_or(f64::NAN) })
+                .collect();
+            let flags = if doubtful { Flags::EMPTY.with(Flag::BodyMovement) } else { Flags::EMPTY };
+            let id: ReadingId = format!("00000000-0000-0000-0000-{i:012x}").parse().expect("uuid");
+            stream.push((PatientIdx(patient as u32), Timestamp(now * 60_000), flags, id, values));
+        }
+
+        let mut single = mixed_engine();
+        let mut expected = Vec::new();
+        for r in &stream {
+            single.evaluate(r.0, &sample(r), &mut expected).expect("enrolled");
+        }
+
+        let mut batched = mixed_engine();
+        let mut got = Vec::new();
+        let mut rest = &stream[..];
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (now, later) = rest.split_at((*cut).min(rest.len()));
+            let batch: Vec<(PatientIdx, Sample<'_>)> = now.iter().map(|r| (r.0, sample(r))).collect();
+            batched.evaluate_batch(&batch, &mut got).expect("enrolled");
+            rest = later;
+        }
+
+        prop_assert_eq!(&got, &expected);
+        for p in 0..4 {
+            prop_assert_eq!(batched.patient_state(PatientIdx(p)), single.patient_state(PatientIdx(p)));
+        }
+    }
+}
+
+#[test]
+fn a_batch_naming_an_unknown_patient_is_refused_before_anything_is_evaluated() {
+    let mut e = mixed_engine();
+    let before = e.patient_state(PatientIdx(0)).cloned();
+    let low = [Measurement {
+        kind: Kind::Spo2,
+        value: 80.0,
+    }];
+    let s = Sample {
+        reading: "00000000-0000-0000-0000-000000000001"
+            .parse()
+            .expect("uuid"),
+        at: Timestamp(60_000),
+        flags: Flags::EMPTY,
+        values: &low,
+    };
+    let mut out = Vec::new();
+    let err = e
+        .evaluate_batch(&[(PatientIdx(0), s), (PatientIdx(9), s)], &mut out)
+        .expect_err("patient 9 is not enrolled");
+    assert_eq!(err, rules::EngineError::UnknownPatient(9));
+    assert!(out.is_empty(), "nothing evaluated: {out:?}");
+    assert_eq!(e.patient_state(PatientIdx(0)).cloned(), before);
 }
