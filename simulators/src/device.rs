@@ -7,6 +7,9 @@ use gateway::codec::blood_pressure::BloodPressureMeasurement;
 use gateway::codec::blood_pressure_record::{RecordBody, RecordedValue};
 use gateway::codec::date_time::{CurrentTime, DateTime, DayOfWeek};
 use gateway::codec::device_information::{DisString, SystemId};
+use gateway::codec::ghs::{
+    GhsControlPoint, GhsRacp, GhsRecordFilter, Observation, StoredObservation,
+};
 use gateway::codec::pulse_oximeter::{PlxFeatures, PlxSupportedFeatures};
 use gateway::codec::racp::{
     FilterValue, RacpMessage, RecordAccessControlPoint, RecordFilter, ResponseCode,
@@ -14,6 +17,7 @@ use gateway::codec::racp::{
 use gateway::codec::segment;
 use gateway::codec::uuid::BLOOD_PRESSURE_RECORD;
 use gateway::codec::{battery::BatteryLevel, uuid as cu};
+use gateway::device::mapping::ghs_kind;
 use gateway::device::spirometry::SimSpirometerV1;
 use gateway::device::{
     Address, Advertisement, Characteristic, CharacteristicId, DeviceError, DeviceLink,
@@ -24,8 +28,10 @@ use gateway::queue::Queue;
 use time::{OffsetDateTime, PrimitiveDateTime};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use vitals::ReadingType;
 
 use crate::clock::SimClock;
+use crate::ghs::{self, GhsStore};
 
 /// Which device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -35,8 +41,12 @@ pub enum DeviceKind {
     BpCuff,
     /// Pulse oximeter (PLXS, spot-check and continuous).
     Oximeter,
-    /// Spirometer (simulated vendor format).
+    /// Spirometer speaking the Generic Health Sensor service (0x1840): live observations
+    /// once started on the GHS Control Point, stored observations through GHS RACP.
     Spirometer,
+    /// Spirometer speaking the simulated vendor format
+    /// ([`gateway::device::spirometry::SimSpirometerV1`]), to exercise the driver seam.
+    VendorSpirometer,
 }
 
 /// How a simulated device is built.
@@ -65,6 +75,12 @@ pub struct DeviceLog {
     pub racp_requests: Vec<RacpMessage>,
     /// Sequence numbers deleted.
     pub deleted: Vec<u16>,
+    /// Every GHS RACP request received (spirometer).
+    pub ghs_racp_requests: Vec<GhsRacp>,
+    /// GHS record numbers deleted.
+    pub ghs_deleted: Vec<u32>,
+    /// GHS Control Point values written (0x01 start, 0x02 stop live observations).
+    pub control_point_writes: Vec<u8>,
     /// Deletes of records the queue did not hold at the time (must stay empty).
     pub audit_violations: Vec<String>,
     /// Values sent (notifications/indications the gateway's channel accepted).
@@ -85,9 +101,12 @@ pub enum Emission {
     SpotCheck(gateway::codec::pulse_oximeter::PlxSpotCheckMeasurement),
     /// A continuous sample (notified when connected).
     Continuous(gateway::codec::pulse_oximeter::PlxContinuousMeasurement),
-    /// A spirometry result (indicated when connected, else held and sent on the next
-    /// connection as stored).
+    /// A spirometry result. The GHS spirometer sends it as a Live Health Observation when
+    /// live observations are started, else stores it for RACP; the vendor-format one
+    /// indicates it when connected, else holds it and pushes it on the next subscription.
     Spirometry(gateway::device::spirometry::SpirometryResult),
+    /// A GHS observation exactly as given (GHS spirometer only): live or stored as above.
+    Observation(Observation),
     /// Raw bytes on a characteristic (a garbled value).
     Raw(CharacteristicId, Vec<u8>),
 }
@@ -101,6 +120,8 @@ struct LiveLink {
     generation: u64,
     tx: mpsc::Sender<LinkEvent>,
     subscribed: HashSet<CharacteristicId>,
+    /// GHS: the gateway wrote "start sending live observations" on this link.
+    live_observations: bool,
 }
 
 struct DeviceState {
@@ -112,11 +133,13 @@ struct DeviceState {
     present: bool,
     storage: Vec<StoredRecord>,
     pending_spirometry: Vec<gateway::device::spirometry::SpirometryResult>,
+    ghs: GhsStore,
     next_seq: u16,
     generation: u64,
     link: Option<LiveLink>,
     duplicate_indications: bool,
     disconnect_after_records: Option<usize>,
+    stall_after_records: Option<usize>,
     ignore_filter: bool,
     log: DeviceLog,
     segment_counter: u8,
@@ -191,11 +214,13 @@ impl SimWorld {
             present: true,
             storage: Vec::new(),
             pending_spirometry: Vec::new(),
+            ghs: GhsStore::default(),
             next_seq: 0,
             generation: 0,
             link: None,
             duplicate_indications: false,
             disconnect_after_records: None,
+            stall_after_records: None,
             ignore_filter: false,
             log: DeviceLog::default(),
             segment_counter: 0,
@@ -255,6 +280,12 @@ impl SimWorld {
         self.with(address, |d| d.disconnect_after_records = Some(records));
     }
 
+    /// Stops answering after `records` records of the next transfer: no more records, no
+    /// RACP response, the link stays up (a hung sensor, or a hub killed mid-transfer).
+    pub fn stall_mid_transfer(&self, address: Address, records: usize) {
+        self.with(address, |d| d.stall_after_records = Some(records));
+    }
+
     /// Ignores RACP filters and sends every stored record (a firmware bug seen in the field).
     pub fn set_ignore_filter(&self, address: Address, on: bool) {
         self.with(address, |d| d.ignore_filter = on);
@@ -269,6 +300,11 @@ impl SimWorld {
     pub fn stored(&self, address: Address) -> Vec<u16> {
         self.with(address, |d| d.storage.iter().map(|r| r.seq).collect())
             .unwrap_or_default()
+    }
+
+    /// GHS record numbers still in the spirometer's memory.
+    pub fn ghs_stored(&self, address: Address) -> Vec<u32> {
+        self.with(address, |d| d.ghs.numbers()).unwrap_or_default()
     }
 
     /// Whether a link is up.
@@ -293,10 +329,12 @@ impl SimWorld {
         let Some(dev) = self.device(address) else {
             return Err(DeviceError::NotFound);
         };
-        let mut out: Vec<(CharacteristicId, Vec<u8>)> = Vec::new();
+        // Values in groups: a group is one value's segments, sent (and duplicated) whole.
+        let mut out: Vec<Vec<(CharacteristicId, Vec<u8>)>> = Vec::new();
         let tx = {
             let mut d = lock(&dev);
-            let stamp = Some(date_time(d.clock_now(now)));
+            let device_now = d.clock_now(now);
+            let stamp = Some(date_time(device_now));
             let subscribed = |d: &DeviceState, id: &CharacteristicId| {
                 d.link.as_ref().is_some_and(|l| l.subscribed.contains(id))
             };
@@ -311,38 +349,51 @@ impl SimWorld {
                     });
                     let id = CharacteristicId::sig(0x1810, cu::BLOOD_PRESSURE_MEASUREMENT);
                     if subscribed(&d, &id) {
-                        out.push((id, encode(m.encode())?));
+                        out.push(vec![(id, encode(m.encode())?)]);
                     }
                 }
                 Emission::SpotCheck(mut m) => {
                     m.timestamp = stamp;
                     let id = CharacteristicId::sig(0x1822, cu::PLX_SPOT_CHECK_MEASUREMENT);
                     if subscribed(&d, &id) {
-                        out.push((id, encode(m.encode())?));
+                        out.push(vec![(id, encode(m.encode())?)]);
                     }
                 }
                 Emission::Continuous(m) => {
                     let id = CharacteristicId::sig(0x1822, cu::PLX_CONTINUOUS_MEASUREMENT);
                     if subscribed(&d, &id) {
-                        out.push((id, encode(m.encode())?));
+                        out.push(vec![(id, encode(m.encode())?)]);
                     }
                 }
-                Emission::Spirometry(mut r) => {
+                Emission::Spirometry(mut r) if d.config.kind == DeviceKind::VendorSpirometer => {
                     r.timestamp = stamp;
                     let id = CharacteristicId {
                         service: SimSpirometerV1::SERVICE,
                         uuid: SimSpirometerV1::RESULT,
                     };
                     if subscribed(&d, &id) {
-                        out.push((id, encode(SimSpirometerV1::encode(&r))?));
+                        out.push(vec![(id, encode(SimSpirometerV1::encode(&r))?)]);
                     } else {
                         r.from_storage = true;
                         d.pending_spirometry.push(r);
                     }
                 }
+                Emission::Spirometry(r) => {
+                    let at = device_now.to_offset(time::UtcOffset::UTC);
+                    let at = PrimitiveDateTime::new(at.date(), at.time());
+                    let o = ghs::spirometry_observation(&r, Some(at));
+                    if let Some(group) = d.ghs_live_or_store(o)? {
+                        out.push(group);
+                    }
+                }
+                Emission::Observation(o) => {
+                    if let Some(group) = d.ghs_live_or_store(o)? {
+                        out.push(group);
+                    }
+                }
                 Emission::Raw(id, bytes) => {
                     if subscribed(&d, &id) {
-                        out.push((id, bytes));
+                        out.push(vec![(id, bytes)]);
                     }
                 }
             }
@@ -352,7 +403,7 @@ impl SimWorld {
             d.link.as_ref().map(|l| l.tx.clone())
         };
         if let Some(tx) = tx {
-            for (characteristic, bytes) in out {
+            for (characteristic, bytes) in out.into_iter().flatten() {
                 if tx
                     .send(LinkEvent::Value {
                         characteristic,
@@ -366,6 +417,39 @@ impl SimWorld {
             }
         }
         Ok(())
+    }
+}
+
+impl DeviceState {
+    /// A GHS observation: the segments of a Live Health Observation when the gateway
+    /// subscribed and started live observations on this link, else stored for RACP.
+    #[allow(clippy::type_complexity)]
+    fn ghs_live_or_store(
+        &mut self,
+        o: Observation,
+    ) -> Result<Option<Vec<(CharacteristicId, Vec<u8>)>>, DeviceError> {
+        if self.config.kind != DeviceKind::Spirometer {
+            return Err(DeviceError::Other {
+                message: "only the GHS spirometer sends GHS observations".into(),
+                retryable: false,
+            });
+        }
+        let id = CharacteristicId::sig(0x1840, cu::LIVE_HEALTH_OBSERVATIONS);
+        let live = self
+            .link
+            .as_ref()
+            .is_some_and(|l| l.live_observations && l.subscribed.contains(&id));
+        if !live {
+            self.ghs.push(o);
+            return Ok(None);
+        }
+        let segs = segment::split(
+            &encode(o.encode())?,
+            self.config.payload,
+            self.segment_counter,
+        );
+        self.segment_counter = self.segment_counter.wrapping_add(segs.len() as u8) & 0x3F;
+        Ok(Some(segs.into_iter().map(|b| (id, b)).collect()))
     }
 }
 
@@ -428,7 +512,23 @@ fn gatt(config: &SimDeviceConfig) -> Vec<Characteristic> {
             );
             add(0x1822, cu::PLX_FEATURES, r);
         }
-        DeviceKind::Spirometer => c.push(Characteristic {
+        DeviceKind::Spirometer => {
+            let both = props(false, false, true, true);
+            add(0x1840, cu::HEALTH_SENSOR_FEATURES, r);
+            add(0x1840, cu::LIVE_HEALTH_OBSERVATIONS, both);
+            add(0x1840, cu::STORED_HEALTH_OBSERVATIONS, both);
+            add(
+                0x1840,
+                cu::RECORD_ACCESS_CONTROL_POINT,
+                props(false, true, false, true),
+            );
+            add(
+                0x1840,
+                cu::GHS_CONTROL_POINT,
+                props(false, true, false, true),
+            );
+        }
+        DeviceKind::VendorSpirometer => c.push(Characteristic {
             id: CharacteristicId {
                 service: SimSpirometerV1::SERVICE,
                 uuid: SimSpirometerV1::RESULT,
@@ -453,7 +553,8 @@ impl DeviceSource for SimWorld {
             let service = match d.config.kind {
                 DeviceKind::BpCuff => services::BLOOD_PRESSURE,
                 DeviceKind::Oximeter => services::PULSE_OXIMETER,
-                DeviceKind::Spirometer => SimSpirometerV1::SERVICE,
+                DeviceKind::Spirometer => services::GENERIC_HEALTH_SENSOR,
+                DeviceKind::VendorSpirometer => SimSpirometerV1::SERVICE,
             };
             if filter.services.is_empty() || filter.services.contains(&service) {
                 out.push(Advertisement {
@@ -481,6 +582,7 @@ impl DeviceSource for SimWorld {
                 generation: d.generation,
                 tx,
                 subscribed: HashSet::new(),
+                live_observations: false,
             });
             d.generation
         };
@@ -583,66 +685,27 @@ impl SimLink {
                         records.push(segs);
                     }
                     d.segment_counter = counter;
-                    (records, d.disconnect_after_records.take(), tx)
+                    (records, d.take_cut(), tx)
                 };
-                let device = self.device.clone();
-                let generation = self.generation;
-                let record_char = CharacteristicId::sig(0x1810, BLOOD_PRESSURE_RECORD);
-                let racp_char = CharacteristicId::sig(0x1810, cu::RECORD_ACCESS_CONTROL_POINT);
-                self.transfer = Some(tokio::spawn(async move {
-                    let empty = segments.is_empty();
-                    for (i, segs) in segments.into_iter().enumerate() {
-                        if cut == Some(i) {
-                            {
-                                let mut d = lock(&device);
-                                if d.link.as_ref().is_some_and(|l| l.generation == generation) {
-                                    d.link = None;
-                                }
-                            }
-                            let _ = tx
-                                .send(LinkEvent::Disconnected {
-                                    reason: DisconnectReason::Timeout,
-                                })
-                                .await;
-                            return;
-                        }
-                        for bytes in segs {
-                            if tx
-                                .send(LinkEvent::Value {
-                                    characteristic: record_char,
-                                    bytes,
-                                })
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                            lock(&device).log.values_sent += 1;
-                        }
-                    }
-                    let code = if empty {
-                        ResponseCode::NoRecordsFound
-                    } else {
-                        ResponseCode::Success
-                    };
-                    let Ok(bytes) = RecordAccessControlPoint::new(RacpMessage::Response {
-                        request_op_code: 1,
-                        response_code: code,
-                    })
-                    .encode() else {
-                        return;
-                    };
-                    if tx
-                        .send(LinkEvent::Value {
-                            characteristic: racp_char,
-                            bytes,
+                let done = |code| {
+                    encode(
+                        RecordAccessControlPoint::new(RacpMessage::Response {
+                            request_op_code: 1,
+                            response_code: code,
                         })
-                        .await
-                        .is_ok()
-                    {
-                        lock(&device).log.values_sent += 1;
-                    }
-                }));
+                        .encode(),
+                    )
+                };
+                let transfer = Transfer {
+                    device: self.device.clone(),
+                    generation: self.generation,
+                    tx,
+                    data: CharacteristicId::sig(0x1810, BLOOD_PRESSURE_RECORD),
+                    racp: CharacteristicId::sig(0x1810, cu::RECORD_ACCESS_CONTROL_POINT),
+                    success: done(ResponseCode::Success)?,
+                    none_found: done(ResponseCode::NoRecordsFound)?,
+                };
+                self.transfer = Some(tokio::spawn(transfer.run(segments, cut)));
                 Ok(())
             }
             RacpMessage::DeleteStoredRecords(filter) => {
@@ -657,7 +720,11 @@ impl SimLink {
                     .filter(|r| r.seq <= upto)
                     .map(|r| (r.seq, r.bpm.timestamp.and_then(|t| t.to_primitive())))
                     .collect();
-                let violations = self.audit(&doomed).await;
+                let check: Vec<_> = doomed
+                    .iter()
+                    .map(|(seq, t)| (format!("record {seq}"), ReadingType::BloodPressure, *t))
+                    .collect();
+                let violations = self.audit(&check).await;
                 {
                     let mut d = lock(&self.device);
                     d.log.audit_violations.extend(violations);
@@ -679,8 +746,12 @@ impl SimLink {
         }
     }
 
-    /// Which of the records about to be deleted the queue does not hold.
-    async fn audit(&self, doomed: &[(u16, Option<PrimitiveDateTime>)]) -> Vec<String> {
+    /// Which of the records about to be deleted (label, reading type, device time) the
+    /// queue does not hold.
+    async fn audit(
+        &self,
+        doomed: &[(String, ReadingType, Option<PrimitiveDateTime>)],
+    ) -> Vec<String> {
         let Some(queue) = &self.audit else {
             return vec![];
         };
@@ -690,13 +761,276 @@ impl SimLink {
         };
         doomed
             .iter()
-            .filter(|(_, t)| {
-                !queued.iter().any(|r| {
-                    r.reading_type == vitals::ReadingType::BloodPressure && r.device_time == *t
-                })
+            .filter(|(_, rt, t)| {
+                !queued
+                    .iter()
+                    .any(|r| r.reading_type == *rt && r.device_time == *t)
             })
-            .map(|(seq, _)| format!("record {seq} deleted before it was queued"))
+            .map(|(label, _, _)| format!("{label} deleted before it was queued"))
             .collect()
+    }
+
+    fn ghs_respond(&self, message: GhsRacp) -> Result<(), DeviceError> {
+        let tx = self.tx()?;
+        let ok = tx
+            .try_send(LinkEvent::Value {
+                characteristic: CharacteristicId::sig(0x1840, cu::RECORD_ACCESS_CONTROL_POINT),
+                bytes: message.encode(),
+            })
+            .is_ok();
+        if ok {
+            lock(&self.device).log.values_sent += 1;
+        }
+        Ok(())
+    }
+
+    fn ghs_response(&self, request_op_code: u8, code: ResponseCode) -> Result<(), DeviceError> {
+        self.ghs_respond(GhsRacp::Response {
+            request_op_code,
+            response_code: code,
+        })
+    }
+
+    /// The GHS Record Access Control Point: record numbers are `u32`, stored observations
+    /// go out on Stored Health Observations (0x2BDD), segmented.
+    async fn ghs_racp(&mut self, bytes: &[u8]) -> Result<(), DeviceError> {
+        let request = match GhsRacp::decode(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                let code = gateway::codec::racp::response_code_for(&e);
+                return self.ghs_response(bytes.first().copied().unwrap_or(0), code);
+            }
+        };
+        lock(&self.device).log.ghs_racp_requests.push(request);
+        match request {
+            GhsRacp::ReportStoredRecords(filter) => {
+                if ghs::invalid_filter(filter) {
+                    return self.ghs_response(1, ResponseCode::InvalidOperand);
+                }
+                let (segments, cut, tx) = {
+                    let mut d = lock(&self.device);
+                    let tx = d.live(self.generation)?.tx.clone();
+                    let filter = if d.ignore_filter {
+                        GhsRecordFilter::AllRecords
+                    } else {
+                        filter
+                    };
+                    let payload = d.config.payload;
+                    let mut counter = d.segment_counter;
+                    let mut records = vec![];
+                    for r in d.ghs.select(filter) {
+                        let stored = StoredObservation {
+                            record_number: r.number,
+                            observation: r.observation.clone(),
+                        };
+                        let segs = segment::split(&encode(stored.encode())?, payload, counter);
+                        counter = counter.wrapping_add(segs.len() as u8) & 0x3F;
+                        records.push(segs);
+                    }
+                    d.segment_counter = counter;
+                    (records, d.take_cut(), tx)
+                };
+                let done = |code| {
+                    GhsRacp::Response {
+                        request_op_code: 1,
+                        response_code: code,
+                    }
+                    .encode()
+                };
+                let transfer = Transfer {
+                    device: self.device.clone(),
+                    generation: self.generation,
+                    tx,
+                    data: CharacteristicId::sig(0x1840, cu::STORED_HEALTH_OBSERVATIONS),
+                    racp: CharacteristicId::sig(0x1840, cu::RECORD_ACCESS_CONTROL_POINT),
+                    success: done(ResponseCode::Success),
+                    none_found: done(ResponseCode::NoRecordsFound),
+                };
+                self.transfer = Some(tokio::spawn(transfer.run(segments, cut)));
+                Ok(())
+            }
+            GhsRacp::DeleteStoredRecords(filter) => {
+                if ghs::invalid_filter(filter) {
+                    return self.ghs_response(2, ResponseCode::InvalidOperand);
+                }
+                let doomed: Vec<(String, ReadingType, Option<PrimitiveDateTime>)> =
+                    lock(&self.device)
+                        .ghs
+                        .select(filter)
+                        .iter()
+                        .map(|r| {
+                            let first = r.observation.numerics().into_iter().next();
+                            let rt = first
+                                .and_then(|i| ghs_kind(i.observation_type, i.unit))
+                                .map_or(ReadingType::Spirometry, |(_, _, rt)| rt);
+                            let t = first
+                                .and_then(|i| i.time_stamp)
+                                .and_then(|t| t.wall_clock());
+                            (format!("observation {}", r.number), rt, t)
+                        })
+                        .collect();
+                if doomed.is_empty() {
+                    return self.ghs_response(2, ResponseCode::NoRecordsFound);
+                }
+                let violations = self.audit(&doomed).await;
+                {
+                    let mut d = lock(&self.device);
+                    d.log.audit_violations.extend(violations);
+                    let gone = d.ghs.delete(filter);
+                    d.log.ghs_deleted.extend(gone.iter().map(|r| r.number));
+                }
+                self.ghs_response(2, ResponseCode::Success)
+            }
+            GhsRacp::AbortOperation => {
+                if let Some(t) = self.transfer.take() {
+                    t.abort();
+                }
+                self.ghs_response(3, ResponseCode::Success)
+            }
+            GhsRacp::ReportNumberOfStoredRecords(filter) => {
+                if ghs::invalid_filter(filter) {
+                    return self.ghs_response(4, ResponseCode::InvalidOperand);
+                }
+                let n = lock(&self.device).ghs.select(filter).len();
+                self.ghs_respond(GhsRacp::NumberOfStoredRecords(
+                    u32::try_from(n).unwrap_or(u32::MAX),
+                ))
+            }
+            GhsRacp::NumberOfStoredRecords(_) | GhsRacp::Response { .. } => self.ghs_response(
+                bytes.first().copied().unwrap_or(0),
+                ResponseCode::OpCodeNotSupported,
+            ),
+        }
+    }
+
+    /// The GHS Control Point: start or stop live observations on this link, confirmed
+    /// with 0x80 (success) by indication. A value that is not a client op code is refused
+    /// with an ATT application error, as the clock write is.
+    fn control_point(&mut self, bytes: &[u8]) -> Result<(), DeviceError> {
+        let op = GhsControlPoint::decode(bytes).map_err(|_| DeviceError::Att(0x80))?;
+        let start = match op {
+            GhsControlPoint::StartSendingLiveObservations => true,
+            GhsControlPoint::StopSendingLiveObservations => false,
+            GhsControlPoint::Success => return Err(DeviceError::Att(0x80)),
+        };
+        let id = CharacteristicId::sig(0x1840, cu::GHS_CONTROL_POINT);
+        let tx = {
+            let mut d = lock(&self.device);
+            if d.config.kind != DeviceKind::Spirometer {
+                return Err(DeviceError::NotPermitted(id.uuid, "write"));
+            }
+            d.log.control_point_writes.extend_from_slice(bytes);
+            let generation = self.generation;
+            let link = d
+                .link
+                .as_mut()
+                .filter(|l| l.generation == generation)
+                .ok_or(DeviceError::Disconnected)?;
+            link.live_observations = start;
+            link.subscribed.contains(&id).then(|| link.tx.clone())
+        };
+        if let Some(tx) = tx
+            && tx
+                .try_send(LinkEvent::Value {
+                    characteristic: id,
+                    bytes: vec![0x80],
+                })
+                .is_ok()
+        {
+            lock(&self.device).log.values_sent += 1;
+        }
+        Ok(())
+    }
+}
+
+impl DeviceState {
+    /// How the next transfer is cut short, if a fault is armed.
+    fn take_cut(&mut self) -> Cut {
+        if let Some(n) = self.disconnect_after_records.take() {
+            Cut::Disconnect(n)
+        } else if let Some(n) = self.stall_after_records.take() {
+            Cut::Stall(n)
+        } else {
+            Cut::None
+        }
+    }
+}
+
+/// How a record transfer ends early.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    None,
+    /// The link drops before record `n`.
+    Disconnect(usize),
+    /// The device goes quiet before record `n`.
+    Stall(usize),
+}
+
+/// A running RACP report: records (each one's segments) on `data`, then the response on
+/// `racp`. Shared by the cuff (BLS) and the spirometer (GHS).
+struct Transfer {
+    device: Shared,
+    generation: u64,
+    tx: mpsc::Sender<LinkEvent>,
+    data: CharacteristicId,
+    racp: CharacteristicId,
+    success: Vec<u8>,
+    none_found: Vec<u8>,
+}
+
+impl Transfer {
+    async fn send(&self, characteristic: CharacteristicId, bytes: Vec<u8>) -> bool {
+        let ok = self
+            .tx
+            .send(LinkEvent::Value {
+                characteristic,
+                bytes,
+            })
+            .await
+            .is_ok();
+        if ok {
+            lock(&self.device).log.values_sent += 1;
+        }
+        ok
+    }
+
+    async fn run(self, records: Vec<Vec<Vec<u8>>>, cut: Cut) {
+        let empty = records.is_empty();
+        for (i, segs) in records.into_iter().enumerate() {
+            match cut {
+                Cut::Disconnect(n) if n == i => {
+                    {
+                        let mut d = lock(&self.device);
+                        if d.link
+                            .as_ref()
+                            .is_some_and(|l| l.generation == self.generation)
+                        {
+                            d.link = None;
+                        }
+                    }
+                    let _ = self
+                        .tx
+                        .send(LinkEvent::Disconnected {
+                            reason: DisconnectReason::Timeout,
+                        })
+                        .await;
+                    return;
+                }
+                Cut::Stall(n) if n == i => return,
+                _ => {}
+            }
+            for bytes in segs {
+                if !self.send(self.data, bytes).await {
+                    return;
+                }
+            }
+        }
+        let response = if empty {
+            self.none_found.clone()
+        } else {
+            self.success.clone()
+        };
+        self.send(self.racp, response).await;
     }
 }
 
@@ -726,7 +1060,8 @@ impl DeviceLink for SimLink {
             cu::MODEL_NUMBER => text(match d.config.kind {
                 DeviceKind::BpCuff => "SIM-BP2",
                 DeviceKind::Oximeter => "SIM-OX1",
-                DeviceKind::Spirometer => "SIM-SP1",
+                DeviceKind::Spirometer => "SIM-SP2",
+                DeviceKind::VendorSpirometer => "SIM-SP1",
             }),
             cu::SERIAL_NUMBER => text(&format!(
                 "SIM{:02x}{:02x}",
@@ -775,6 +1110,9 @@ impl DeviceLink for SimLink {
                 .encode(),
             ),
             cu::BLOOD_PRESSURE_FEATURE => Ok(vec![0x1F, 0x00]),
+            cu::HEALTH_SENSOR_FEATURES if d.config.kind == DeviceKind::Spirometer => {
+                encode(ghs::features().encode())
+            }
             _ => Err(DeviceError::NotPermitted(characteristic.uuid, "read")),
         }
     }
@@ -800,7 +1138,17 @@ impl DeviceLink for SimLink {
                 d.log.clock_writes += 1;
                 Ok(())
             }
+            Some(cu::RECORD_ACCESS_CONTROL_POINT)
+                if characteristic.service == services::GENERIC_HEALTH_SENSOR =>
+            {
+                self.ghs_racp(bytes).await
+            }
             Some(cu::RECORD_ACCESS_CONTROL_POINT) => self.racp(bytes).await,
+            Some(cu::GHS_CONTROL_POINT)
+                if characteristic.service == services::GENERIC_HEALTH_SENSOR =>
+            {
+                self.control_point(bytes)
+            }
             _ => Err(DeviceError::NotPermitted(characteristic.uuid, "write")),
         }
     }

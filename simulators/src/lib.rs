@@ -4,8 +4,10 @@
 //! This crate is for testing and demonstrating the gateway without hardware: [`SimWorld`]
 //! implements [`gateway::device::DeviceSource`] in-process, with a blood pressure cuff (two
 //! user slots, stored records fetched with RACP through the Blood Pressure Record), a pulse
-//! oximeter (spot-check and 1 Hz continuous) and a spirometer (the simulated vendor format of
-//! [`gateway::device::spirometry`]). Every value is encoded with `gateway::codec`, the same
+//! oximeter (spot-check and 1 Hz continuous) and a spirometer that speaks the Generic Health
+//! Sensor service ([`ghs`]: live observations once started, stored observations through GHS
+//! RACP), with the simulated vendor format of [`gateway::device::spirometry`] kept for the
+//! driver seam. Every value is encoded with `gateway::codec`, the same
 //! code that decodes it on the gateway side. A [`Physiology`] per patient (baselines,
 //! trends over days, diurnal variation, noise; deterministic for a seed) supplies the values,
 //! and [`scenario`] files (`fixtures/scenarios/*.toml`) script patients, devices and faults
@@ -29,6 +31,7 @@
 
 mod clock;
 mod device;
+pub mod ghs;
 mod physiology;
 pub mod scenario;
 

@@ -529,7 +529,7 @@ pub async fn run_paced(
             Arc::new(clock.clone()),
             config.clone(),
         );
-        if *kind == DeviceKind::Spirometer {
+        if *kind == DeviceKind::VendorSpirometer {
             s = s.with_driver(Arc::new(SimSpirometerV1));
         }
         sessions.push((*address, s.spawn(cancel.child_token())));
@@ -752,7 +752,9 @@ pub async fn run_paced(
                         }
                     }
                     "spiro" => {
-                        let Some(a) = addr(DeviceKind::Spirometer) else {
+                        let Some(a) = addr(DeviceKind::Spirometer)
+                            .or_else(|| addr(DeviceKind::VendorSpirometer))
+                        else {
                             continue;
                         };
                         let r = SpirometryResult {

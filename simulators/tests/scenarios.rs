@@ -73,6 +73,22 @@ async fn copd_stable() {
     assert_eq!(bp.user_index, Some(1));
     assert_eq!(bp.device.model.as_deref(), Some("SIM-BP2"));
     assert!(o.readings.iter().all(|r| r.flags.is_empty()));
+    // The spirometer speaks GHS: one reading per bundle with all four lung-function values,
+    // FEV1 and FVC to the centilitre as the sensor sent them, stamped by its clock.
+    let spiro: Vec<_> = o
+        .readings
+        .iter()
+        .filter(|r| r.reading_type == vitals::ReadingType::Spirometry)
+        .collect();
+    assert_eq!(spiro.len(), 7);
+    for r in spiro {
+        assert_eq!(r.device.model.as_deref(), Some("SIM-SP2"));
+        assert!(r.device_time.is_some());
+        let kinds: Vec<&str> = r.values.iter().map(|v| v.kind.as_str()).collect();
+        assert_eq!(kinds, ["fev1", "fvc", "fev1_fvc_ratio", "pef"]);
+        let fev1 = r.values[0].value.number().expect("fev1 measured");
+        assert_eq!(fev1.to_string().split('.').nth(1).map(str::len), Some(2));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,6 +130,16 @@ async fn measurement_faults() {
         cont.iter()
             .all(|r| r.flags.contains(vitals::Flag::LowBattery))
     );
+    // Poor spirometry effort travels as the GHS "questionable" status bit.
+    let poor: Vec<_> = o
+        .readings
+        .iter()
+        .filter(|r| r.reading_type == vitals::ReadingType::Spirometry)
+        .filter(|r| r.flags.contains(vitals::Flag::SignalQuestionable))
+        .collect();
+    assert_eq!(poor.len(), 1);
+    assert!(poor[0].values.iter().any(|v| v.kind == vitals::Kind::Pef
+        && v.value == vitals::Value::Absent(vitals::AbsentReason::Nan)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
