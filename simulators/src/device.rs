@@ -81,6 +81,8 @@ pub struct DeviceLog {
     pub ghs_deleted: Vec<u32>,
     /// GHS Control Point values written (0x01 start, 0x02 stop live observations).
     pub control_point_writes: Vec<u8>,
+    /// Values written to the vendor spirometer's serial characteristic (driver replies).
+    pub vendor_writes: Vec<Vec<u8>>,
     /// Deletes of records the queue did not hold at the time (must stay empty).
     pub audit_violations: Vec<String>,
     /// Values sent (notifications/indications the gateway's channel accepted).
@@ -533,7 +535,8 @@ fn gatt(config: &SimDeviceConfig) -> Vec<Characteristic> {
                 service: SimSpirometerV1::SERVICE,
                 uuid: SimSpirometerV1::RESULT,
             },
-            properties: ind,
+            // Indicates results; takes writes like a serial bridge (driver replies).
+            properties: props(false, true, false, true),
         }),
     }
     c
@@ -1122,7 +1125,16 @@ impl DeviceLink for SimLink {
         characteristic: CharacteristicId,
         bytes: &[u8],
     ) -> Result<(), DeviceError> {
-        lock(&self.device).live(self.generation)?;
+        {
+            let mut d = lock(&self.device);
+            d.live(self.generation)?;
+            if d.config.kind == DeviceKind::VendorSpirometer
+                && characteristic.uuid == SimSpirometerV1::RESULT
+            {
+                d.log.vendor_writes.push(bytes.to_vec());
+                return Ok(());
+            }
+        }
         match characteristic.uuid.as_u16() {
             Some(cu::CURRENT_TIME) => {
                 let t = CurrentTime::decode(bytes).map_err(|_| DeviceError::Att(0x80))?;

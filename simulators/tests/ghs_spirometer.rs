@@ -606,3 +606,64 @@ async fn the_vendor_format_spirometer_still_drives_the_driver_seam() {
     assert_eq!(r.device.model.as_deref(), Some("SIM-SP1"));
     handle.shutdown().await.expect("clean end");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replying_driver_acknowledges_only_what_is_queued_and_naks_a_garbled_frame() {
+    use gateway::codec::date_time::DateTime;
+    use gateway::codec::vitalograph::{ACK, LungMonitorResult, NAK};
+    use gateway::device::spirometry::VitalographLungMonitor;
+
+    // The Vitalograph packets through the simulated serial-over-BLE characteristic.
+    let rig = Rig::new(DeviceKind::VendorSpirometer).await;
+    let driver = VitalographLungMonitor::new(SimSpirometerV1::SERVICE, SimSpirometerV1::RESULT)
+        .replying_on(SimSpirometerV1::RESULT);
+    let handle = rig
+        .session(rig.queue.clone())
+        .with_driver(Arc::new(driver))
+        .spawn(CancellationToken::new());
+    rig.settled(&handle).await;
+    let frame = LungMonitorResult {
+        device_id: "LM00000042".into(),
+        fev1_l: Float11073::new(187, -2),
+        fev6_l: Float11073::new(255, -2),
+        fev1_fev6_ratio: Float11073::new(73, -2),
+        fef25_75_l_s: Float11073::new(120, -2),
+        fev1_personal_best_l: Float11073::new(230, -2),
+        fev1_percent_of_best: 81,
+        zones: [80, 50, 30],
+        timestamp: DateTime::new(2025, 5, 5, 8, 0, 5),
+        good_test: true,
+        software_version: 3,
+    }
+    .encode()
+    .expect("encodes");
+    let serial = CharacteristicId {
+        service: SimSpirometerV1::SERVICE,
+        uuid: SimSpirometerV1::RESULT,
+    };
+    let mut noisy = frame.clone();
+    let last = noisy.len() - 1;
+    noisy[last] ^= 0x55;
+    // A garbled frame, then the good one in two chunks (as a bridge with a small MTU sends).
+    for chunk in [&noisy[..], &frame[..20], &frame[20..]] {
+        rig.world
+            .emit(SPIRO, Emission::Raw(serial, chunk.to_vec()))
+            .await
+            .expect("emit");
+    }
+    until("both frames answered", || {
+        (rig.world.log(SPIRO).vendor_writes.len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(rig.world.log(SPIRO).vendor_writes, [vec![NAK], vec![ACK]]);
+    // The good frame is a reading; the garbled one a counted decode error.
+    let readings = rig.readings().await;
+    assert_eq!(readings.len(), 1);
+    assert_eq!(
+        value(&readings[0], Kind::Fev1),
+        ("1.87".into(), Unit::Litre)
+    );
+    let stats = handle.stats().borrow().clone();
+    assert_eq!(stats.decode_errors, 1);
+    handle.shutdown().await.expect("clean end");
+}

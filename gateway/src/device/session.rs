@@ -252,6 +252,8 @@ pub struct Session<S: DeviceSource> {
     ghs_live: Reassembler,
     ghs_stored: Reassembler,
     next_record_number: Option<u32>,
+    /// Driver answers (ACK/NAK) for results already durable, written after each value.
+    pending_replies: Vec<(CharacteristicId, Vec<u8>)>,
     backoff: Backoff,
 }
 
@@ -331,6 +333,7 @@ impl<S: DeviceSource> Session<S> {
             ghs_live: Reassembler::new(ghs::MAX_OBSERVATION),
             ghs_stored: Reassembler::new(ghs::MAX_OBSERVATION),
             next_record_number: None,
+            pending_replies: Vec::new(),
         }
     }
 
@@ -420,6 +423,7 @@ impl<S: DeviceSource> Session<S> {
         self.reassembler.reset();
         self.ghs_live.reset();
         self.ghs_stored.reset();
+        self.pending_replies.clear();
         let outcome = self.serve_link(&mut link, &mut events, cancel).await;
         let _ = self.op(link.disconnect()).await;
         match outcome {
@@ -538,6 +542,7 @@ impl<S: DeviceSource> Session<S> {
                 })) => {
                     self.handle_value(characteristic, &bytes, &mut state)
                         .await?;
+                    self.send_replies(link).await?;
                 }
                 Ok(Some(LinkEvent::Disconnected { .. })) | Ok(None) => {
                     return Err(LinkFault::Lost);
@@ -927,6 +932,7 @@ impl<S: DeviceSource> Session<S> {
                     bytes,
                 })) => {
                     self.handle_value(characteristic, &bytes, state).await?;
+                    self.send_replies(link).await?;
                 }
             }
         }
@@ -977,12 +983,17 @@ impl<S: DeviceSource> Session<S> {
         let mut mapped: Vec<Result<Reading, MapError>> = Vec::new();
         let mut sequence = None;
         let mut record_number = None;
+        let mut replies = Vec::new();
         if let Some(driver) = self
             .drivers
             .iter()
             .find(|d| d.result_characteristic() == characteristic)
         {
-            for result in driver.feed(bytes) {
+            let exchange = driver.exchange(bytes);
+            if let Some(c) = driver.reply_characteristic() {
+                replies.extend(exchange.replies.into_iter().map(|b| (c, b)));
+            }
+            for result in exchange.results {
                 match result {
                     Ok(r) => {
                         let clock = if r.from_storage {
@@ -1106,12 +1117,28 @@ impl<S: DeviceSource> Session<S> {
                 s.duplicates += outcome.duplicates as u64;
             });
         }
-        // Durable (or nothing to keep): only now does the record count as fetched.
+        // Durable (or nothing to keep): only now does the record count as fetched, and only
+        // now may a driver acknowledge it to the device.
+        self.pending_replies.extend(replies);
         self.advance_sequence(sequence);
         if let Some(n) = record_number {
             let next = n.saturating_add(1);
             if self.next_record_number.is_none_or(|m| next > m) {
                 self.next_record_number = Some(next);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the drivers' pending answers. A link error drops the link (the device will
+    /// send the unanswered result again, which the queue skips as a duplicate); a
+    /// characteristic that refuses writes is a configuration fault, logged, not fatal.
+    async fn send_replies(&mut self, link: &mut S::Link) -> Result<(), LinkFault> {
+        for (c, bytes) in std::mem::take(&mut self.pending_replies) {
+            match self.op(link.write(c, &bytes)).await {
+                Ok(()) => {}
+                Err(e) if e.is_retryable() => return Err(LinkFault::Lost),
+                Err(e) => warn!(error = %e, "driver reply refused by the device"),
             }
         }
         Ok(())

@@ -24,7 +24,7 @@
 use std::sync::Mutex;
 
 use crate::codec::date_time::{DateTime, DateTimeCharacteristic};
-use crate::codec::vitalograph::{FrameReader, LungMonitorResult};
+use crate::codec::vitalograph::{ACK, FrameReader, LungMonitorResult, NAK};
 use crate::codec::{DecodeError, Float11073};
 
 use super::{CharacteristicId, Uuid};
@@ -48,7 +48,21 @@ pub struct SpirometryResult {
     pub poor_effort: bool,
 }
 
-/// Turns one vendor's bytes into [`SpirometryResult`]s.
+/// What one value fed to a driver yields: the results it completes, and the bytes the
+/// driver answers the device with (a vendor handshake such as ACK/NAK).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exchange {
+    /// Completed results, or why one could not be read.
+    pub results: Vec<Result<SpirometryResult, DecodeError>>,
+    /// Answers, in order, for [`SpirometerDriver::reply_characteristic`]. The session writes
+    /// them only after the results are durable in the queue, so a device that forgets a
+    /// result once acknowledged never loses one; when the queue write fails nothing is
+    /// answered and the link is dropped.
+    pub replies: Vec<Vec<u8>>,
+}
+
+/// Turns one vendor's bytes into [`SpirometryResult`]s, and answers the device when its
+/// protocol asks for it.
 pub trait SpirometerDriver: Send + Sync {
     /// A short stable name for logs and metrics.
     fn name(&self) -> &'static str;
@@ -61,6 +75,18 @@ pub trait SpirometerDriver: Send + Sync {
     fn feed(&self, bytes: &[u8]) -> Vec<Result<SpirometryResult, DecodeError>>;
     /// Drops partial state (the link was lost).
     fn reset(&self) {}
+    /// Where replies are written (with response), if the driver answers at all.
+    fn reply_characteristic(&self) -> Option<CharacteristicId> {
+        None
+    }
+    /// Feeds one value and says what to answer. The default is receive-only: [`Self::feed`]
+    /// and no replies.
+    fn exchange(&self, bytes: &[u8]) -> Exchange {
+        Exchange {
+            results: self.feed(bytes),
+            replies: Vec::new(),
+        }
+    }
 }
 
 /// The simulated vendor format (see the module docs). Simulators only.
@@ -183,13 +209,21 @@ impl SimSpirometerV1 {
 ///
 /// Each complete, checksum-valid packet becomes a result with FEV1 (FEV6 is not FVC and is
 /// not reported as such; FEF25–75 and the zones have no place in the record). A packet the
-/// device flags as not a good test is marked poor effort. The device's own ACK/NAK handshake
-/// is not answered (the seam is receive-only): a device that repeats an unacknowledged
-/// packet yields the same reading id again, which the queue drops as a duplicate.
+/// device flags as not a good test is marked poor effort.
+///
+/// The handshake (OpenTele's `LungMonitorPacketCollector`): with a reply characteristic
+/// configured ([`VitalographLungMonitor::replying_on`]), a frame whose framing and checksum
+/// are intact is answered ACK, after its result is durable in the queue; a frame garbled in
+/// transit (bad checksum, STX/ETX missing, wrong length) is answered NAK so the device sends
+/// it again. An intact frame whose fields do not decode is acknowledged too (counted as a
+/// decode error): sending it again would not mend it. Without a reply characteristic the
+/// driver only listens, and a device that repeats an unacknowledged packet yields the same
+/// reading id again, which the queue drops as a duplicate.
 #[derive(Debug)]
 pub struct VitalographLungMonitor {
     service: Uuid,
     characteristic: Uuid,
+    reply: Option<Uuid>,
     frames: Mutex<FrameReader>,
 }
 
@@ -199,8 +233,31 @@ impl VitalographLungMonitor {
         VitalographLungMonitor {
             service,
             characteristic,
+            reply: None,
             frames: Mutex::new(FrameReader::default()),
         }
+    }
+
+    /// Answers ACK/NAK by writing to `characteristic` of the same service (the bridge's
+    /// write characteristic; it may be the one results arrive on).
+    #[must_use]
+    pub fn replying_on(mut self, characteristic: Uuid) -> Self {
+        self.reply = Some(characteristic);
+        self
+    }
+
+    /// Whether a frame that did not decode was damaged in transit (worth a NAK) rather than
+    /// intact with a field this decoder refuses.
+    fn garbled(e: &DecodeError) -> bool {
+        matches!(
+            e,
+            DecodeError::Truncated { field: "frame", .. }
+                | DecodeError::TrailingBytes { .. }
+                | DecodeError::InvalidValue {
+                    field: "frame" | "checksum",
+                    ..
+                }
+        )
     }
 
     /// One decoded packet as a result.
@@ -242,6 +299,29 @@ impl SpirometerDriver for VitalographLungMonitor {
             .iter()
             .map(|f| LungMonitorResult::decode(f).map(|p| Self::result(&p)))
             .collect()
+    }
+
+    fn reply_characteristic(&self) -> Option<CharacteristicId> {
+        self.reply.map(|uuid| CharacteristicId {
+            service: self.service,
+            uuid,
+        })
+    }
+
+    fn exchange(&self, bytes: &[u8]) -> Exchange {
+        let results = self.feed(bytes);
+        let replies = if self.reply.is_some() {
+            results
+                .iter()
+                .map(|r| match r {
+                    Err(e) if Self::garbled(e) => vec![NAK],
+                    _ => vec![ACK],
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Exchange { results, replies }
     }
 
     fn reset(&self) {
@@ -315,5 +395,56 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(out[0].is_err());
         assert!(out[1].is_ok());
+    }
+
+    #[test]
+    fn vitalograph_answers_ack_for_intact_frames_and_nak_for_garbled_ones() {
+        let packet = LungMonitorResult {
+            device_id: "LM00000042".into(),
+            fev1_l: Float11073::new(187, -2),
+            fev6_l: Float11073::new(255, -2),
+            fev1_fev6_ratio: Float11073::new(73, -2),
+            fef25_75_l_s: Float11073::new(120, -2),
+            fev1_personal_best_l: Float11073::new(230, -2),
+            fev1_percent_of_best: 81,
+            zones: [80, 50, 30],
+            timestamp: DateTime::new(2025, 3, 4, 8, 0, 5),
+            good_test: true,
+            software_version: 3,
+        };
+        let frame = packet.encode().expect("encodes");
+        // Receive-only unless told where to answer.
+        let quiet = VitalographLungMonitor::new(Uuid(1), Uuid(2));
+        assert_eq!(quiet.reply_characteristic(), None);
+        assert!(quiet.exchange(&frame).replies.is_empty());
+
+        let driver = VitalographLungMonitor::new(Uuid(1), Uuid(2)).replying_on(Uuid(3));
+        assert_eq!(
+            driver.reply_characteristic(),
+            Some(CharacteristicId {
+                service: Uuid(1),
+                uuid: Uuid(3)
+            })
+        );
+        // Half a frame: nothing to answer yet.
+        let half = driver.exchange(&frame[..30]);
+        assert!(half.results.is_empty() && half.replies.is_empty());
+        let done = driver.exchange(&frame[30..]);
+        assert_eq!(done.replies, [vec![ACK]]);
+        assert!(done.results[0].is_ok());
+        // Line noise in the checksum: NAK, so the device sends it again.
+        let mut noisy = frame.clone();
+        let last = noisy.len() - 1;
+        noisy[last] ^= 0x55;
+        assert_eq!(driver.exchange(&noisy).replies, [vec![NAK]]);
+        // Intact framing and checksum but a field the decoder refuses: ACK (resending the
+        // same bytes cannot help), and the error is still reported.
+        let mut odd = frame.clone();
+        odd[1] = b'X';
+        let check = odd[..last].iter().fold(0u8, |a, b| a ^ b);
+        odd[last] = check;
+        let out = driver.exchange(&odd);
+        assert!(out.results[0].is_err());
+        assert_eq!(out.replies, [vec![ACK]]);
     }
 }
