@@ -178,9 +178,11 @@ impl RawBench {
 
 impl Record {
     /// The baseline for `rpm bench ingest`: `readings` synthetic reading rows (and two value
-    /// rows each) inserted with plain multi-row `INSERT`s into scratch tables with only a
-    /// primary key (random UUID text, like real ids), `batch` readings per transaction, same
-    /// durability; the tables are dropped afterwards.
+    /// rows each) inserted with plain bulk `INSERT`s into scratch tables with only a primary
+    /// key (random UUID text, like real ids), `batch` readings per transaction, same
+    /// durability; the tables are dropped afterwards. The statements have the form the record
+    /// uses (`UNNEST` arrays on PostgreSQL, multi-row `VALUES` on SQLite), so the baseline is
+    /// the database's ceiling for the same kind of statement.
     pub async fn raw_insert_benchmark(&self, readings: usize, batch: usize) -> Result<RawBench> {
         let batch = batch.max(1);
         let max_binds = self.max_binds();
@@ -207,51 +209,7 @@ impl Record {
                     .map(|i| (scattered_id(i as u64), i as i64))
                     .collect();
                 let mut tx = pool.begin().await?;
-                for chunk in rows.chunks(max_binds / 12) {
-                    let mut q = QueryBuilder::<DB>::new(
-                        "INSERT INTO bench_raw_readings (reading_id, patient_key, device_id, \
-                         gateway_id, user_index, reading_type, device_time, measured_at, \
-                         received_at, ingested_at, flags, gateway_seq) ",
-                    );
-                    q.push_values(chunk, |mut b, (id, i)| {
-                        b.push_bind(id.as_str())
-                            .push_bind("bench-pk-0")
-                            .push_bind("eui64:be7c000000000000")
-                            .push_bind("bench-gw")
-                            .push_bind(None::<i64>)
-                            .push_bind("oximetry_spot_check")
-                            .push_bind(None::<&str>)
-                            .push_bind(*i)
-                            .push_bind(*i)
-                            .push_bind(*i)
-                            .push_bind(0i64)
-                            .push_bind(*i);
-                    });
-                    q.build().execute(&mut *tx).await?;
-                }
-                let values: Vec<(&str, &str, i64)> = rows
-                    .iter()
-                    .flat_map(|(id, i)| {
-                        [(id.as_str(), "spo2", *i), (id.as_str(), "pulse_rate", *i)]
-                    })
-                    .collect();
-                for chunk in values.chunks(max_binds / 8) {
-                    let mut q = QueryBuilder::<DB>::new(
-                        "INSERT INTO bench_raw_values (reading_id, kind, patient_key, \
-                         measured_at, value_text, value_num, unit, absent) ",
-                    );
-                    q.push_values(chunk, |mut b, (id, kind, i)| {
-                        b.push_bind(*id)
-                            .push_bind(*kind)
-                            .push_bind("bench-pk-0")
-                            .push_bind(*i)
-                            .push_bind("97")
-                            .push_bind(97.0f64)
-                            .push_bind("%")
-                            .push_bind(None::<&str>);
-                    });
-                    q.build().execute(&mut *tx).await?;
-                }
+                <DB as RawInsert>::insert_raw(&mut *tx, &rows, max_binds).await?;
                 tx.commit().await?;
                 done += n;
             }
@@ -269,5 +227,105 @@ impl Record {
             values: 2 * readings as u64,
             elapsed: started,
         })
+    }
+}
+
+/// One transaction's rows of the raw-insert baseline, in each backend's bulk form.
+trait RawInsert: sqlx::Database {
+    async fn insert_raw(
+        conn: &mut Self::Connection,
+        rows: &[(String, i64)],
+        max_binds: usize,
+    ) -> Result<()>;
+}
+
+impl RawInsert for sqlx::Sqlite {
+    async fn insert_raw(
+        conn: &mut sqlx::SqliteConnection,
+        rows: &[(String, i64)],
+        max_binds: usize,
+    ) -> Result<()> {
+        for chunk in rows.chunks(max_binds / 12) {
+            let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO bench_raw_readings (reading_id, patient_key, device_id, \
+                 gateway_id, user_index, reading_type, device_time, measured_at, \
+                 received_at, ingested_at, flags, gateway_seq) ",
+            );
+            q.push_values(chunk, |mut b, (id, i)| {
+                b.push_bind(id.as_str())
+                    .push_bind("bench-pk-0")
+                    .push_bind("eui64:be7c000000000000")
+                    .push_bind("bench-gw")
+                    .push_bind(None::<i64>)
+                    .push_bind("oximetry_spot_check")
+                    .push_bind(None::<&str>)
+                    .push_bind(*i)
+                    .push_bind(*i)
+                    .push_bind(*i)
+                    .push_bind(0i64)
+                    .push_bind(*i);
+            });
+            q.build().execute(&mut *conn).await?;
+        }
+        let values: Vec<(&str, &str, i64)> = rows
+            .iter()
+            .flat_map(|(id, i)| [(id.as_str(), "spo2", *i), (id.as_str(), "pulse_rate", *i)])
+            .collect();
+        for chunk in values.chunks(max_binds / 8) {
+            let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO bench_raw_values (reading_id, kind, patient_key, \
+                 measured_at, value_text, value_num, unit, absent) ",
+            );
+            q.push_values(chunk, |mut b, (id, kind, i)| {
+                b.push_bind(*id)
+                    .push_bind(*kind)
+                    .push_bind("bench-pk-0")
+                    .push_bind(*i)
+                    .push_bind("97")
+                    .push_bind(97.0f64)
+                    .push_bind("%")
+                    .push_bind(None::<&str>);
+            });
+            q.build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+}
+
+impl RawInsert for sqlx::Postgres {
+    async fn insert_raw(
+        conn: &mut sqlx::PgConnection,
+        rows: &[(String, i64)],
+        _max_binds: usize,
+    ) -> Result<()> {
+        let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+        let nums: Vec<i64> = rows.iter().map(|(_, i)| *i).collect();
+        sqlx::query(
+            "INSERT INTO bench_raw_readings (reading_id, patient_key, device_id, gateway_id, \
+             user_index, reading_type, device_time, measured_at, received_at, ingested_at, \
+             flags, gateway_seq) \
+             SELECT r, 'bench-pk-0', 'eui64:be7c000000000000', 'bench-gw', NULL, \
+             'oximetry_spot_check', NULL, i, i, i, 0, i FROM UNNEST($1::text[], $2::int8[]) \
+             AS u(r, i)",
+        )
+        .bind(&ids)
+        .bind(&nums)
+        .execute(&mut *conn)
+        .await?;
+        let value_ids: Vec<&str> = ids.iter().flat_map(|id| [*id, *id]).collect();
+        let kinds: Vec<&str> = ids.iter().flat_map(|_| ["spo2", "pulse_rate"]).collect();
+        let value_nums: Vec<i64> = nums.iter().flat_map(|i| [*i, *i]).collect();
+        sqlx::query(
+            "INSERT INTO bench_raw_values (reading_id, kind, patient_key, measured_at, \
+             value_text, value_num, unit, absent) \
+             SELECT r, k, 'bench-pk-0', i, '97', 97.0, '%', NULL \
+             FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(r, k, i)",
+        )
+        .bind(&value_ids)
+        .bind(&kinds)
+        .bind(&value_nums)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
     }
 }
