@@ -37,7 +37,8 @@ fn publishes_and_acks(log: &str) -> (Vec<u32>, Vec<u32>) {
                 .split(", ")
                 .find_map(|f| f.strip_prefix('m')?.parse::<u32>().ok());
             sent.push(mid.expect("packet id in a PUBLISH log line"));
-        } else if let Some(rest) = line.split_once(&format!("Received PUBACK from {CLIENT} (Mid: ")) {
+        } else if let Some(rest) = line.split_once(&format!("Received PUBACK from {CLIENT} (Mid: "))
+        {
             let mid: String = rest.1.chars().take_while(char::is_ascii_digit).collect();
             acked.push(mid.parse().expect("packet id in a PUBACK log line"));
         }
@@ -80,7 +81,11 @@ async fn pipelined_batches_ack_in_order_and_lose_nothing_when_postgresql_crashes
     };
     let task = tokio::spawn(consumer.run());
     broker
-        .wait_for_log("$share/ingest/rpm/v1/gw/+/readings", 1, Duration::from_secs(20))
+        .wait_for_log(
+            "$share/ingest/rpm/v1/gw/+/readings",
+            1,
+            Duration::from_secs(20),
+        )
         .expect("the consumer subscribes");
 
     // One publisher, QoS 1, in order: envelope k carries readings 4k..4k+3 and number k+1.
@@ -120,7 +125,10 @@ async fn pipelined_batches_ack_in_order_and_lose_nothing_when_postgresql_crashes
     // Crash PostgreSQL once a few batches are in, and bring it back a moment later.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while stats.readings_stored.load(Ordering::Relaxed) < 200 {
-        assert!(tokio::time::Instant::now() < deadline, "ingest stored nothing");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ingest stored nothing"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let pg = tokio::task::spawn_blocking(move || {
@@ -138,7 +146,11 @@ async fn pipelined_batches_ack_in_order_and_lose_nothing_when_postgresql_crashes
     while stats.messages.load(Ordering::Relaxed) < MESSAGES {
         if tokio::time::Instant::now() >= deadline {
             let (sent, acked) = publishes_and_acks(&broker.log());
-            eprintln!("broker sent {} and got {} acks; log tail:", sent.len(), acked.len());
+            eprintln!(
+                "broker sent {} and got {} acks; log tail:",
+                sent.len(),
+                acked.len()
+            );
             let log = broker.log();
             let lines: Vec<&str> = log.lines().collect();
             for l in &lines[lines.len().saturating_sub(40)..] {
@@ -165,7 +177,11 @@ async fn pipelined_batches_ack_in_order_and_lose_nothing_when_postgresql_crashes
         stats.db_retries.load(Ordering::Relaxed) > 0,
         "the crash reached ingest while batches were in flight"
     );
-    assert_eq!(record.count_readings().await.expect("count"), total, "nothing lost, nothing twice");
+    assert_eq!(
+        record.count_readings().await.expect("count"),
+        total,
+        "nothing lost, nothing twice"
+    );
     assert_eq!(stats.rejected_total(), 0, "nothing dead-lettered");
 
     // Commits in arrival order: a later message's readings were never committed before an
@@ -203,7 +219,11 @@ async fn pipelined_batches_ack_in_order_and_lose_nothing_when_postgresql_crashes
 
     // Acknowledgements in the order the broker sent the messages, each exactly once.
     let (sent, acked) = publishes_and_acks(&broker.log());
-    assert_eq!(sent.len() as u64, MESSAGES, "the broker sent each message once");
+    assert_eq!(
+        sent.len() as u64,
+        MESSAGES,
+        "the broker sent each message once"
+    );
     assert_eq!(acked, sent, "PUBACKs in the order of the PUBLISHes");
     drop(pg);
 }

@@ -525,7 +525,10 @@ async fn commit(
         seqs,
     } = batch;
     if !good.is_empty() || !seqs.is_empty() {
-        let checks = store(settings, record, stats, rules, &good, &origin, &seqs, &mut dead).await;
+        let checks = store(
+            settings, record, stats, rules, &good, &origin, &seqs, &mut dead,
+        )
+        .await;
         for ((gateway, seq), check) in seqs.iter().zip(checks) {
             if let SeqCheck::Replay { last } = check {
                 stats.replays.fetch_add(1, Ordering::Relaxed);
@@ -675,14 +678,16 @@ async fn insert(
     seqs: &[(GatewayId, u64)],
 ) -> Result<Committed, RecordError> {
     match rules {
-        None => retry_permanent(settings, stats, || async {
-            // Without `evaluate` nothing asks for a rollback.
-            Ok(record
-                .insert_batch_tracked(batch, seqs, None)
-                .await?
-                .unwrap_or_default())
-        })
-        .await,
+        None => {
+            retry_permanent(settings, stats, || async {
+                // Without `evaluate` nothing asks for a rollback.
+                Ok(record
+                    .insert_batch_tracked(batch, seqs, None)
+                    .await?
+                    .unwrap_or_default())
+            })
+            .await
+        }
         Some(rules) => insert_evaluated(settings, record, stats, rules, batch, seqs).await,
     }
 }
@@ -708,8 +713,9 @@ async fn insert_evaluated(
         let result = match prepared {
             Ok(()) => {
                 let force = rollbacks >= alerting::MAX_ROLLBACKS;
-                let mut evaluate =
-                    |new: &[&Reading], versions: &[RuleVersion]| rules.evaluate(new, versions, force);
+                let mut evaluate = |new: &[&Reading], versions: &[RuleVersion]| {
+                    rules.evaluate(new, versions, force)
+                };
                 record
                     .insert_batch_tracked(batch, seqs, Some(&mut evaluate))
                     .await

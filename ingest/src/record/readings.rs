@@ -181,10 +181,7 @@ fn plan_seqs<'a>(
                 previous_seq: None,
                 replays: 0,
             });
-            (
-                state.len() - 1,
-                stored.get(g).map(|&l| l.max(0) as u64),
-            )
+            (state.len() - 1, stored.get(g).map(|&l| l.max(0) as u64))
         });
         let check = match last {
             None => SeqCheck::First,
@@ -287,7 +284,11 @@ impl BatchSql for sqlx::Sqlite {
         Ok(rows.into_iter().collect())
     }
 
-    async fn store_seqs(conn: &mut sqlx::SqliteConnection, rows: &[SeqRow<'_>], at: i64) -> Result<()> {
+    async fn store_seqs(
+        conn: &mut sqlx::SqliteConnection,
+        rows: &[SeqRow<'_>],
+        at: i64,
+    ) -> Result<()> {
         for chunk in fixed_chunks(rows) {
             let mut q = QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO gateway_seq (gateway_id, last_seq, previous_seq, replays, updated_at) ",
@@ -338,7 +339,10 @@ impl BatchSql for sqlx::Sqlite {
         Ok(new_ids)
     }
 
-    async fn insert_values(conn: &mut sqlx::SqliteConnection, values: &[ValueRow<'_, '_>]) -> Result<()> {
+    async fn insert_values(
+        conn: &mut sqlx::SqliteConnection,
+        values: &[ValueRow<'_, '_>],
+    ) -> Result<()> {
         for chunk in fixed_chunks(values) {
             let mut q = QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO reading_values (reading_id, kind, patient_key, measured_at, \
@@ -385,7 +389,11 @@ impl BatchSql for sqlx::Sqlite {
         Ok(())
     }
 
-    async fn touch_gateways(conn: &mut sqlx::SqliteConnection, gateways: &[&str], at: i64) -> Result<()> {
+    async fn touch_gateways(
+        conn: &mut sqlx::SqliteConnection,
+        gateways: &[&str],
+        at: i64,
+    ) -> Result<()> {
         let list = serde_json::to_string(gateways)
             .map_err(|e| RecordError::Invalid(format!("gateway ids: {e}")))?;
         sqlx::query(GATEWAY_TOUCH)
@@ -507,7 +515,10 @@ impl BatchSql for sqlx::Postgres {
         Ok(new.into_iter().collect())
     }
 
-    async fn insert_values(conn: &mut sqlx::PgConnection, values: &[ValueRow<'_, '_>]) -> Result<()> {
+    async fn insert_values(
+        conn: &mut sqlx::PgConnection,
+        values: &[ValueRow<'_, '_>],
+    ) -> Result<()> {
         let ids: Vec<&str> = values.iter().map(|v| v.row.id.as_str()).collect();
         let kinds: Vec<&str> = values.iter().map(|v| v.kind).collect();
         let patients: Vec<&str> = values
@@ -569,7 +580,11 @@ impl BatchSql for sqlx::Postgres {
         Ok(())
     }
 
-    async fn touch_gateways(conn: &mut sqlx::PgConnection, gateways: &[&str], at: i64) -> Result<()> {
+    async fn touch_gateways(
+        conn: &mut sqlx::PgConnection,
+        gateways: &[&str],
+        at: i64,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE gateways SET last_seen_at = $2 WHERE gateway_id = ANY($1) \
              AND (last_seen_at IS NULL OR last_seen_at < $2)",
@@ -674,7 +689,11 @@ impl Record {
         seq_gateways.sort_unstable();
         seq_gateways.dedup();
 
-        let span = tracing::debug_span!("insert_batch", readings = batch.len(), messages = seqs.len());
+        let span = tracing::debug_span!(
+            "insert_batch",
+            readings = batch.len(),
+            messages = seqs.len()
+        );
         let notify = self.notifications.as_deref();
         let done = async {
             Ok::<_, RecordError>(with_pool!(self, write, |pool, DB| {
@@ -689,7 +708,8 @@ impl Record {
                 let mut new_ids = HashSet::new();
                 if !rows.is_empty() {
                     <DB as BatchSql>::check_registry(&mut *tx, &patients, &gateways).await?;
-                    new_ids = <DB as BatchSql>::insert_readings(&mut *tx, &rows, ingested_at).await?;
+                    new_ids =
+                        <DB as BatchSql>::insert_readings(&mut *tx, &rows, ingested_at).await?;
                     let values: Vec<ValueRow<'_, '_>> = rows
                         .iter()
                         .filter(|r| new_ids.contains(&r.id))
@@ -768,7 +788,10 @@ mod tests {
         for n in [0usize, 1, 3, 4, 5, 63, 64, 255, 256, 257, 1000, 2001] {
             let items: Vec<usize> = (0..n).collect();
             let chunks: Vec<&[usize]> = fixed_chunks(&items).collect();
-            assert!(chunks.iter().all(|c| SQLITE_CHUNKS.contains(&c.len())), "{n}");
+            assert!(
+                chunks.iter().all(|c| SQLITE_CHUNKS.contains(&c.len())),
+                "{n}"
+            );
             let joined: Vec<usize> = chunks.concat();
             assert_eq!(joined, items, "{n}: every item once, in order");
         }
