@@ -42,7 +42,7 @@ fn help_lists_only_what_this_build_can_do() {
         commands,
         [
             "decode", "config", "envelope", "gateway", "ingest", "rules", "patients", "gateways",
-            "devices", "bench", "help"
+            "devices", "users", "bench", "help"
         ],
         "{help}"
     );

@@ -31,13 +31,13 @@
 
 use std::marker::PhantomData;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Json;
 
 use crate::http::HttpState;
 pub use crate::record::{AuthVia, Principal, Role};
@@ -98,7 +98,9 @@ pub fn set_cookie(state: &HttpState, id: &str) -> HeaderValue {
 /// `Set-Cookie` that deletes the session cookie.
 pub fn clear_cookie(state: &HttpState) -> HeaderValue {
     if state.console.settings.secure {
-        HeaderValue::from_static("__Host-rpm_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0; Secure")
+        HeaderValue::from_static(
+            "__Host-rpm_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0; Secure",
+        )
     } else {
         HeaderValue::from_static("rpm_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
     }
@@ -111,8 +113,7 @@ fn is_safe(method: &Method) -> bool {
 /// Constant-time comparison of two tokens.
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -120,7 +121,11 @@ fn same(a: &str, b: &str) -> bool {
 
 /// The middleware: resolves the principal and enforces CSRF on cookie-authenticated
 /// state-changing requests. See the module doc.
-pub async fn authenticate(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(state): State<HttpState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let (mut parts, body) = request.into_parts();
     let record = &state.record;
     let principal = if let Some(token) = bearer(&parts.headers) {
@@ -328,7 +333,11 @@ impl<S: Send + Sync, R: MinRole> FromRequestParts<S> for RequireRole<R> {
         if p.role < R::ROLE {
             return Err(error(
                 StatusCode::FORBIDDEN,
-                &format!("this needs the {} role; you are signed in as a {}", R::ROLE, p.role),
+                &format!(
+                    "this needs the {} role; you are signed in as a {}",
+                    R::ROLE,
+                    p.role
+                ),
             ));
         }
         Ok(RequireRole(p, PhantomData))
@@ -350,9 +359,15 @@ mod tests {
     #[test]
     fn cookies_and_bearer_are_found() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; rpm_session=abc ; b=2"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; rpm_session=abc ; b=2"),
+        );
         assert_eq!(session_cookie(&h), Some("abc"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer rpm_x"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer rpm_x"),
+        );
         assert_eq!(bearer(&h), Some("rpm_x"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer(&h), None);

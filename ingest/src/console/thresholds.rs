@@ -44,10 +44,12 @@ fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
 impl ProfileCatalog {
     /// Loads the profiles the consumer loads (the consumer has already refused bad ones).
     pub fn load(config: &RulesConfig) -> Result<Self, String> {
-        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+        let read =
+            |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
         let mut profiles = HashMap::new();
         for path in toml_files(&config.profiles_dir)? {
-            let p = Profile::from_toml(&read(&path)?).map_err(|e| format!("{}: {e}", path.display()))?;
+            let p = Profile::from_toml(&read(&path)?)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             profiles.insert(p.id.clone(), p);
         }
         let mut overrides = HashMap::new();

@@ -453,7 +453,11 @@ impl Record {
         Ok(out)
     }
 
-    async fn outbox_since(&self, since_ms: i64, status: Option<&str>) -> Result<Vec<NotificationView>> {
+    async fn outbox_since(
+        &self,
+        since_ms: i64,
+        status: Option<&str>,
+    ) -> Result<Vec<NotificationView>> {
         let rows: Vec<OutboxRow> = with_pool!(self, read, |pool, DB| {
             sqlx::query_as(
                 "SELECT id, status, payload, CAST(attempts AS BIGINT) AS attempts, last_error \
@@ -648,7 +652,13 @@ impl Record {
         });
         Ok(rows
             .into_iter()
-            .filter_map(|(kind, mean, count)| Some(MeanView { kind, mean: mean?, count }))
+            .filter_map(|(kind, mean, count)| {
+                Some(MeanView {
+                    kind,
+                    mean: mean?,
+                    count,
+                })
+            })
             .collect())
     }
 
@@ -684,7 +694,10 @@ impl Record {
     /// The audit log, newest first, filtered.
     pub async fn audit_entries(&self, f: &AuditFilter) -> Result<Vec<AuditView>> {
         let action_like = f.action.as_ref().map(|a| {
-            let escaped = a.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            let escaped = a
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
             format!("{escaped}%")
         });
         let rows: Vec<(i64, i64, String, String, String, String)> =
@@ -747,7 +760,10 @@ impl Record {
     }
 
     /// The threshold version in force for a patient (the latest), if any.
-    pub async fn current_thresholds(&self, patient: &PatientKey) -> Result<Option<ThresholdVersion>> {
+    pub async fn current_thresholds(
+        &self,
+        patient: &PatientKey,
+    ) -> Result<Option<ThresholdVersion>> {
         Ok(self.threshold_versions(patient).await?.into_iter().next())
     }
 

@@ -462,6 +462,8 @@ impl Record {
             return Ok(Err(LoginRefused::BadCredentials));
         }
         let user = user_from_row(&row)?;
+        // The session starts now, after the (deliberately slow) password check.
+        let now = now_us();
         let id = random_hex()?;
         let csrf = random_hex()?;
         let expires = now + i64::try_from(max.as_micros()).unwrap_or(i64::MAX / 2);
@@ -549,11 +551,13 @@ impl Record {
         }
         if now - last_seen > 60_000_000.min(idle_us / 4) {
             with_pool!(self, write, |pool, DB| {
-                sqlx::query("UPDATE console_sessions SET last_seen_at = $2 WHERE session_hash = $1")
-                    .bind(hash.as_str())
-                    .bind(now)
-                    .execute(pool)
-                    .await?;
+                sqlx::query(
+                    "UPDATE console_sessions SET last_seen_at = $2 WHERE session_hash = $1",
+                )
+                .bind(hash.as_str())
+                .bind(now)
+                .execute(pool)
+                .await?;
             });
         }
         Ok(Some(Principal {
@@ -803,6 +807,9 @@ mod tests {
         assert!(hash.starts_with("$argon2id$"), "{hash}");
         assert!(verify_password(hash.clone(), "correct horse battery").await);
         assert!(!verify_password(hash, "correct horse battery!").await);
-        assert!(PasswordHash::new(DUMMY_HASH).is_ok(), "the dummy hash parses");
+        assert!(
+            PasswordHash::new(DUMMY_HASH).is_ok(),
+            "the dummy hash parses"
+        );
     }
 }
