@@ -1,6 +1,6 @@
-//! `tracing` set-up: `RUST_LOG` filters (default `info`), human output on a terminal by
-//! default, JSON lines for servers with `--log-format json`. Logs go to standard error so a
-//! command's output on standard output stays machine-readable.
+//! `tracing` set-up: `RUST_LOG` filters (default `info`; the caller may choose another),
+//! human output on a terminal by default, JSON lines for servers with `--log-format json`.
+//! Logs go to standard error so a command's output on standard output stays machine-readable.
 
 use tracing_subscriber::EnvFilter;
 
@@ -14,9 +14,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber; `default_filter` applies when `RUST_LOG` is not set.
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

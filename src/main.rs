@@ -5,13 +5,15 @@ mod bench_gateway;
 mod bench_ingest;
 mod bench_rules;
 mod config;
+#[cfg(feature = "demo")]
+mod demo;
 mod logging;
 mod registry_cli;
 mod rules_cli;
 mod serve;
+mod users_cli;
 
 use std::io::Read as _;
-mod users_cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,6 +37,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole system in one process on embedded defaults: an embedded MQTT broker,
+    /// SQLite, simulated home patients through the real gateway pipeline, ingest, rules, the
+    /// notifier (mail caught in the data directory) and the HTTP API on localhost.
+    ///
+    /// The simulated days are played in accelerated time so that they end now: the virtual
+    /// clock starts as many days ago as the longest scenario lasts and catches up with the
+    /// wall clock at the end of the playback. No reading is stamped in the future, so ingest's
+    /// clock-sanity check runs unchanged. With --duration it stops by itself and prints a
+    /// summary; otherwise it runs until Ctrl-C.
+    #[cfg(feature = "demo")]
+    Demo(demo::DemoArgs),
     /// Decode one GATT characteristic value to JSON, for device debugging.
     ///
     /// Example: `rpm decode 2a35 "1e 78 00 50 00 5d 00"`. Exits 1 with the reason when the
@@ -104,6 +117,14 @@ enum Command {
         #[command(subcommand)]
         command: registry_cli::DevicesCmd,
     },
+    /// Console users (nurse, clinician, admin) and their API tokens.
+    Users {
+        /// The patient record (`sqlite:path` or `postgres://…`).
+        #[arg(long, env = "RPM_DATABASE_URL")]
+        database: String,
+        #[command(subcommand)]
+        command: users_cli::UsersCmd,
+    },
     /// Benchmarks, each printed beside its same-run baseline.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -117,14 +138,6 @@ enum BenchCommand {
         /// The broker to publish to.
         #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
         broker: String,
-    /// Console users (nurse, clinician, admin) and their API tokens.
-    Users {
-        /// The patient record (`sqlite:path` or `postgres://…`).
-        #[arg(long, env = "RPM_DATABASE_URL")]
-        database: String,
-        #[command(subcommand)]
-        command: users_cli::UsersCmd,
-    },
         /// Readings queued before forwarding starts.
         #[arg(long, default_value_t = 100_000)]
         readings: usize,
@@ -209,7 +222,17 @@ enum EnvelopeCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    // The demo draws a progress display: only warnings and errors in between by default.
+    #[cfg(feature = "demo")]
+    let default_filter = if matches!(cli.command, Command::Demo(_)) {
+        // rumqttd logs every client that goes away as an error; the demo reports its own.
+        "warn,rumqttd=off"
+    } else {
+        "info"
+    };
+    #[cfg(not(feature = "demo"))]
+    let default_filter = "info";
+    logging::init(cli.log_format, default_filter);
     // rumqttc, reqwest and lettre bring rustls with aws-lc-rs, sqlx and rumqttd with ring:
     // name the process-wide provider once so nothing has to guess (DEPENDENCIES.md).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -224,6 +247,11 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => {
+            runtime()?.block_on(demo::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Decode {
             characteristic,
             hex,
@@ -277,6 +305,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(registry_cli::run_devices(&database, command))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Users { database, command } => {
+            runtime()?.block_on(users_cli::run(&database, command))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Gateway {
             broker,
             readings,
@@ -319,10 +351,6 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             patients,
             readings,
             quick,
-        Command::Users { database, command } => {
-            runtime()?.block_on(users_cli::run(&database, command))?;
-            Ok(ExitCode::SUCCESS)
-        }
         }) => {
             let report = bench_rules::run(&bench_rules::Options {
                 patients,

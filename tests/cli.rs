@@ -41,8 +41,8 @@ fn help_lists_only_what_this_build_can_do() {
     assert_eq!(
         commands,
         [
-            "decode", "config", "envelope", "gateway", "ingest", "rules", "patients", "gateways",
-            "devices", "users", "bench", "help"
+            "demo", "decode", "config", "envelope", "gateway", "ingest", "rules", "patients",
+            "gateways", "devices", "users", "bench", "help"
         ],
         "{help}"
     );
