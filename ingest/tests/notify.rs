@@ -360,6 +360,27 @@ async fn hit(app: &axum::Router, method: &str, uri: &str) -> (StatusCode, String
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// A form POST, as the confirmation page's button sends it.
+async fn hit_form(app: &axum::Router, uri: &str, form: &str) -> (StatusCode, String) {
+    let response = app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method("POST")
+                .uri(uri)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from(form.to_owned()))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .expect("body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 // ---------------------------------------------------------------------------------------
 // The tests.
 
@@ -597,8 +618,32 @@ async fn the_signed_link_acknowledges_is_audited_and_stops_escalation(db: Db) {
         record.open_unacknowledged_alerts().await.expect("open")
     ));
 
-    // The link from the email.
+    // The link from the email: a GET (a mail scanner, a link preview, or the nurse's click)
+    // only asks for confirmation.
     let (status, body) = hit(&app, "GET", &format!("/ack?token={token}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains("<form method=\"post\" action=\"/ack\">"),
+        "{body}"
+    );
+    assert!(body.contains(&format!("value=\"{token}\"")), "{body}");
+    assert!(
+        unacknowledged(record.open_unacknowledged_alerts().await.expect("open")),
+        "a GET acknowledges nothing"
+    );
+    assert!(
+        record
+            .audit_log(Some(&format!("alert:{}", alert.uid)), 10)
+            .await
+            .expect("audit log")
+            .is_empty()
+    );
+    // A forged form is refused like a forged link.
+    let (status, _) = hit_form(&app, "/ack", &format!("token={tampered}")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // The confirmation page's button posts the token back.
+    let (status, body) = hit_form(&app, "/ack", &format!("token={token}")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("acknowledged"), "{body}");
     let audit = record
@@ -615,9 +660,17 @@ async fn the_signed_link_acknowledges_is_audited_and_stops_escalation(db: Db) {
         !unacknowledged(record.open_unacknowledged_alerts().await.expect("open")),
         "a restart would not escalate it again"
     );
-    // POST does the same (a second acknowledgement is recorded too).
+    // A script may POST with the token in the query (a second acknowledgement is recorded).
     let (status, _) = hit(&app, "POST", &format!("/ack?token={token}")).await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        record
+            .audit_log(Some(&format!("alert:{}", alert.uid)), 10)
+            .await
+            .expect("audit log")
+            .len(),
+        2
+    );
 
     // Past the 3 s acknowledgement time: the charge nurse is not paged.
     tokio::time::sleep(Duration::from_secs(5)).await;

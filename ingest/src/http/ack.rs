@@ -1,11 +1,17 @@
 //! `/ack?token=…`: the signed, expiring link in every nurse message. The token is verified
 //! ([`notifier::AckSigner::verify`]), the escalation stopped, and the acknowledgement written
 //! to the audit log with the link's recipient id as who (`staff:nurse.day`, never a name).
-//! `GET` works from a mail client; `POST` is the same for forms and scripts. The console and
-//! the API acknowledge through the same [`acknowledge_and_audit`].
+//! The console and the API acknowledge through the same [`acknowledge_and_audit`].
 //!
-//! The page says nothing about the patient: whoever holds the link learns only that it worked.
+//! `GET` only checks the link and answers a confirmation page whose button `POST`s the token
+//! back: mail security scanners and link previews fetch every link in a message, and a `GET`
+//! that acknowledged would silence the escalation before any nurse read the alert. `POST`
+//! takes the token from the form body (the page's button) or the query string (scripts).
+//!
+//! The pages say nothing about the patient: whoever holds the link learns only that it worked.
 
+use axum::Form;
+use axum::extract::rejection::FormRejection;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -41,39 +47,58 @@ fn page(status: StatusCode, text: &str) -> Response {
         .into_response()
 }
 
-/// The handler of `GET /ack` and `POST /ack`.
-pub async fn acknowledge(State(state): State<HttpState>, Query(q): Query<AckQuery>) -> Response {
-    let Some(links) = &state.ack else {
-        return page(
-            StatusCode::NOT_FOUND,
-            "Acknowledgement links are not enabled on this server.",
-        );
-    };
-    let Some(token) = q.token.filter(|t| !t.is_empty()) else {
-        return page(
-            StatusCode::BAD_REQUEST,
-            "This acknowledgement link is incomplete: it has no token. Open the link from the \
-             message again, or acknowledge the alert in the console.",
-        );
-    };
-    let now = Timestamp::now();
-    let ack = match links.signer.verify(&token, now) {
-        Ok(claim) => notifier::Acknowledgement::from_link(claim, now),
-        Err(AckError::Expired) => {
-            tracing::info!(reason = "expired", "acknowledgement link refused");
-            return page(
-                StatusCode::GONE,
-                "This acknowledgement link has expired. Acknowledge the alert in the console.",
-            );
-        }
-        Err(e) => {
-            tracing::info!(reason = %e, "acknowledgement link refused");
-            return page(
-                StatusCode::BAD_REQUEST,
-                "This acknowledgement link is not valid (damaged or not from this server). \
-                 Acknowledge the alert in the console.",
-            );
-        }
+/// The HTML confirmation page: the token travels back in a hidden field of a POST form.
+fn confirmation(token: &str) -> Response {
+    let token = html_escape(token);
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Acknowledge alert</title></head><body>\
+         <h1>Acknowledge this alert?</h1>\
+         <p>Acknowledging tells the team you are dealing with it and stops escalation.</p>\
+         <form method=\"post\" action=\"/ack\">\
+         <input type=\"hidden\" name=\"token\" value=\"{token}\">\
+         <button type=\"submit\">Acknowledge alert</button></form></body></html>\n"
+    );
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // The token is in this page's URL: keep it out of caches and Referer headers.
+            (header::CACHE_CONTROL, "no-store"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// `GET /ack`: checks the link and asks for confirmation; acknowledges nothing.
+pub async fn confirm(State(state): State<HttpState>, Query(q): Query<AckQuery>) -> Response {
+    match verified(&state, q.token) {
+        Ok((_, token)) => confirmation(&token),
+        Err(refusal) => refusal,
+    }
+}
+
+/// `POST /ack`: acknowledges, with the token from the form body or the query string.
+pub async fn acknowledge(
+    State(state): State<HttpState>,
+    Query(q): Query<AckQuery>,
+    form: Result<Form<AckQuery>, FormRejection>,
+) -> Response {
+    let token = form.ok().and_then(|Form(f)| f.token).or(q.token);
+    let (ack, _) = match verified(&state, token) {
+        Ok(v) => v,
+        Err(refusal) => return refusal,
     };
     let alert = ack.alert.clone();
     if let Err((status, text)) = acknowledge_and_audit(
@@ -90,6 +115,46 @@ pub async fn acknowledge(State(state): State<HttpState>, Query(q): Query<AckQuer
         StatusCode::OK,
         "Thank you: the alert is acknowledged and escalation has stopped.",
     )
+}
+
+/// The link's acknowledgement, or the page that refuses it.
+#[allow(clippy::result_large_err)] // the refusal is the response itself
+fn verified(
+    state: &HttpState,
+    token: Option<String>,
+) -> Result<(notifier::Acknowledgement, String), Response> {
+    let Some(links) = &state.ack else {
+        return Err(page(
+            StatusCode::NOT_FOUND,
+            "Acknowledgement links are not enabled on this server.",
+        ));
+    };
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Err(page(
+            StatusCode::BAD_REQUEST,
+            "This acknowledgement link is incomplete: it has no token. Open the link from the \
+             message again, or acknowledge the alert in the console.",
+        ));
+    };
+    let now = Timestamp::now();
+    match links.signer.verify(&token, now) {
+        Ok(claim) => Ok((notifier::Acknowledgement::from_link(claim, now), token)),
+        Err(AckError::Expired) => {
+            tracing::info!(reason = "expired", "acknowledgement link refused");
+            Err(page(
+                StatusCode::GONE,
+                "This acknowledgement link has expired. Acknowledge the alert in the console.",
+            ))
+        }
+        Err(e) => {
+            tracing::info!(reason = %e, "acknowledgement link refused");
+            Err(page(
+                StatusCode::BAD_REQUEST,
+                "This acknowledgement link is not valid (damaged or not from this server). \
+                 Acknowledge the alert in the console.",
+            ))
+        }
+    }
 }
 
 /// The one acknowledgement path, for the signed link and the console/API alike: the

@@ -7,7 +7,8 @@
 //! | `GET /healthz` | 200 `ok` when the database answers within two seconds, else 503 |
 //! | `GET /metrics` | the consumer's counters (and the notifier's, when it runs), Prometheus text format ([`metrics`]) |
 //! | `GET /fhir/…` | FHIR R4 JSON (see [`fhir`]) |
-//! | `GET`/`POST /ack?token=…` | acknowledges an alert by the signed link in a notification: 200 and a small plain page; 400 for a bad token, 410 for an expired one, 404 without `[notifier]` |
+//! | `GET /ack?token=…` | checks the signed link in a notification and answers a confirmation page (acknowledges nothing: link scanners fetch every link); 400 for a bad token, 410 for an expired one, 404 without `[notifier]` |
+//! | `POST /ack` | acknowledges by the signed link (token in the form body or the query): 200 and a small plain page |
 //!
 //! ```no_run
 //! # async fn demo(record: ingest::record::Record) -> std::io::Result<()> {
@@ -81,7 +82,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .route("/ack", get(ack::acknowledge).post(ack::acknowledge))
+        .route("/ack", get(ack::confirm).post(ack::acknowledge))
         .merge(fhir_routes(&state))
         .merge(crate::console::routes(&state))
         .fallback(not_found)
