@@ -716,6 +716,72 @@ async fn a_threshold_change_is_versioned_audited_and_judges_the_next_reading(rec
     let _ = consumer.task.await;
 }
 
+/// Readings already stored that breach thresholds saved later raise their alert when the
+/// consumer takes the change up, not never: the replay under the new thresholds holds the
+/// alert open in the engine, so the record must have it too.
+async fn stored_readings_that_breach_new_thresholds_raise_their_alert(record: Record) {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let s = start(record, settings()).await;
+    s.record
+        .create_gateway(&gw(), &SETUP)
+        .await
+        .expect("gateway");
+    s.record
+        .create_device(&DeviceIdentity::new(device()), &SETUP)
+        .await
+        .expect("device");
+    s.record
+        .bind(
+            &NewBinding {
+                gateway: gw(),
+                device: device(),
+                patient: key(),
+                user_index: None,
+                valid_from: OffsetDateTime::UNIX_EPOCH,
+            },
+            &SETUP,
+        )
+        .await
+        .expect("bind");
+    let consumer = start_consumer(&broker, s.record.clone()).await;
+    let publisher = publisher(&broker);
+    // 93 twice: nothing under COPD's raise level of 90.
+    send(&publisher, &consumer, 1, vec![spo2(0, "93"), spo2(1, "93")]).await;
+    assert!(spo2_low(&s.record).await.is_empty());
+
+    let (clinician, csrf) = sign_in(&s, "dr.lee").await;
+    let saved = clinician
+        .post(s.url("/api/v1/patients/pk-1/thresholds"))
+        .header("x-csrf-token", &csrf)
+        .json(
+            &json!({"rules": [{"id": "spo2-low", "raise": 94, "clear": 96}],
+                      "reason": "usual SpO2 is 97; act earlier"}),
+        )
+        .send()
+        .await
+        .expect("save");
+    assert_eq!(saved.status(), StatusCode::CREATED);
+
+    // A reading that by itself changes nothing (95: neither raises nor clears under the new
+    // levels) makes the consumer take the change up.
+    send(&publisher, &consumer, 2, vec![spo2(5, "95")]).await;
+    let raised = spo2_low(&s.record).await;
+    assert_eq!(
+        raised.len(),
+        1,
+        "the two stored 93s breach the new raise level 94: {raised:?}"
+    );
+    assert_eq!(raised[0].state, ingest::record::AlertState::Open);
+    assert_eq!(raised[0].profile, "copd@1+console@1");
+    // Taking the change up again (another reading) raises nothing more.
+    send(&publisher, &consumer, 3, vec![spo2(6, "95")]).await;
+    assert_eq!(spo2_low(&s.record).await.len(), 1);
+    consumer.shutdown.cancel();
+    let _ = consumer.task.await;
+}
+
 // ----------------------------------------------------------------------------------------
 // The consumer side (as in alerts.rs).
 
@@ -870,4 +936,5 @@ both!(
     failed_logins_are_audited_and_lock_the_account,
     an_acknowledgement_with_a_note_is_shown_and_audited,
     a_threshold_change_is_versioned_audited_and_judges_the_next_reading,
+    stored_readings_that_breach_new_thresholds_raise_their_alert,
 );

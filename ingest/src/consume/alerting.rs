@@ -32,7 +32,9 @@
 //!   readings that are not in the record, so it is thrown away, never double-counted.
 //!
 //! Replay raises nothing: alerts already open in the record stay as they are, and the
-//! engine's open alerts after replay are what later readings update or resolve.
+//! engine's open alerts after replay are what later readings update or resolve. One
+//! exception: when a patient's thresholds changed, an alert the stored readings breach under
+//! the new thresholds is raised in the record at once (see `raise_what_replay_opened`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -362,10 +364,14 @@ impl Rules {
                 None => break,
             }
         }
+        // A known patient whose ruleset changed (thresholds saved in the console): after the
+        // replay, alerts the new thresholds hold open must also be open in the record.
+        let mut changed = false;
         let idx = match self.engine.patient_index(key) {
             Some(idx) => {
                 let slot = &mut self.slots[idx.0 as usize];
                 if slot.set != set {
+                    changed = true;
                     slot.set = set;
                     self.engine
                         .set_profile(idx, self.engine_sets[set])
@@ -392,9 +398,53 @@ impl Rules {
             }
         };
         let replayed = self.engine.rebuild(idx, &readings).map_err(engine_bug)?;
+        if changed {
+            self.raise_what_replay_opened(record, key, idx).await?;
+        }
         self.slots[idx.0 as usize].version = Some(version);
         tracing::debug!(patient = %key, replayed, version, "rules state rebuilt");
         Ok(true)
+    }
+
+    /// After a replay under changed thresholds: raises in the record every alert the engine
+    /// now holds open that the record has no open alert for. Replay itself raises nothing (so
+    /// a restart does not raise twice), but under new thresholds the readings already stored
+    /// can breach them: without this the engine would consider that alert open, and later
+    /// readings would only "update" an alert nobody was ever told about. Alerts open in the
+    /// record that the new thresholds no longer hold stay open until a nurse deals with them.
+    async fn raise_what_replay_opened(
+        &self,
+        record: &Record,
+        key: &PatientKey,
+        idx: PatientIdx,
+    ) -> Result<(), RecordError> {
+        let open: Vec<Alert> = self.engine.open_alerts(idx).copied().collect();
+        if open.is_empty() {
+            return Ok(());
+        }
+        let in_record: std::collections::HashSet<String> = record
+            .alerts_for_patient(key)
+            .await?
+            .into_iter()
+            .filter(|a| a.state == crate::record::AlertState::Open)
+            .map(|a| a.rule)
+            .collect();
+        let writes: Vec<AlertWrite> = open
+            .iter()
+            .filter_map(|a| self.write_for(idx, &Event::Raised(*a)))
+            .filter(|w| match w {
+                AlertWrite::Open { alert, .. } => !in_record.contains(&alert.rule),
+                _ => false,
+            })
+            .collect();
+        if !writes.is_empty() {
+            record.write_alerts(&writes).await?;
+            tracing::info!(
+                raised = writes.len(),
+                "alerts raised from stored readings under changed thresholds"
+            );
+        }
+        Ok(())
     }
 
     /// The ruleset of a console-saved threshold version, built once per version.
