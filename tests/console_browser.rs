@@ -98,13 +98,21 @@ fn screenshots_dir() -> PathBuf {
     dir
 }
 
-/// Saves the page at 1280 px and 390 px wide (as `{name}-1280.png` and `{name}-390.png`) and
+/// Saves the page (scrolled to `focus`, when given) at 1280 px and 390 px wide (as `{name}-1280.png` and `{name}-390.png`) and
 /// checks that at 390 px nothing makes the page wider than the screen.
-async fn screenshots(c: &Client, name: &str) {
+async fn screenshots(c: &Client, name: &str, focus: Option<&str>) {
     for (w, h) in [(1280u32, 1000u32), (390, 844)] {
         c.set_window_size(w, h).await.expect("resize");
         // Let layout settle after the resize.
         tokio::time::sleep(Duration::from_millis(150)).await;
+        if let Some(css) = focus {
+            c.execute(
+                "const e = document.querySelector(arguments[0]); if (e) e.scrollIntoView();",
+                vec![serde_json::json!(css)],
+            )
+            .await
+            .expect("scroll");
+        }
         let png = c.screenshot().await.expect("screenshot");
         assert!(png.starts_with(b"\x89PNG"), "a PNG");
         std::fs::write(screenshots_dir().join(format!("{name}-{w}.png")), png).expect("save");
@@ -400,7 +408,7 @@ async fn nurse_and_clinician_work_an_exacerbation_in_the_console() {
         inbox.contains("spo2-low") || inbox.contains("news2") || inbox.contains("pef-best-drop"),
         "an exacerbation rule in the inbox"
     );
-    screenshots(&c, "inbox").await;
+    screenshots(&c, "inbox", None).await;
 
     // The patient's chart.
     c.find(Locator::Css("article.alert-card a.patient-link"))
@@ -436,7 +444,7 @@ async fn nurse_and_clinician_work_an_exacerbation_in_the_console() {
             .is_empty(),
         "the readings table"
     );
-    screenshots(&c, "timeline-48h").await;
+    screenshots(&c, "timeline-48h", None).await;
     c.find(Locator::Css("ul.ranges a[href$='range=30d']"))
         .await
         .expect("30 days")
@@ -456,7 +464,7 @@ async fn nurse_and_clinician_work_an_exacerbation_in_the_console() {
         .await
         .expect("marks");
     assert!(!marks.is_empty(), "alerts marked on the charts");
-    screenshots(&c, "timeline-30d").await;
+    screenshots(&c, "timeline-30d", None).await;
 
     // Acknowledge the first open alert with a note.
     c.goto(&format!("{base}/console/alerts"))
@@ -505,7 +513,7 @@ async fn nurse_and_clinician_work_an_exacerbation_in_the_console() {
         audit.contains(NURSE.0) && audit.contains(note) && audit.contains(&uid),
         "the acknowledgement in the audit log: {audit}"
     );
-    screenshots(&c, "audit").await;
+    screenshots(&c, "audit", None).await;
 
     // No threshold form for a nurse, and the server refuses her POST even with a valid
     // session and CSRF token.
@@ -523,7 +531,7 @@ async fn nurse_and_clinician_work_an_exacerbation_in_the_console() {
     c.find(Locator::Id("edit-clinicians-only"))
         .await
         .expect("says who may edit");
-    screenshots(&c, "thresholds-nurse").await;
+    screenshots(&c, "thresholds-nurse", None).await;
     // The page's CSP allows no script requests, so the forged change is a form the nurse's
     // browser posts itself: her session cookie and a valid CSRF token, a changed limit.
     c.execute(
@@ -608,7 +616,7 @@ async fn nurse_and_clinician_work_an_exacerbation_in_the_console() {
         Some("91"),
         "the edit is kept in the form"
     );
-    screenshots(&c, "thresholds-preview").await;
+    screenshots(&c, "thresholds-preview", Some("#preview")).await;
     let reason = "Patient's usual SpO2 is 95-96: alert earlier during exacerbations";
     c.find(Locator::Id("reason"))
         .await
@@ -632,7 +640,7 @@ async fn nurse_and_clinician_work_an_exacerbation_in_the_console() {
     );
     let in_force = text(&c, "table#rules tr[data-rule=spo2-low]").await;
     assert!(in_force.contains("raise 91"), "{in_force}");
-    screenshots(&c, "thresholds-saved").await;
+    screenshots(&c, "thresholds-saved", None).await;
     let current = record
         .current_thresholds(&key)
         .await
@@ -649,12 +657,12 @@ async fn nurse_and_clinician_work_an_exacerbation_in_the_console() {
     .expect("caseload");
     let row = text(&c, "table#caseload tbody").await;
     assert!(row.contains(PATIENT_NAME), "{row}");
-    screenshots(&c, "caseload").await;
+    screenshots(&c, "caseload", None).await;
     c.goto(&format!("{base}/console/gateways"))
         .await
         .expect("gateways");
     assert!(text(&c, "main").await.contains(gateway.as_str()));
-    screenshots(&c, "gateways").await;
+    screenshots(&c, "gateways", None).await;
 
     c.close().await.expect("close the browser");
     drop(ingest);

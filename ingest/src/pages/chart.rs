@@ -817,13 +817,13 @@ mod tests {
         let doc = parse(&doc_text);
         let pt = by_class(&doc, "pt").into_iter().next().expect("point");
         let cy = num(&pt, "cy");
-        assert!(cy <= HEIGHT - BOTTOM && cy >= TOP, "{cy}");
+        assert!((TOP..=HEIGHT - BOTTOM).contains(&cy), "{cy}");
         let line = by_class(&doc, "raise").into_iter().next().expect("line");
         let ly = num(
             &line.children().find(|n| n.has_tag_name("line")).expect("l"),
             "y1",
         );
-        assert!(ly >= TOP && ly <= HEIGHT - BOTTOM, "{ly}");
+        assert!((TOP..=HEIGHT - BOTTOM).contains(&ly), "{ly}");
     }
 
     #[test]

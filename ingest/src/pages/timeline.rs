@@ -302,7 +302,7 @@ pub fn charts(
                     c.lines.push(Line {
                         value: m.mean,
                         kind: LineKind::Baseline,
-                        label: format!("{}-day mean {}", MEAN_DAYS, fmt(m.mean)),
+                        label: format!("mean {}", fmt(m.mean)),
                     });
                 }
             }
