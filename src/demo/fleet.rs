@@ -12,6 +12,8 @@ use vitals::{DeviceId, DeviceIdentity, GatewayId, PatientKey};
 
 /// The faulty device's scenario (not one of the shipped `rpm gateway --simulate` ones).
 const FAULTY_CUFF: &str = include_str!("../../fixtures/scenarios/faulty_cuff.toml");
+/// The crisis patient measuring again when asked (see the file).
+const CRISIS: &str = include_str!("../../fixtures/scenarios/hypertensive_crisis_remeasured.toml");
 
 /// The shipped threshold profiles, embedded so the demo runs from any directory; written to
 /// `<data dir>/profiles` and loaded from there like any `[rules] profiles_dir`.
@@ -102,7 +104,7 @@ pub fn members() -> anyhow::Result<Vec<Member>> {
         },
         Member {
             role: "hypertensive crisis",
-            scenario: builtin("hypertensive_crisis")?,
+            scenario: Scenario::from_toml("hypertensive_crisis_remeasured", CRISIS)?,
             gateway: gw(3)?,
             condition: "hypertension",
             name: "Cleo Crisis (demo)",
