@@ -917,23 +917,14 @@ async fn preview_thresholds(
     let from = to - time::Duration::days(30);
     // Baselines warm up on the readings before the window (as far back as rules look).
     let warm = from - time::Duration::days(i64::from(rules::MAX_DAYS));
-    let mut readings = Vec::new();
-    let mut page = Page::first(1000);
-    loop {
-        let got = match state
-            .record
-            .readings_for_patient(&p.patient.key, warm, to, page)
-            .await
-        {
-            Ok(g) => g,
-            Err(e) => return record_error(e),
-        };
-        readings.extend(got.readings.into_iter().map(as_reading));
-        match got.next {
-            Some(n) => page = n,
-            None => break,
-        }
-    }
+    let readings = match state
+        .record
+        .readings_to_replay(&p.patient.key, warm, to)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return record_error(e),
+    };
     let current = p.current;
     let preview = tokio::task::spawn_blocking(move || {
         thresholds::preview(&current, &candidate, &readings, from, to)
@@ -1247,23 +1238,5 @@ async fn revoke_token(
     match state.record.revoke_token(&name, &label, &audit).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => record_error(e),
-    }
-}
-
-/// A stored reading in the form the rules engine replays.
-fn as_reading(s: crate::record::StoredReading) -> vitals::Reading {
-    vitals::Reading {
-        id: s.id,
-        seq: s.gateway_seq,
-        gateway: s.gateway,
-        patient: s.patient,
-        device: vitals::DeviceIdentity::new(s.device),
-        user_index: s.user_index,
-        reading_type: s.reading_type,
-        device_time: s.device_time,
-        measured_at: s.measured_at,
-        received_at: s.received_at,
-        values: s.values,
-        flags: s.flags,
     }
 }

@@ -46,10 +46,10 @@ use rules::{
 };
 use serde_json::{Value as Json, json};
 use time::OffsetDateTime;
-use vitals::{DeviceIdentity, PatientKey, Reading};
+use vitals::{PatientKey, Reading};
 
 use crate::config::RulesConfig;
-use crate::record::{AlertWrite, OpenAlert, Page, Record, RecordError, RuleVersion, StoredReading};
+use crate::record::{AlertWrite, OpenAlert, Record, RecordError, RuleVersion};
 
 /// Why the rules could not be loaded. The consumer does not start.
 #[derive(Debug, thiserror::Error)]
@@ -354,16 +354,7 @@ impl Rules {
         let version = record.rule_version(key).await?;
         let from = now - self.windows[set];
         let to = now + time::Duration::days(1);
-        let mut readings = Vec::new();
-        let mut page = Page::first(1000);
-        loop {
-            let got = record.readings_for_patient(key, from, to, page).await?;
-            readings.extend(got.readings.into_iter().map(as_reading));
-            match got.next {
-                Some(next) => page = next,
-                None => break,
-            }
-        }
+        let readings = record.readings_to_replay(key, from, to).await?;
         // A known patient whose ruleset changed (thresholds saved in the console): after the
         // replay, alerts the new thresholds hold open must also be open in the record.
         let mut changed = false;
@@ -624,24 +615,6 @@ impl Rules {
 /// The engine refused its own indices: a bug here, reported as a record-side invariant.
 fn engine_bug(e: rules::EngineError) -> RecordError {
     RecordError::Invalid(format!("rules engine: {e}"))
-}
-
-/// A stored reading in the form the engine replays (identical to the live one).
-fn as_reading(s: StoredReading) -> Reading {
-    Reading {
-        id: s.id,
-        seq: s.gateway_seq,
-        gateway: s.gateway,
-        patient: s.patient,
-        device: DeviceIdentity::new(s.device),
-        user_index: s.user_index,
-        reading_type: s.reading_type,
-        device_time: s.device_time,
-        measured_at: s.measured_at,
-        received_at: s.received_at,
-        values: s.values,
-        flags: s.flags,
-    }
 }
 
 /// The explanation stored with an alert: the evidence (reading ids, times, values), the

@@ -25,7 +25,7 @@ use super::layout::{self, Flash, Section, csrf_field};
 use crate::console::auth::{RequireRole, Staff, role};
 use crate::console::thresholds::{self, Preview};
 use crate::http::HttpState;
-use crate::record::{Page, Patient, RecordError, ThresholdVersion};
+use crate::record::{Patient, RecordError, ThresholdVersion};
 
 /// The rules in force for a patient, merged for display.
 #[derive(Clone, Debug)]
@@ -530,42 +530,6 @@ pub async fn show(
     )
 }
 
-/// The patient's readings over the preview window (and the weeks before it that baselines
-/// warm up on), in the form the rules engine replays.
-async fn preview_readings(
-    state: &HttpState,
-    patient: &Patient,
-    from: OffsetDateTime,
-    to: OffsetDateTime,
-) -> Result<Vec<vitals::Reading>, RecordError> {
-    let mut out = Vec::new();
-    let mut page = Page::first(1000);
-    loop {
-        let got = state
-            .record
-            .readings_for_patient(&patient.key, from, to, page)
-            .await?;
-        out.extend(got.readings.into_iter().map(|s| vitals::Reading {
-            id: s.id,
-            seq: s.gateway_seq,
-            gateway: s.gateway,
-            patient: s.patient,
-            device: vitals::DeviceIdentity::new(s.device),
-            user_index: s.user_index,
-            reading_type: s.reading_type,
-            device_time: s.device_time,
-            measured_at: s.measured_at,
-            received_at: s.received_at,
-            values: s.values,
-            flags: s.flags,
-        }));
-        match got.next {
-            Some(n) => page = n,
-            None => return Ok(out),
-        }
-    }
-}
-
 fn refuse(
     staff: &Staff,
     l: &Loaded,
@@ -643,7 +607,11 @@ pub async fn preview(
     let to = OffsetDateTime::now_utc();
     let from = to - time::Duration::days(30);
     let warm = from - time::Duration::days(i64::from(rules::MAX_DAYS));
-    let readings = match preview_readings(&state, &l.patient, warm, to).await {
+    let readings = match state
+        .record
+        .readings_to_replay(&l.patient.key, warm, to)
+        .await
+    {
         Ok(r) => r,
         Err(e) => return common::unavailable(Some(&staff), &e),
     };

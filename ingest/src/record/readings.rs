@@ -878,6 +878,27 @@ pub struct StoredReading {
     pub values: Vec<Observed>,
 }
 
+impl From<StoredReading> for Reading {
+    /// The reading as the gateway sent it: what the rules engine replays (rebuilds, backtest
+    /// previews) to judge stored readings exactly as it judged them live.
+    fn from(s: StoredReading) -> Reading {
+        Reading {
+            id: s.id,
+            seq: s.gateway_seq,
+            gateway: s.gateway,
+            patient: s.patient,
+            device: vitals::DeviceIdentity::new(s.device),
+            user_index: s.user_index,
+            reading_type: s.reading_type,
+            device_time: s.device_time,
+            measured_at: s.measured_at,
+            received_at: s.received_at,
+            values: s.values,
+            flags: s.flags,
+        }
+    }
+}
+
 /// Where a page of readings starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Page {
@@ -950,6 +971,26 @@ struct ValueDbRow {
 const MAX_PAGE: u32 = 1000;
 
 impl Record {
+    /// All of a patient's readings measured in `[from, to)`, oldest first, as readings the
+    /// rules engine replays (every page of [`Record::readings_for_patient`]).
+    pub async fn readings_to_replay(
+        &self,
+        patient: &PatientKey,
+        from: time::OffsetDateTime,
+        to: time::OffsetDateTime,
+    ) -> Result<Vec<Reading>> {
+        let mut out = Vec::new();
+        let mut page = Page::first(MAX_PAGE);
+        loop {
+            let got = self.readings_for_patient(patient, from, to, page).await?;
+            out.extend(got.readings.into_iter().map(Reading::from));
+            match got.next {
+                Some(next) => page = next,
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// A patient's readings measured in `[from, to)`, oldest first, one page at a time.
     pub async fn readings_for_patient(
         &self,
