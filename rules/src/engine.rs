@@ -676,6 +676,27 @@ impl PatientState {
         }
     }
 
+    /// Reads one word from each cache line of the entry's hot part (header, inline
+    /// detectors) whatever the reading, so the misses of a lone reading are all in flight at
+    /// once. Cheaper in instructions than [`PatientState::touch`] (no profile or kind lookups)
+    /// and as fast for one reading at a time, where the wait is one memory latency either
+    /// way; a batch, which has many patients' lines in flight, fetches only what it uses.
+    fn touch_all(&self) -> u64 {
+        let d = &self.det;
+        let day =
+            |i: usize| d.days.head[i].today as u64 ^ u64::from(d.days.head[i].cached.is_some());
+        let latest = &d.news2.head[0];
+        self.last_seen[Kind::COUNT - 1].0 as u64
+            ^ u64::from(d.ewma.head[0].n)
+            ^ u64::from(d.ewma.head[1].n)
+            ^ day(0)
+            ^ d.days.head[0].values[TODAY_VALUES - 1].to_bits()
+            ^ day(1)
+            ^ day(2)
+            ^ latest.at[0].0 as u64
+            ^ u64::from(latest.reading[0].is_some())
+    }
+
     /// Brings rule `r`'s bits in `open_bits` and `busy_bits` up to date with its state.
     fn sync(&mut self, r: usize) {
         let bit = 1u64 << r;
@@ -957,7 +978,9 @@ impl Engine {
         s: &Sample<'_>,
         out: &mut Vec<Event>,
     ) -> Result<(), EngineError> {
-        self.touch(idx, s);
+        if let Some(p) = self.patients.get(idx.0 as usize) {
+            std::hint::black_box(p.touch_all());
+        }
         self.evaluate_fetched(idx, s, out)
     }
 
