@@ -5,6 +5,8 @@
 //! [`Event::Updated`] or [`Event::Resolved`], or a [`Event::RepeatRequested`] prompt asking
 //! the patient to measure again — into a `Vec` the caller owns and reuses. Ingest persists
 //! the events with the reading in one transaction and the notifier delivers them.
+//! [`Engine::evaluate_batch`] takes several readings at once (a message's worth) with the
+//! same result, faster when many patients' state is not in cache.
 //!
 //! Profiles are data ([`Profile`], TOML files under `fixtures/profiles/`, one per condition,
 //! with per-patient [`ProfileOverride`]s merged on top by rule id). [`Profile::build`]
