@@ -130,12 +130,12 @@ pub use registry::{
     Audit, AuditEntry, BINDING_CACHE_TTL, Binding, Device, Gateway, NewBinding, NewPatient,
     Patient, PatientUpdate,
 };
-
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 pub use staff::{
     ApiToken, AuthVia, LOCKOUT_AFTER, LOCKOUT_FOR, LoginRefused, MIN_PASSWORD, NewSession,
     Principal, Role, StaffUser, check_username,
 };
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Which database a [`Record`] is stored in.
@@ -257,7 +257,12 @@ impl Record {
                 .idle_timeout(None)
                 .max_lifetime(None)
         };
-        let write = single().connect_with(options.clone()).await?;
+        // The writer's page cache: reading ids are random, so every batch inserts into index
+        // pages all over the B-trees; SQLite's default 2 MiB cache turns each into disk reads.
+        // 64 MiB (grown only as used) keeps the hot index pages of a large record in memory.
+        let write = single()
+            .connect_with(options.clone().pragma("cache_size", "-65536"))
+            .await?;
         SQLITE_MIGRATIONS.run(&write).await?;
         let read = if in_memory {
             write.clone()
