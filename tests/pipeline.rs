@@ -595,6 +595,33 @@ async fn an_exacerbation_at_home_reaches_the_nurse_on_duty_by_email() {
         !mail.contains("Duty Nurse") || mail.contains(nurse),
         "no stray names"
     );
+    // Both links in the message lead somewhere on this server: the patient's page in the
+    // console (behind its sign-in) and the acknowledgement's confirmation page.
+    let addr = ingest
+        .stderr()
+        .lines()
+        .find_map(|l| {
+            l.split("HTTP API listening addr=")
+                .nth(1)
+                .map(|a| a.trim().to_owned())
+        })
+        .expect("ingest says where its HTTP API listens");
+    let link_path = |marker: &str| {
+        mail.split(marker)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|p| format!("{marker}{}", p.trim_end_matches(['>', ')', '.'])))
+            .unwrap_or_else(|| panic!("a `{marker}` link in the message: {mail}"))
+    };
+    let patient_page = link_path("/console/patients/");
+    let (status, body) = http_get(&addr, &patient_page).await;
+    assert_eq!(
+        status, 303,
+        "the sign-in stands before the patient's page: {body}"
+    );
+    let (status, body) = http_get(&addr, &link_path("/ack?token=")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Acknowledge alert"), "{body}");
     // The alert and its notification are in the record.
     let key = PatientKey::new(scenario.patient.key.clone()).expect("key");
     assert!(

@@ -114,7 +114,7 @@ impl TemplateContext {
             .filter(|a| a.kind != NoticeKind::Resolved)
             .count();
         let top = alerts[0];
-        let patient_url = format!("{}/patients/{patient}", base(&self.console_url));
+        let patient_url = format!("{}/console/patients/{patient}", base(&self.console_url));
         let subject = if open == 0 {
             format!(
                 "[RPM] Resolved: {} alert(s) for patient {patient}",

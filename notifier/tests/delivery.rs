@@ -81,7 +81,7 @@ async fn a_bad_night_is_one_message_per_recipient_and_channel_with_the_right_wor
         "rule detail in {nurse}"
     );
     assert!(
-        nurse.contains("https://console.rpm.test/patients/pt-1"),
+        nurse.contains("https://console.rpm.test/console/patients/pt-1"),
         "console link in {nurse}"
     );
     assert_eq!(
