@@ -62,6 +62,14 @@ const BUILTIN: &[(&str, &str)] = &[
         "week_away",
         include_str!("../../fixtures/scenarios/week_away.toml"),
     ),
+    (
+        "faulty_cuff",
+        include_str!("../../fixtures/scenarios/faulty_cuff.toml"),
+    ),
+    (
+        "hypertensive_crisis_remeasured",
+        include_str!("../../fixtures/scenarios/hypertensive_crisis_remeasured.toml"),
+    ),
 ];
 
 /// A scenario file.

@@ -22,6 +22,8 @@ const TESTED: &[&str] = &[
     "measurement_faults",
     "clock_faults",
     "week_away",
+    "faulty_cuff",
+    "hypertensive_crisis_remeasured",
 ];
 
 async fn run_named(name: &str) -> (Scenario, Outcome) {
@@ -99,6 +101,54 @@ async fn copd_exacerbation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hypertensive_crisis() {
     run_named("hypertensive_crisis").await;
+}
+
+/// The values of `kind` in the readings, with their measurement times.
+fn series(o: &Outcome, kind: vitals::Kind) -> Vec<(OffsetDateTime, f64)> {
+    o.readings
+        .iter()
+        .flat_map(|r| r.values.iter().map(move |v| (r.measured_at, v)))
+        .filter(|(_, v)| v.kind == kind)
+        .filter_map(|(at, v)| Some((at, v.value.number()?.to_f64())))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faulty_cuff() {
+    let (scenario, o) = run_named("faulty_cuff").await;
+    let start = OffsetDateTime::parse(&scenario.start, &Rfc3339).expect("start");
+    // The garbled value was counted, not fatal: the session kept going on one connection.
+    assert!(o.stats.values().all(|s| s.connects == 1));
+    // From day 2 the broken pulse channel reports what no patient has; the hub forwards what
+    // the cuff said (ingest's range check is what rejects it), before that it is normal.
+    let pulse = series(&o, vitals::Kind::PulseRate);
+    let broken = start + time::Duration::days(2);
+    assert!(
+        pulse
+            .iter()
+            .filter(|(at, _)| *at >= broken)
+            .all(|(_, p)| *p >= 300.0),
+        "{pulse:?}"
+    );
+    assert!(
+        pulse
+            .iter()
+            .filter(|(at, _)| *at < broken)
+            .all(|(_, p)| *p < 120.0),
+        "{pulse:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hypertensive_crisis_remeasured() {
+    let (_, o) = run_named("hypertensive_crisis_remeasured").await;
+    // Each measurement is repeated ten minutes later, so a severe reading can be confirmed
+    // within the hypertension profile's 15-minute window.
+    let sys = series(&o, vitals::Kind::Systolic);
+    let confirmed = sys.windows(2).any(|w| {
+        w[0].1 >= 180.0 && w[1].1 >= 180.0 && w[1].0 - w[0].0 <= time::Duration::minutes(15)
+    });
+    assert!(confirmed, "two severe readings within 15 minutes: {sys:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
