@@ -374,7 +374,8 @@ impl FrameReader {
             if self.want_checksum {
                 frames.push(std::mem::take(&mut self.buffer));
                 self.want_checksum = false;
-            } else if b == ETX {
+            } else if b == ETX && self.buffer.len() < FRAME_LEN {
+                // (An ETX that would leave no room for the checksum ends nothing: too long.)
                 self.want_checksum = true;
             } else if self.buffer.len() >= FRAME_LEN {
                 // No ETX where one must be: resynchronise on the next STX.
@@ -404,6 +405,20 @@ mod tests {
             good_test: false,
             software_version: 107,
         }
+    }
+
+    #[test]
+    fn a_frame_longer_than_any_result_is_dropped_even_when_an_etx_ends_it() {
+        // Found by the `streams` fuzz target: an ETX one byte past a whole frame's length
+        // used to complete a frame longer than FRAME_LEN.
+        let mut bytes = vec![STX];
+        bytes.extend(std::iter::repeat_n(b'0', FRAME_LEN - 2));
+        bytes.extend([ETX, 0x00]);
+        let mut reader = FrameReader::default();
+        assert!(reader.push(&bytes).is_empty());
+        // And the reader still finds the next good frame.
+        let good = sample().encode().expect("encodes");
+        assert_eq!(reader.push(&good), vec![good]);
     }
 
     #[test]
