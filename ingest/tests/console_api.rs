@@ -577,27 +577,7 @@ async fn a_threshold_change_is_versioned_audited_and_judges_the_next_reading(rec
         return;
     };
     let s = start(record, settings()).await;
-    s.record
-        .create_gateway(&gw(), &SETUP)
-        .await
-        .expect("gateway");
-    s.record
-        .create_device(&DeviceIdentity::new(device()), &SETUP)
-        .await
-        .expect("device");
-    s.record
-        .bind(
-            &NewBinding {
-                gateway: gw(),
-                device: device(),
-                patient: key(),
-                user_index: None,
-                valid_from: OffsetDateTime::UNIX_EPOCH,
-            },
-            &SETUP,
-        )
-        .await
-        .expect("bind");
+    bind_oximeter(&s.record).await;
     let consumer = start_consumer(&broker, s.record.clone()).await;
     let publisher = publisher(&broker);
     // COPD raises at SpO2 90 (confirmed twice): 93 twice raises nothing. Under the change
@@ -724,27 +704,7 @@ async fn stored_readings_that_breach_new_thresholds_raise_their_alert(record: Re
         return;
     };
     let s = start(record, settings()).await;
-    s.record
-        .create_gateway(&gw(), &SETUP)
-        .await
-        .expect("gateway");
-    s.record
-        .create_device(&DeviceIdentity::new(device()), &SETUP)
-        .await
-        .expect("device");
-    s.record
-        .bind(
-            &NewBinding {
-                gateway: gw(),
-                device: device(),
-                patient: key(),
-                user_index: None,
-                valid_from: OffsetDateTime::UNIX_EPOCH,
-            },
-            &SETUP,
-        )
-        .await
-        .expect("bind");
+    bind_oximeter(&s.record).await;
     let consumer = start_consumer(&broker, s.record.clone()).await;
     let publisher = publisher(&broker);
     // 93 twice: nothing under COPD's raise level of 90.
@@ -780,6 +740,29 @@ async fn stored_readings_that_breach_new_thresholds_raise_their_alert(record: Re
     assert_eq!(spo2_low(&s.record).await.len(), 1);
     consumer.shutdown.cancel();
     let _ = consumer.task.await;
+}
+
+/// Registers the gateway and the oximeter and binds it to the patient, so readings are
+/// stored and judged.
+async fn bind_oximeter(record: &Record) {
+    record.create_gateway(&gw(), &SETUP).await.expect("gateway");
+    record
+        .create_device(&DeviceIdentity::new(device()), &SETUP)
+        .await
+        .expect("device");
+    record
+        .bind(
+            &NewBinding {
+                gateway: gw(),
+                device: device(),
+                patient: key(),
+                user_index: None,
+                valid_from: OffsetDateTime::UNIX_EPOCH,
+            },
+            &SETUP,
+        )
+        .await
+        .expect("bind");
 }
 
 // ----------------------------------------------------------------------------------------

@@ -49,21 +49,28 @@ fn page(status: StatusCode, text: &str) -> Response {
 
 /// The HTML confirmation page: the token travels back in a hidden field of a POST form.
 fn confirmation(token: &str) -> Response {
-    let token = html_escape(token);
-    let body = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>Acknowledge alert</title></head><body>\
-         <h1>Acknowledge this alert?</h1>\
-         <p>Acknowledging tells the team you are dealing with it and stops escalation.</p>\
-         <form method=\"post\" action=\"/ack\">\
-         <input type=\"hidden\" name=\"token\" value=\"{token}\">\
-         <button type=\"submit\">Acknowledge alert</button></form></body></html>\n"
-    );
+    // maud escapes the token like every attribute value.
+    let body = maud::html! {
+        (maud::DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "Acknowledge alert" }
+            }
+            body {
+                h1 { "Acknowledge this alert?" }
+                p { "Acknowledging tells the team you are dealing with it and stops escalation." }
+                form method="post" action="/ack" {
+                    input type="hidden" name="token" value=(token);
+                    button type="submit" { "Acknowledge alert" }
+                }
+            }
+        }
+    };
     (
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             // The token is in this page's URL: keep it out of caches and Referer headers.
             (header::CACHE_CONTROL, "no-store"),
             (header::REFERRER_POLICY, "no-referrer"),
@@ -71,14 +78,6 @@ fn confirmation(token: &str) -> Response {
         body,
     )
         .into_response()
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 /// `GET /ack`: checks the link and asks for confirmation; acknowledges nothing.
