@@ -128,6 +128,17 @@ fn measure(
     events
 }
 
+/// Nanoseconds this thread has spent on a CPU (Linux; `None` elsewhere): on a shared
+/// machine the wall clock also counts time spent waiting for a core.
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize, default: usize| {
@@ -159,11 +170,16 @@ fn main() {
     };
     let mut out = Vec::with_capacity(64);
     one_by_one(&mut e, &mut feed, patients * 3, id, &mut out);
+    let cpu = thread_cpu_ns();
     let t = Instant::now();
     let events = measure(&mut e, &mut feed, n, id, batch, &mut out);
     let ns = t.elapsed().as_secs_f64() * 1e9 / n.max(1) as f64;
+    let on_cpu = match (cpu, thread_cpu_ns()) {
+        (Some(a), Some(b)) => format!("{:.1}", b.saturating_sub(a) as f64 / n.max(1) as f64),
+        _ => "?".into(),
+    };
     println!(
-        "{n} readings{}: {ns:.1} ns/reading, {events} events",
+        "{n} readings{}: {ns:.1} ns/reading, {on_cpu} on-CPU ns/reading, {events} events",
         if batch { " in batches" } else { "" }
     );
 }
