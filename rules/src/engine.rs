@@ -338,13 +338,13 @@ impl Ring<'_> {
 // summaries only) last.
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C)]
-struct DayStats {
+pub(crate) struct DayStats {
     today: i64,
-    today_max: Option<f64>,
+    pub(crate) today_max: Option<f64>,
     /// Summary of the completed days in the window (median of medians, or maximum).
-    cached: Option<f64>,
+    pub(crate) cached: Option<f64>,
     count: u8,
-    cached_days: u16,
+    pub(crate) cached_days: u16,
     values: [f64; TODAY_VALUES],
 }
 
@@ -352,13 +352,13 @@ struct DayStats {
 pub const TODAY_VALUES: usize = 8;
 
 #[derive(Clone, Copy, PartialEq)]
-enum Summary {
+pub(crate) enum Summary {
     MedianOfMedians,
     Max,
 }
 
 impl DayStats {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         DayStats {
             today: i64::MIN,
             values: [0.0; TODAY_VALUES],
@@ -372,7 +372,7 @@ impl DayStats {
     /// Moves to the day of `at`, closing the previous day into `days` (the ring of day
     /// summaries, `(day, summary)` at `day mod days.len()`) and recomputing the cached
     /// summary (O(days), once a day).
-    fn roll(&mut self, days: &mut [Option<(i64, f64)>], at: Timestamp, how: Summary) {
+    pub(crate) fn roll(&mut self, days: &mut [Option<(i64, f64)>], at: Timestamp, how: Summary) {
         let day = at.day();
         if day <= self.today {
             return;
@@ -408,7 +408,7 @@ impl DayStats {
         });
     }
 
-    fn add(&mut self, at: Timestamp, v: f64, how: Summary) {
+    pub(crate) fn add(&mut self, at: Timestamp, v: f64, how: Summary) {
         if at.day() != self.today {
             return; // a late reading: checked, not added to a closed day
         }

@@ -66,6 +66,7 @@
 #![deny(missing_docs)]
 
 mod backtest;
+mod baseline;
 mod engine;
 mod event;
 pub mod news2;
@@ -76,6 +77,7 @@ pub use backtest::{
     BACKTEST_TICK_MS, BacktestAlert, BacktestProgress, BacktestReport, PROGRESS_EVERY, PatientLoad,
     backtest,
 };
+pub use baseline::{ReferencePoint, ReferenceSeries, reference_series};
 pub use engine::{Engine, EngineError, Measurement, PatientState, Sample, TODAY_VALUES};
 pub use event::{
     Alert, AlertText, Context, Event, Evidence, EvidenceItem, MAX_EVIDENCE, PatientIdx, ProfileIdx,
