@@ -109,28 +109,31 @@ struct Compiled {
     layout: Vec<Layout>,
     /// Sizes of a patient's state arrays.
     sizes: Sizes,
-    /// The inline detectors a finite value of each kind reaches.
+    /// Where the last-seen time of each kind a missing-data rule watches is kept in the hot
+    /// lines (kinds no such rule watches are not kept: nothing reads them).
+    seen_at: [Option<Word>; Kind::COUNT],
+    /// The hot lines (and NEWS2 id lines) a finite value of each kind reaches.
     reach: [Reach; Kind::COUNT],
+    /// The hot line any value of each kind reaches (its last-seen time).
+    reach_seen: [u128; Kind::COUNT],
+    /// A new patient's hot lines.
+    hot_init: Box<[Line]>,
 }
 
-/// Which of a patient's inline detectors (`Inline::head`) a reading reaches: bit i stands for
-/// `head[i]`. What [`PatientState::touch`] brings in before the reading is evaluated.
+/// Which of a patient's hot lines (bit i: `PatientState::hot[i]`) and NEWS2 id lines (bit
+/// j: `PatientState::ids[j]`) a reading reaches: what [`PatientState::touch`] brings in
+/// before the reading is evaluated.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Reach {
-    ewma: u8,
-    days: u8,
-    /// Day statistics that keep today's values (median summaries).
-    today_values: u8,
-    news2: bool,
+    lines: u128,
+    ids: u64,
 }
 
 impl Reach {
     fn union(self, o: Reach) -> Reach {
         Reach {
-            ewma: self.ewma | o.ewma,
-            days: self.days | o.days,
-            today_values: self.today_values | o.today_values,
-            news2: self.news2 | o.news2,
+            lines: self.lines | o.lines,
+            ids: self.ids | o.ids,
         }
     }
 }
@@ -146,19 +149,27 @@ struct Layout {
     det: DetSlot,
 }
 
-/// Which detector a rule has, and its index in the patient's array of that kind.
+/// Which detector a rule has, and where its words are in the patient's hot lines.
 #[derive(Clone, Copy, Debug)]
 enum DetSlot {
     None,
-    /// Index in `Detectors::days`; its day ring is `day_start..day_start + day_len` in
-    /// `Detectors::day_slots`.
+    /// A [`DayStats`]: its [`DAY_WORDS`] words, today's values ([`TODAY_VALUES`] words,
+    /// median summaries only) and its day ring, `day_start..day_start + day_len` in
+    /// `PatientState::day_slots`.
     Days {
-        idx: u16,
+        at: Word,
+        values: Option<Word>,
         day_start: u16,
         day_len: u16,
     },
-    Ewma(u16),
-    News2(u16),
+    /// An [`Ewma`]'s [`EWMA_WORDS`] words.
+    Ewma(Word),
+    /// The latest NEWS2 values ([`LATEST_WORDS`] words) and their reading ids
+    /// (`PatientState::ids[ids]`).
+    News2 {
+        at: Word,
+        ids: u16,
+    },
 }
 
 /// Lengths of a patient's state arrays under one ruleset.
@@ -166,19 +177,69 @@ enum DetSlot {
 struct Sizes {
     slots: usize,
     runs: usize,
-    ewma: usize,
-    days: usize,
     day_slots: usize,
     news2: usize,
+}
+
+/// Which device usually sends a kind: the hot state of rules on kinds measured together is
+/// packed into the same lines, so a reading touches as few lines as it can.
+fn device_group(k: Kind) -> u8 {
+    match k {
+        Kind::Systolic | Kind::Diastolic | Kind::MeanArterialPressure => 0,
+        Kind::Spo2 | Kind::PulseRate | Kind::PulseAmplitudeIndex => 1,
+        Kind::Fev1 | Kind::Fvc | Kind::Fev1FvcRatio | Kind::Pef => 2,
+        Kind::BodyTemperature => 3,
+    }
+}
+
+/// NEWS2 rules read several devices' values: their own group.
+const NEWS2_GROUP: u8 = 4;
+
+/// Places units of 1, 4 or 8 words (`(words, group)`) in lines of [`LINE_WORDS`]: every unit
+/// inside one line at an offset that is a multiple of its size, units of one group sharing
+/// lines and never a line with another group's. Returns each unit's first word and the
+/// number of lines.
+fn pack(units: &[(usize, u8)]) -> (Vec<Word>, usize) {
+    let mut order: Vec<usize> = (0..units.len()).collect();
+    // Largest first within a group, so every offset stays a multiple of the unit's size.
+    order.sort_by_key(|&i| (units[i].1, std::cmp::Reverse(units[i].0)));
+    let mut lines: Vec<(u8, usize)> = Vec::new();
+    let mut at = vec![Word(0); units.len()];
+    for i in order {
+        let (size, group) = units[i];
+        let l = match lines
+            .iter()
+            .position(|&(g, used)| g == group && used + size <= LINE_WORDS)
+        {
+            Some(l) => l,
+            None => {
+                lines.push((group, 0));
+                lines.len() - 1
+            }
+        };
+        // At most 2 units a rule, 64 rules, and one last-seen word per kind: far below
+        // u16::MAX words.
+        at[i] = Word((l * LINE_WORDS + lines[l].1) as u16);
+        lines[l].1 += size;
+    }
+    (at, lines.len())
 }
 
 impl Compiled {
     /// What a sample's values reach.
     fn reach_of(&self, s: &Sample<'_>) -> Reach {
-        s.values
-            .iter()
-            .filter(|m| m.value.is_finite())
-            .fold(Reach::default(), |r, m| r.union(self.reach[m.kind.index()]))
+        s.values.iter().fold(Reach::default(), |r, m| {
+            let k = m.kind.index();
+            let r = Reach {
+                lines: r.lines | self.reach_seen[k],
+                ids: r.ids,
+            };
+            if m.value.is_finite() {
+                r.union(self.reach[k])
+            } else {
+                r
+            }
+        })
     }
 
     fn new(set: Ruleset) -> Self {
@@ -191,8 +252,22 @@ impl Compiled {
             confirming: 0,
             layout: Vec::new(),
             sizes: Sizes::default(),
+            seen_at: [None; Kind::COUNT],
             reach: [Reach::default(); Kind::COUNT],
+            reach_seen: [0; Kind::COUNT],
+            hot_init: Box::default(),
         };
+        // The hot units: (words, group), what each one holds, and the rule it serves.
+        let mut units: Vec<(usize, u8)> = Vec::new();
+        let mut holds: Vec<Unit> = Vec::new();
+        let mut add = |words: usize, group: u8, what: Unit| {
+            units.push((words, group));
+            holds.push(what);
+            units.len() - 1
+        };
+        let mut seen_unit: [Option<usize>; Kind::COUNT] = [None; Kind::COUNT];
+        // Per rule, the indices of its units (detector words, today's values).
+        let mut rule_units: Vec<(Option<usize>, Option<usize>)> = Vec::new();
         let mut z = Sizes::default();
         for (i, rule) in c.set.rules.iter().enumerate() {
             let bit = 1u64 << i;
@@ -200,6 +275,10 @@ impl Compiled {
                 Check::Missing { measure, .. } => {
                     c.by_seen[measure.index()] |= bit;
                     c.ticked |= bit;
+                    let k = measure.index();
+                    if seen_unit[k].is_none() {
+                        seen_unit[k] = Some(add(1, device_group(measure), Unit::Seen));
+                    }
                 }
                 Check::SilentGateway { .. } => {
                     c.gateway |= bit;
@@ -214,6 +293,52 @@ impl Compiled {
                     }
                 }
             }
+            let units_of = match rule.check {
+                Check::BaselineDrop { measure, .. } => {
+                    let g = device_group(measure);
+                    let d = add(DAY_WORDS, g, Unit::Days);
+                    (Some(d), Some(add(TODAY_VALUES, g, Unit::Zero)))
+                }
+                Check::BestDrop { measure, .. } => (
+                    Some(add(DAY_WORDS, device_group(measure), Unit::Days)),
+                    None,
+                ),
+                Check::Trend { measure, .. } | Check::Cusum { measure, .. } => (
+                    Some(add(EWMA_WORDS, device_group(measure), Unit::Zero)),
+                    None,
+                ),
+                Check::News2 { .. } => (Some(add(LATEST_WORDS, NEWS2_GROUP, Unit::Latest)), None),
+                _ => (None, None),
+            };
+            rule_units.push(units_of);
+        }
+        let (at, lines) = pack(&units);
+        let mut init = vec![Line([0; LINE_WORDS]); lines];
+        for (w, what) in at.iter().zip(&holds) {
+            let line = &mut init[w.line()].0[w.offset()..];
+            match what {
+                Unit::Zero => {}
+                Unit::Seen => line[0] = NEVER.0 as u64,
+                Unit::Days => {
+                    if let Some(h) = line.first_chunk_mut::<DAY_WORDS>() {
+                        DayStats::new().store(h, None);
+                    }
+                }
+                Unit::Latest => {
+                    if let Some(l) = line.first_chunk_mut::<LATEST_WORDS>() {
+                        *l = LATEST_EMPTY;
+                    }
+                }
+            }
+        }
+        c.hot_init = init.into_boxed_slice();
+        for (k, u) in seen_unit.iter().enumerate() {
+            if let Some(u) = *u {
+                c.seen_at[k] = Some(at[u]);
+                c.reach_seen[k] = line_bit(at[u]);
+            }
+        }
+        for (rule, (det_unit, values_unit)) in c.set.rules.iter().zip(rule_units) {
             // Sizes are bounded by MAX_RULES × MAX_CONFIRM and MAX_RULES × MAX_DAYS, which
             // fit in u16.
             let ring_len = match rule.persistence {
@@ -229,40 +354,44 @@ impl Compiled {
                 }
                 _ => None,
             };
-            let det = match rule.check {
-                Check::BaselineDrop { days, .. } | Check::BestDrop { days, .. } => {
+            let det_at = det_unit.map(|u| at[u]);
+            let values = values_unit.map(|u| at[u]);
+            let (det, reach) = match (&rule.check, det_at) {
+                (Check::BaselineDrop { days, .. } | Check::BestDrop { days, .. }, Some(w)) => {
                     let d = DetSlot::Days {
-                        idx: z.days as u16,
+                        at: w,
+                        values,
                         day_start: z.day_slots as u16,
-                        day_len: days,
+                        day_len: *days,
                     };
-                    z.days += 1;
-                    z.day_slots += usize::from(days);
-                    d
+                    z.day_slots += usize::from(*days);
+                    let lines = line_bit(w) | values.map_or(0, line_bit);
+                    (d, Reach { lines, ids: 0 })
                 }
-                Check::Trend { .. } | Check::Cusum { .. } => {
-                    z.ewma += 1;
-                    DetSlot::Ewma((z.ewma - 1) as u16)
-                }
-                Check::News2 { .. } => {
+                (Check::Trend { .. } | Check::Cusum { .. }, Some(w)) => (
+                    DetSlot::Ewma(w),
+                    Reach {
+                        lines: line_bit(w),
+                        ids: 0,
+                    },
+                ),
+                (Check::News2 { .. }, Some(w)) => {
+                    let ids = z.news2 as u16;
                     z.news2 += 1;
-                    DetSlot::News2((z.news2 - 1) as u16)
+                    let id_bit = if ids < 64 { 1u64 << ids } else { 0 };
+                    (
+                        DetSlot::News2 { at: w, ids },
+                        Reach {
+                            lines: line_bit(w),
+                            ids: id_bit,
+                        },
+                    )
                 }
-                _ => DetSlot::None,
+                _ => (DetSlot::None, Reach::default()),
             };
-            let bit8 = |i: u16| if i < 8 { 1u8 << i } else { 0 };
             for k in rule.measures() {
                 let r = &mut c.reach[k.index()];
-                match (det, &rule.check) {
-                    (DetSlot::Ewma(i), _) => r.ewma |= bit8(i),
-                    (DetSlot::Days { idx, .. }, Check::BaselineDrop { .. }) => {
-                        r.days |= bit8(idx);
-                        r.today_values |= bit8(idx);
-                    }
-                    (DetSlot::Days { idx, .. }, _) => r.days |= bit8(idx),
-                    (DetSlot::News2(_), _) => r.news2 = true,
-                    (DetSlot::None, _) => {}
-                }
+                *r = r.union(reach);
             }
             c.layout.push(Layout {
                 ring_start,
@@ -274,6 +403,25 @@ impl Compiled {
         c.sizes = z;
         c
     }
+}
+
+/// What a hot unit holds, for its initial words.
+#[derive(Clone, Copy)]
+enum Unit {
+    /// Words that start at zero (an [`Ewma`], today's values).
+    Zero,
+    /// A last-seen time, [`NEVER`] at first.
+    Seen,
+    /// A [`DayStats`].
+    Days,
+    /// The latest NEWS2 values, [`LATEST_EMPTY`] at first.
+    Latest,
+}
+
+/// The bit of `w`'s line in a [`Reach`] (lines past 128 are not fetched ahead, only
+/// evaluated).
+fn line_bit(w: Word) -> u128 {
+    1u128.checked_shl(w.line() as u32).unwrap_or(0)
 }
 
 /// One persistence slot: an abnormal reading's time and what it showed.
@@ -458,54 +606,127 @@ impl Ewma {
     }
 }
 
-/// A patient's detector state, one array per detector kind (a rule finds its entry through
-/// its [`Layout`]). The detectors every reading looks at are held inline, in the patient's
-/// own entry, up to a few of each kind (what real profiles have), so a reading reaches them
-/// without following a pointer; the day rings, touched once a day, are boxed.
-#[derive(Clone, Debug, PartialEq)]
-#[repr(C)]
-struct Detectors {
-    ewma: Inline<Ewma, 2>,
-    days: Inline<DayStats, 3>,
-    day_slots: Box<[Option<(i64, f64)>]>,
-    news2: Inline<Latest, 1>,
-}
+/// Words of an [`Ewma`] in the hot lines: `n`, then the bits of `mean`, `var` and `sum`.
+const EWMA_WORDS: usize = 4;
 
-/// `N` items inline, the rest boxed: indices `0..N` are in `head` (unused ones stay at their
-/// initial value), `N..` in `rest`.
-#[derive(Clone, Debug, PartialEq)]
-#[repr(C)]
-struct Inline<T, const N: usize> {
-    head: [T; N],
-    rest: Box<[T]>,
-}
-
-impl<T: Copy, const N: usize> Inline<T, N> {
-    fn new(len: usize, fill: T) -> Self {
-        Inline {
-            head: [fill; N],
-            rest: vec![fill; len.saturating_sub(N)].into_boxed_slice(),
+impl Ewma {
+    fn load(w: &[u64; EWMA_WORDS]) -> Ewma {
+        Ewma {
+            n: w[0] as u32,
+            mean: f64::from_bits(w[1]),
+            var: f64::from_bits(w[2]),
+            sum: f64::from_bits(w[3]),
         }
     }
 
-    fn get_mut(&mut self, i: usize) -> Option<&mut T> {
-        match i.checked_sub(N) {
-            None => self.head.get_mut(i),
-            Some(j) => self.rest.get_mut(j),
+    fn store(&self, w: &mut [u64; EWMA_WORDS]) {
+        *w = [
+            u64::from(self.n),
+            self.mean.to_bits(),
+            self.var.to_bits(),
+            self.sum.to_bits(),
+        ];
+    }
+}
+
+/// Words of a [`DayStats`] in the hot lines, today's values apart: `today`, the bits of
+/// `today_max` and `cached` (0 when `None`), and `count | cached_days << 8` with a bit each
+/// for whether `today_max` and `cached` are `Some`. Lossless: every state round-trips.
+const DAY_WORDS: usize = 4;
+const HAS_MAX: u64 = 1 << 24;
+const HAS_CACHED: u64 = 1 << 25;
+
+impl DayStats {
+    /// The day statistics from their words and, for median summaries, today's values
+    /// (zeros without: only median summaries keep them).
+    fn load(h: &[u64; DAY_WORDS], values: Option<&[u64; TODAY_VALUES]>) -> DayStats {
+        let f = h[3];
+        DayStats {
+            today: h[0] as i64,
+            today_max: (f & HAS_MAX != 0).then(|| f64::from_bits(h[1])),
+            cached: (f & HAS_CACHED != 0).then(|| f64::from_bits(h[2])),
+            count: f as u8,
+            cached_days: (f >> 8) as u16,
+            values: values.map_or([0.0; TODAY_VALUES], |v| v.map(f64::from_bits)),
+        }
+    }
+
+    fn store(&self, h: &mut [u64; DAY_WORDS], values: Option<&mut [u64; TODAY_VALUES]>) {
+        let has = |o: Option<f64>, bit: u64| if o.is_some() { bit } else { 0 };
+        *h = [
+            self.today as u64,
+            self.today_max.map_or(0, f64::to_bits),
+            self.cached.map_or(0, f64::to_bits),
+            u64::from(self.count)
+                | u64::from(self.cached_days) << 8
+                | has(self.today_max, HAS_MAX)
+                | has(self.cached, HAS_CACHED),
+        ];
+        if let Some(v) = values {
+            *v = self.values.map(f64::to_bits);
         }
     }
 }
 
-/// The latest SpO2, systolic, pulse and temperature of a NEWS2 rule. Times and values, which
-/// every reading looks at, share one cache line; the reading ids are read only to build the
-/// evidence of an abnormal score.
+/// Words per cache line.
+const LINE_WORDS: usize = 8;
+
+/// One cache line of a patient's hot state: the detectors (day statistics, EWMAs, latest
+/// NEWS2 values) and last-seen times a reading reads and writes, as words, packed per
+/// ruleset by [`pack`] so that a reading touches as few lines as it can. Each detector
+/// decodes its words into its typed form (`load`), works on that and encodes it back
+/// (`store`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(64))]
+struct Line([u64; LINE_WORDS]);
+
+/// A word's position in a patient's hot lines (line `.0 / 8`, word `.0 % 8`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Word(u16);
+
+impl Word {
+    fn line(self) -> usize {
+        usize::from(self.0) / LINE_WORDS
+    }
+
+    fn offset(self) -> usize {
+        usize::from(self.0) % LINE_WORDS
+    }
+}
+
+/// The `N` words at `w` (a unit never crosses a line; `None` if it would).
+fn unit<const N: usize>(hot: &mut [Line], w: Word) -> Option<&mut [u64; N]> {
+    hot.get_mut(w.line())?
+        .0
+        .get_mut(w.offset()..)?
+        .first_chunk_mut::<N>()
+}
+
+/// Today's values are one line.
+const _: () = assert!(TODAY_VALUES == LINE_WORDS);
+
+/// The latest SpO2, systolic, pulse and temperature of a NEWS2 rule, as words: the times
+/// (`Timestamp` as `u64`), then `f64::to_bits` of the values or [`NO_VALUE`]. Their reading
+/// ids are in an [`IdLine`].
+const LATEST_WORDS: usize = 8;
+const LATEST_EMPTY: [u64; LATEST_WORDS] = {
+    let never = NEVER.0 as u64;
+    [
+        never, never, never, never, NO_VALUE, NO_VALUE, NO_VALUE, NO_VALUE,
+    ]
+};
+
+/// The reading ids of a NEWS2 rule's latest values (nil until the value is there: the
+/// value word says whether it is).
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C, align(64))]
-struct Latest {
-    at: [Timestamp; 4],
-    /// `f64::to_bits` of the value, or [`NO_VALUE`] (values are finite, so never equal to it).
-    value: [u64; 4],
-    reading: [Option<ReadingId>; 4],
+struct IdLine([ReadingId; 4]);
+
+impl IdLine {
+    fn empty() -> IdLine {
+        // The nil UUID (`Uuid::default`), named through `ReadingId`.
+        IdLine([ReadingId(Default::default()); 4])
+    }
 }
 
 /// A NaN bit pattern: no value of this kind yet.
@@ -517,25 +738,6 @@ const NEWS2_KINDS: [Kind; 4] = [
     Kind::PulseRate,
     Kind::BodyTemperature,
 ];
-
-impl Latest {
-    const EMPTY: Latest = Latest {
-        at: [NEVER; 4],
-        value: [NO_VALUE; 4],
-        reading: [None; 4],
-    };
-
-    fn item(&self, i: usize) -> Option<EvidenceItem> {
-        let value = self.value[i];
-        let reading = self.reading[i]?;
-        (value != NO_VALUE).then(|| EvidenceItem {
-            reading,
-            at: self.at[i],
-            kind: NEWS2_KINDS[i],
-            value: f64::from_bits(value),
-        })
-    }
-}
 
 /// The small per-rule part of a patient's state: the open alert (boxed, only while open),
 /// the level, the confirm ring's head and the unconfirmed first reading (boxed, rare).
@@ -576,125 +778,92 @@ const PREFETCH_GROUP: usize = 16;
 
 /// One patient's state: opaque, comparable (a replay must rebuild exactly this).
 ///
-/// The detectors are held inline; the rest is in flat arrays sized to the ruleset when the
-/// patient is enrolled, each one step from here.
-///
-/// Declaration order is layout order (`repr(C)`): what every reading touches comes first and
-/// together (the header, then the inline detectors), so a reading touches a few adjacent
-/// cache lines of one entry.
+/// The first cache line is what every reading reads (`repr(C)`, declaration order is
+/// layout order): the alert bits, the gateway clock, the ruleset and where the hot lines
+/// are. The hot lines hold the detectors and last-seen times, sized and packed per ruleset
+/// (a hypertension patient carries none of a COPD patient's detectors), so a reading
+/// touches the header and the few lines of what its kinds reach. The rest (open alerts,
+/// confirm slots, day rings) is touched on abnormal readings and once a day.
 #[derive(Clone, Debug, PartialEq)]
-#[repr(C)]
+#[repr(C, align(64))]
 pub struct PatientState {
-    profile: ProfileIdx,
-    on_oxygen: bool,
     /// Bit r: rule r has an open alert (mirrors `rules[r].open`).
     open_bits: u64,
     /// Bit r: rule r has an unconfirmed reading or an abnormal confirm slot (mirrors
     /// `rules[r]`). A rule with neither bit needs nothing from a reading that is not abnormal.
     busy_bits: u64,
     gateway_heard: Timestamp,
-    /// Last reading of each kind; [`NEVER`] before the first.
-    last_seen: [Timestamp; Kind::COUNT],
+    profile: ProfileIdx,
+    on_oxygen: bool,
+    /// Detector words and last-seen times, laid out by the ruleset (`Compiled::hot_init`).
+    hot: Box<[Line]>,
+    /// Reading ids of each NEWS2 rule's latest values.
+    ids: Box<[IdLine]>,
     enrolled: Timestamp,
-    det: Detectors,
     rules: Box<[RuleState]>,
     /// Every N-of-M rule's confirm ring, end to end.
     slots: Box<[Option<Slot>]>,
     /// Start of the current abnormal run of each minimum-duration rule.
     runs: Box<[Option<EvidenceItem>]>,
+    /// Every day-statistics rule's ring of day summaries, end to end.
+    day_slots: Box<[Option<(i64, f64)>]>,
 }
+
+/// The header is one cache line.
+const _: () = assert!(std::mem::offset_of!(PatientState, enrolled) == 64);
 
 impl PatientState {
     fn new(profile: ProfileIdx, c: &Compiled, enrolled: Timestamp, on_oxygen: bool) -> Self {
         let z = c.sizes;
-        // What every reading touches is allocated first, next to each other; the confirm
-        // slots and day rings (touched on abnormal readings and once a day) after.
-        let rules = vec![FRESH_RULE; c.set.rules.len()].into_boxed_slice();
-        let ewma = Inline::new(z.ewma, Ewma::default());
-        let days = Inline::new(z.days, DayStats::new());
-        let news2 = Inline::new(z.news2, Latest::EMPTY);
         PatientState {
-            profile,
-            enrolled,
-            on_oxygen,
-            last_seen: [NEVER; Kind::COUNT],
-            gateway_heard: enrolled,
             open_bits: 0,
             busy_bits: 0,
-            rules,
+            gateway_heard: enrolled,
+            profile,
+            on_oxygen,
+            hot: c.hot_init.clone(),
+            ids: vec![IdLine::empty(); z.news2].into_boxed_slice(),
+            enrolled,
+            rules: vec![FRESH_RULE; c.set.rules.len()].into_boxed_slice(),
             slots: vec![None; z.slots].into_boxed_slice(),
             runs: vec![None; z.runs].into_boxed_slice(),
-            det: Detectors {
-                ewma,
-                days,
-                day_slots: vec![None; z.day_slots].into_boxed_slice(),
-                news2,
-            },
-        }
-    }
-}
-
-impl PatientState {
-    /// Reads the first and last word of each part of the entry this reading will use (the
-    /// header, the last-seen times of its kinds, the inline detectors its values reach), so
-    /// their cache misses are all in flight together instead of each waiting behind
-    /// branches on the profile and the reading's kinds, which mispredict when patients come
-    /// in random order. Parts the reading does not use are left alone: fetching them cost
-    /// memory bandwidth for nothing.
-    fn touch(&self, reach: Reach, s: &Sample<'_>) {
-        // Each load is its own `black_box`: the compiler would otherwise load every part
-        // unconditionally (the entry is known to be readable) and select, which fetches the
-        // whole entry, the waste this is here to avoid.
-        use std::hint::black_box;
-        black_box(self.gateway_heard.0 ^ self.busy_bits as i64);
-        for m in s.values {
-            black_box(self.last_seen[m.kind.index()].0);
-        }
-        let d = &self.det;
-        for (i, e) in d.ewma.head.iter().enumerate() {
-            if reach.ewma & (1 << i) != 0 {
-                black_box(e.n);
-                black_box(e.sum);
-            }
-        }
-        for (i, day) in d.days.head.iter().enumerate() {
-            if reach.days & (1 << i) != 0 {
-                black_box(day.today);
-                black_box(day.cached_days);
-            }
-            if reach.today_values & (1 << i) != 0 {
-                black_box(day.values[0]);
-                black_box(day.values[TODAY_VALUES - 1]);
-            }
-        }
-        if reach.news2 {
-            let latest = &d.news2.head[0];
-            black_box(latest.at[0]);
-            black_box(latest.value[3]);
-            black_box(latest.reading[0].is_some());
-            black_box(latest.reading[3].is_some());
+            day_slots: vec![None; z.day_slots].into_boxed_slice(),
         }
     }
 
-    /// Reads one word from each cache line of the entry's hot part (header, inline
-    /// detectors) whatever the reading, so the misses of a lone reading are all in flight at
-    /// once. Cheaper in instructions than [`PatientState::touch`] (no profile or kind lookups)
-    /// and as fast for one reading at a time, where the wait is one memory latency either
-    /// way; a batch, which has many patients' lines in flight, fetches only what it uses.
+    /// Reads one word of each hot line and id line in `reach`, so that their cache misses
+    /// are in flight together (a batch does this for a group of readings before evaluating
+    /// them). Returns the words folded together, for the caller to `black_box` once: a
+    /// stable prefetch instruction needs `unsafe`, so these are plain loads, as few
+    /// instructions apart as possible so that many fit in the processor's window.
+    fn touch(&self, reach: Reach) -> u64 {
+        let mut acc = 0;
+        let mut lines = reach.lines;
+        while lines != 0 {
+            let l = lines.trailing_zeros() as usize;
+            lines &= lines - 1;
+            if let Some(line) = self.hot.get(l) {
+                acc ^= line.0[0];
+            }
+        }
+        let mut ids = reach.ids;
+        while ids != 0 {
+            let j = ids.trailing_zeros() as usize;
+            ids &= ids - 1;
+            if let Some(line) = self.ids.get(j) {
+                acc ^= line.0[0].0.as_u64_pair().0;
+            }
+        }
+        acc
+    }
+
+    /// [`PatientState::touch`] for every hot and id line: for a lone reading, where the wait
+    /// is one memory latency either way and fewer instructions win.
     fn touch_all(&self) -> u64 {
-        let d = &self.det;
-        let day =
-            |i: usize| d.days.head[i].today as u64 ^ u64::from(d.days.head[i].cached.is_some());
-        let latest = &d.news2.head[0];
-        self.last_seen[Kind::COUNT - 1].0 as u64
-            ^ u64::from(d.ewma.head[0].n)
-            ^ u64::from(d.ewma.head[1].n)
-            ^ day(0)
-            ^ d.days.head[0].values[TODAY_VALUES - 1].to_bits()
-            ^ day(1)
-            ^ day(2)
-            ^ latest.at[0].0 as u64
-            ^ u64::from(latest.reading[0].is_some())
+        let lines = self.hot.iter().fold(self.open_bits, |a, l| a ^ l.0[0]);
+        self.ids
+            .iter()
+            .fold(lines, |a, l| a ^ l.0[0].0.as_u64_pair().0)
     }
 
     /// Brings rule `r`'s bits in `open_bits` and `busy_bits` up to date with its state.
@@ -711,6 +880,14 @@ impl PatientState {
         } else {
             self.busy_bits &= !bit;
         }
+    }
+
+    /// The last reading of `kind` (any value), if a missing-data rule of the patient's
+    /// ruleset watches it; [`NEVER`] before the first.
+    fn last_seen(&self, c: &Compiled, kind: Kind) -> Timestamp {
+        c.seen_at[kind.index()]
+            .and_then(|w| self.hot.get(w.line()).map(|l| l.0[w.offset()]))
+            .map_or(NEVER, |x| Timestamp(x as i64))
     }
 }
 
@@ -928,9 +1105,9 @@ impl Engine {
         self.evaluate(idx, &sample, out)
     }
 
-    /// Starts fetching what evaluating `s` for patient `idx` will read (nothing for an unknown
-    /// index).
-    fn touch(&self, idx: PatientIdx, s: &Sample<'_>) {
+    /// Starts fetching the hot lines evaluating `s` for patient `idx` will read (nothing for
+    /// an unknown index); see [`PatientState::touch`].
+    fn touch(&self, idx: PatientIdx, s: &Sample<'_>) -> u64 {
         let i = idx.0 as usize;
         let (Some(p), Some(c)) = (
             self.patients.get(i),
@@ -938,9 +1115,9 @@ impl Engine {
                 .get(i)
                 .and_then(|pr| self.profiles.get(pr.0 as usize)),
         ) else {
-            return;
+            return 0;
         };
-        p.touch(c.reach_of(s), s);
+        p.touch(c.reach_of(s))
     }
 
     /// Evaluates a batch of readings, in order, exactly as [`Engine::evaluate`] on each would
@@ -961,9 +1138,14 @@ impl Engine {
             return Err(EngineError::UnknownPatient(idx.0));
         }
         for group in batch.chunks(PREFETCH_GROUP) {
-            for (idx, s) in group {
-                self.touch(*idx, s);
-            }
+            // The group's headers first (they say where the hot lines are), then the hot
+            // lines each reading reaches: two rounds of misses in flight together.
+            let headers = group.iter().fold(0, |a, (idx, _)| {
+                a ^ self.patients.get(idx.0 as usize).map_or(0, |p| p.open_bits)
+            });
+            std::hint::black_box(headers);
+            let lines = group.iter().fold(0, |a, (idx, s)| a ^ self.touch(*idx, s));
+            std::hint::black_box(lines);
             for (idx, s) in group {
                 self.evaluate_fetched(*idx, s, out)?;
             }
@@ -1008,8 +1190,11 @@ impl Engine {
         let mut vals = Values([f64::NAN; Kind::COUNT]);
         for m in s.values {
             let k = m.kind.index();
-            let last = &mut p.last_seen[k];
-            *last = (*last).max(s.at);
+            if let Some(w) = c.seen_at[k]
+                && let Some(last) = unit::<1>(&mut p.hot, w)
+            {
+                last[0] = (last[0] as i64).max(s.at.0) as u64;
+            }
             seen |= c.by_seen[k];
             if m.value.is_finite() {
                 touched |= c.by_value[k];
@@ -1041,7 +1226,12 @@ impl Engine {
             touched &= touched - 1;
             let rule = &c.set.rules[i];
             let lay = &c.layout[i];
-            let verdict = check(rule, lay, &mut p.det, s, &vals, on_oxygen);
+            let mut det = Det {
+                hot: &mut p.hot,
+                ids: &mut p.ids,
+                day_slots: &mut p.day_slots,
+            };
+            let verdict = check(rule, lay, &mut det, s, &vals, on_oxygen);
             let bit = 1u64 << i;
             if !matches!(verdict, Verdict::Abnormal { .. })
                 && (p.open_bits | p.busy_bits) & bit == 0
@@ -1143,7 +1333,7 @@ impl Engine {
                 let rule = &c.set.rules[r];
                 let context = match rule.check {
                     Check::Missing { measure, within } => {
-                        let last = match p.last_seen[measure.index()] {
+                        let last = match p.last_seen(c, measure) {
                             NEVER => p.enrolled,
                             t => t,
                         };
@@ -1249,11 +1439,69 @@ fn response_severity(r: Response) -> Severity {
     }
 }
 
+/// A patient's detector state, borrowed for one rule's check.
+struct Det<'a> {
+    hot: &'a mut [Line],
+    ids: &'a mut [IdLine],
+    /// Behind its `Box`, so that the ring's address (in the cold part of the state) is read
+    /// only on the day a ring is written.
+    day_slots: &'a mut Box<[Option<(i64, f64)>]>,
+}
+
+impl Det<'_> {
+    /// Runs `f` on the [`Ewma`] at `at` and keeps what it leaves.
+    fn with_ewma(&mut self, at: Word, f: impl FnOnce(&mut Ewma) -> Verdict) -> Verdict {
+        let Some(w) = unit::<EWMA_WORDS>(self.hot, at) else {
+            return Verdict::Unknown;
+        };
+        let mut e = Ewma::load(w);
+        let verdict = f(&mut e);
+        e.store(w);
+        verdict
+    }
+
+    /// Moves the [`DayStats`] at `at` (with today's values at `values`) to the day of `now`
+    /// ([`DayStats::roll`] on its day ring), runs `f` on it and keeps what it leaves.
+    #[allow(clippy::too_many_arguments)]
+    fn with_days(
+        &mut self,
+        at: Word,
+        values: Option<Word>,
+        day_start: u16,
+        day_len: u16,
+        now: Timestamp,
+        how: Summary,
+        f: impl FnOnce(&mut DayStats) -> Verdict,
+    ) -> Verdict {
+        let today = values.and_then(|v| unit::<TODAY_VALUES>(self.hot, v).map(|w| *w));
+        let Some(h) = unit::<DAY_WORDS>(self.hot, at) else {
+            return Verdict::Unknown;
+        };
+        let mut days = DayStats::load(h, today.as_ref());
+        if now.day() > days.today {
+            // A new day (roll does nothing otherwise): only now is the ring needed.
+            let Some(ring) = self
+                .day_slots
+                .get_mut(usize::from(day_start)..usize::from(day_start) + usize::from(day_len))
+            else {
+                return Verdict::Unknown;
+            };
+            days.roll(ring, now, how);
+        }
+        let verdict = f(&mut days);
+        days.store(h, None);
+        if let Some(v) = values.and_then(|v| unit::<TODAY_VALUES>(self.hot, v)) {
+            *v = days.values.map(f64::to_bits);
+        }
+        verdict
+    }
+}
+
 /// Runs a rule's check on a reading and updates the detector state.
 fn check(
     rule: &Rule,
     lay: &Layout,
-    det: &mut Detectors,
+    det: &mut Det<'_>,
     s: &Sample<'_>,
     vals: &Values,
     on_oxygen: bool,
@@ -1327,7 +1575,8 @@ fn check(
                 ..
             },
             DetSlot::Days {
-                idx,
+                at,
+                values,
                 day_start,
                 day_len,
             },
@@ -1335,39 +1584,41 @@ fn check(
             let Some(x) = vals.get(*measure) else {
                 return Verdict::Unknown;
             };
-            let (Some(days), Some(ring)) = (
-                det.days.get_mut(usize::from(idx)),
-                det.day_slots
-                    .get_mut(usize::from(day_start)..usize::from(day_start + day_len)),
-            ) else {
-                return Verdict::Unknown;
-            };
-            days.roll(ring, s.at, Summary::MedianOfMedians);
-            let verdict = match days.cached {
-                Some(baseline) if days.cached_days >= *min_days => {
-                    let down = baseline - x;
-                    let context = Context::Baseline {
-                        baseline,
-                        drop: down,
-                        days: days.cached_days,
-                    };
-                    if down >= *drop {
-                        Verdict::Abnormal {
-                            level: 1,
-                            severity: rule.severity,
-                            evidence: single(s.item(*measure, x)),
-                            context,
+            det.with_days(
+                at,
+                values,
+                day_start,
+                day_len,
+                s.at,
+                Summary::MedianOfMedians,
+                |days| {
+                    let verdict = match days.cached {
+                        Some(baseline) if days.cached_days >= *min_days => {
+                            let down = baseline - x;
+                            let context = Context::Baseline {
+                                baseline,
+                                drop: down,
+                                days: days.cached_days,
+                            };
+                            if down >= *drop {
+                                Verdict::Abnormal {
+                                    level: 1,
+                                    severity: rule.severity,
+                                    evidence: single(s.item(*measure, x)),
+                                    context,
+                                }
+                            } else if down <= *clear_drop {
+                                Verdict::Normal(context)
+                            } else {
+                                Verdict::Between
+                            }
                         }
-                    } else if down <= *clear_drop {
-                        Verdict::Normal(context)
-                    } else {
-                        Verdict::Between
-                    }
-                }
-                _ => Verdict::Unknown,
-            };
-            days.add(s.at, x, Summary::MedianOfMedians);
-            verdict
+                        _ => Verdict::Unknown,
+                    };
+                    days.add(s.at, x, Summary::MedianOfMedians);
+                    verdict
+                },
+            )
         }
         (
             Check::BestDrop {
@@ -1378,7 +1629,8 @@ fn check(
                 ..
             },
             DetSlot::Days {
-                idx,
+                at,
+                values,
                 day_start,
                 day_len,
             },
@@ -1386,42 +1638,36 @@ fn check(
             let Some(x) = vals.get(*measure) else {
                 return Verdict::Unknown;
             };
-            let (Some(days), Some(ring)) = (
-                det.days.get_mut(usize::from(idx)),
-                det.day_slots
-                    .get_mut(usize::from(day_start)..usize::from(day_start + day_len)),
-            ) else {
-                return Verdict::Unknown;
-            };
-            days.roll(ring, s.at, Summary::Max);
-            let best = match (days.cached, days.today_max) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
-            let verdict = match best {
-                Some(best) if best > 0.0 && days.cached_days >= *min_days => {
-                    let pct = (best - x) / best * 100.0;
-                    let context = Context::PersonalBest {
-                        best,
-                        drop_percent: pct,
-                    };
-                    if pct >= *drop_percent {
-                        Verdict::Abnormal {
-                            level: 1,
-                            severity: rule.severity,
-                            evidence: single(s.item(*measure, x)),
-                            context,
+            det.with_days(at, values, day_start, day_len, s.at, Summary::Max, |days| {
+                let best = match (days.cached, days.today_max) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                let verdict = match best {
+                    Some(best) if best > 0.0 && days.cached_days >= *min_days => {
+                        let pct = (best - x) / best * 100.0;
+                        let context = Context::PersonalBest {
+                            best,
+                            drop_percent: pct,
+                        };
+                        if pct >= *drop_percent {
+                            Verdict::Abnormal {
+                                level: 1,
+                                severity: rule.severity,
+                                evidence: single(s.item(*measure, x)),
+                                context,
+                            }
+                        } else if pct <= *clear_percent {
+                            Verdict::Normal(context)
+                        } else {
+                            Verdict::Between
                         }
-                    } else if pct <= *clear_percent {
-                        Verdict::Normal(context)
-                    } else {
-                        Verdict::Between
                     }
-                }
-                _ => Verdict::Unknown,
-            };
-            days.add(s.at, x, Summary::Max);
-            verdict
+                    _ => Verdict::Unknown,
+                };
+                days.add(s.at, x, Summary::Max);
+                verdict
+            })
         }
         (
             Check::Trend {
@@ -1433,50 +1679,49 @@ fn check(
                 min_sd,
                 min_readings,
             },
-            DetSlot::Ewma(idx),
+            DetSlot::Ewma(at),
         ) => {
             let Some(x) = vals.get(*measure) else {
                 return Verdict::Unknown;
             };
-            let Some(e) = det.ewma.get_mut(usize::from(idx)) else {
-                return Verdict::Unknown;
-            };
-            let verdict = if e.n >= *min_readings {
-                let sd = e.sd(*min_sd);
-                let sign = if *direction == Direction::Below {
-                    -1.0
-                } else {
-                    1.0
-                };
-                let limit = e.mean + sign * k * sd;
-                let clear = e.mean + sign * clear_k * sd;
-                let context = Context::Trend {
-                    mean: e.mean,
-                    sd,
-                    limit,
-                };
-                // Strictly beyond mean ∓ k·sd.
-                let out = match direction {
-                    Direction::Below => x < limit,
-                    Direction::Above => x > limit,
-                };
-                if out {
-                    Verdict::Abnormal {
-                        level: 1,
-                        severity: rule.severity,
-                        evidence: single(s.item(*measure, x)),
-                        context,
+            det.with_ewma(at, |e| {
+                let verdict = if e.n >= *min_readings {
+                    let sd = e.sd(*min_sd);
+                    let sign = if *direction == Direction::Below {
+                        -1.0
+                    } else {
+                        1.0
+                    };
+                    let limit = e.mean + sign * k * sd;
+                    let clear = e.mean + sign * clear_k * sd;
+                    let context = Context::Trend {
+                        mean: e.mean,
+                        sd,
+                        limit,
+                    };
+                    // Strictly beyond mean ∓ k·sd.
+                    let out = match direction {
+                        Direction::Below => x < limit,
+                        Direction::Above => x > limit,
+                    };
+                    if out {
+                        Verdict::Abnormal {
+                            level: 1,
+                            severity: rule.severity,
+                            evidence: single(s.item(*measure, x)),
+                            context,
+                        }
+                    } else if cleared(*direction, x, clear) {
+                        Verdict::Normal(context)
+                    } else {
+                        Verdict::Between
                     }
-                } else if cleared(*direction, x, clear) {
-                    Verdict::Normal(context)
                 } else {
-                    Verdict::Between
-                }
-            } else {
-                Verdict::Unknown
-            };
-            e.update(x, *alpha);
-            verdict
+                    Verdict::Unknown
+                };
+                e.update(x, *alpha);
+                verdict
+            })
         }
         (
             Check::Cusum {
@@ -1489,48 +1734,47 @@ fn check(
                 min_sd,
                 min_readings,
             },
-            DetSlot::Ewma(idx),
+            DetSlot::Ewma(at),
         ) => {
             let Some(x) = vals.get(*measure) else {
                 return Verdict::Unknown;
             };
-            let Some(e) = det.ewma.get_mut(usize::from(idx)) else {
-                return Verdict::Unknown;
-            };
-            if e.n < *min_readings {
-                e.update(x, *alpha);
-                return Verdict::Unknown;
-            }
-            let sd = e.sd(*min_sd);
-            let z = match direction {
-                Direction::Below => (e.mean - x) / sd,
-                Direction::Above => (x - e.mean) / sd,
-            };
-            e.sum = (e.sum + z - slack).max(0.0);
-            let context = Context::Cusum {
-                sum: e.sum,
-                limit: *limit,
-                mean: e.mean,
-                sd,
-            };
-            let verdict = if e.sum >= *limit {
-                Verdict::Abnormal {
-                    level: 1,
-                    severity: rule.severity,
-                    evidence: single(s.item(*measure, x)),
-                    context,
+            det.with_ewma(at, |e| {
+                if e.n < *min_readings {
+                    e.update(x, *alpha);
+                    return Verdict::Unknown;
                 }
-            } else if e.sum <= *clear_limit {
-                Verdict::Normal(context)
-            } else {
-                Verdict::Between
-            };
-            // The reference is frozen while a drift is accumulating, so a slow drift is not
-            // absorbed into the mean it is measured against.
-            if e.sum == 0.0 {
-                e.update(x, *alpha);
-            }
-            verdict
+                let sd = e.sd(*min_sd);
+                let z = match direction {
+                    Direction::Below => (e.mean - x) / sd,
+                    Direction::Above => (x - e.mean) / sd,
+                };
+                e.sum = (e.sum + z - slack).max(0.0);
+                let context = Context::Cusum {
+                    sum: e.sum,
+                    limit: *limit,
+                    mean: e.mean,
+                    sd,
+                };
+                let verdict = if e.sum >= *limit {
+                    Verdict::Abnormal {
+                        level: 1,
+                        severity: rule.severity,
+                        evidence: single(s.item(*measure, x)),
+                        context,
+                    }
+                } else if e.sum <= *clear_limit {
+                    Verdict::Normal(context)
+                } else {
+                    Verdict::Between
+                };
+                // The reference is frozen while a drift is accumulating, so a slow drift is not
+                // absorbed into the mean it is measured against.
+                if e.sum == 0.0 {
+                    e.update(x, *alpha);
+                }
+                verdict
+            })
         }
         (
             Check::News2 {
@@ -1538,24 +1782,29 @@ fn check(
                 fresh,
                 min_response,
             },
-            DetSlot::News2(idx),
+            DetSlot::News2 { at, ids },
         ) => {
-            let Some(latest) = det.news2.get_mut(usize::from(idx)) else {
+            let (Some(l), Some(ids)) = (
+                unit::<LATEST_WORDS>(det.hot, at),
+                det.ids.get_mut(usize::from(ids)),
+            ) else {
                 return Verdict::Unknown;
             };
+            // l[i]: when NEWS2_KINDS[i] was last measured; l[4 + i]: its value's bits.
+            let when = |l: &[u64; LATEST_WORDS], i: usize| Timestamp(l[i] as i64);
             for (i, kind) in NEWS2_KINDS.into_iter().enumerate() {
                 if let Some(v) = vals.get(kind)
-                    && (latest.value[i] == NO_VALUE || latest.at[i] <= s.at)
+                    && (l[4 + i] == NO_VALUE || when(l, i) <= s.at)
                 {
-                    latest.at[i] = s.at;
-                    latest.value[i] = v.to_bits();
-                    latest.reading[i] = Some(s.reading);
+                    l[i] = s.at.0 as u64;
+                    l[4 + i] = v.to_bits();
+                    ids.0[i] = s.reading;
                 }
             }
             let mut fresh_vals = [None; 4];
             for (i, v) in fresh_vals.iter_mut().enumerate() {
-                if latest.value[i] != NO_VALUE && s.at.since(latest.at[i]) <= *fresh {
-                    *v = Some(f64::from_bits(latest.value[i]));
+                if l[4 + i] != NO_VALUE && s.at.since(when(l, i)) <= *fresh {
+                    *v = Some(f64::from_bits(l[4 + i]));
                 }
             }
             let [a, b, c, d] = fresh_vals;
@@ -1563,10 +1812,13 @@ fn check(
             if score.response >= *min_response {
                 let mut evidence = Evidence::default();
                 for (i, v) in fresh_vals.iter().enumerate() {
-                    if v.is_some()
-                        && let Some(item) = latest.item(i)
-                    {
-                        evidence.push(item);
+                    if let Some(value) = *v {
+                        evidence.push(EvidenceItem {
+                            reading: ids.0[i],
+                            at: when(l, i),
+                            kind: NEWS2_KINDS[i],
+                            value,
+                        });
                     }
                 }
                 Verdict::Abnormal {
