@@ -109,9 +109,9 @@ struct Compiled {
     layout: Vec<Layout>,
     /// Sizes of a patient's state arrays.
     sizes: Sizes,
-    /// Where the last-seen time of each kind a missing-data rule watches is kept in the hot
-    /// lines (kinds no such rule watches are not kept: nothing reads them).
-    seen_at: [Option<Word>; Kind::COUNT],
+    /// Where the last-seen time of each kind a missing-data rule watches is kept (kinds no
+    /// such rule watches are not kept: nothing reads them).
+    seen_at: [Option<Seen>; Kind::COUNT],
     /// The hot lines (and NEWS2 id lines) a finite value of each kind reaches.
     reach: [Reach; Kind::COUNT],
     /// The hot line any value of each kind reaches (its last-seen time).
@@ -120,13 +120,13 @@ struct Compiled {
     hot_init: Box<[Line]>,
 }
 
-/// Which of a patient's hot lines (bit i: `PatientState::hot[i]`) and NEWS2 id lines (bit
-/// j: `PatientState::ids[j]`) a reading reaches: what [`PatientState::touch`] brings in
-/// before the reading is evaluated.
+/// Which of a patient's hot lines (bit i: line i) and whether the first NEWS2 rule's id line
+/// a reading reaches: what [`PatientState::touch`] brings in before the reading is
+/// evaluated.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Reach {
     lines: u128,
-    ids: u64,
+    ids: bool,
 }
 
 impl Reach {
@@ -136,6 +136,14 @@ impl Reach {
             ids: self.ids | o.ids,
         }
     }
+}
+
+/// Where a kind's last-seen time is kept: in the header (the first [`SEEN_INLINE`] kinds a
+/// ruleset's missing-data rules watch) or in the hot lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    Header(u8),
+    Hot(Word),
 }
 
 /// Where one rule's state lives in its patient's arrays.
@@ -164,8 +172,8 @@ enum DetSlot {
     },
     /// An [`Ewma`]'s [`EWMA_WORDS`] words.
     Ewma(Word),
-    /// The latest NEWS2 values ([`LATEST_WORDS`] words) and their reading ids
-    /// (`PatientState::ids[ids]`).
+    /// The latest NEWS2 values ([`LATEST_WORDS`] words) and their reading ids (id line
+    /// `ids`: `PatientState::ids` for the first NEWS2 rule, the cold part's after it).
     News2 {
         at: Word,
         ids: u16,
@@ -266,6 +274,7 @@ impl Compiled {
             units.len() - 1
         };
         let mut seen_unit: [Option<usize>; Kind::COUNT] = [None; Kind::COUNT];
+        let mut seen_inline = 0;
         // Per rule, the indices of its units (detector words, today's values).
         let mut rule_units: Vec<(Option<usize>, Option<usize>)> = Vec::new();
         let mut z = Sizes::default();
@@ -276,8 +285,13 @@ impl Compiled {
                     c.by_seen[measure.index()] |= bit;
                     c.ticked |= bit;
                     let k = measure.index();
-                    if seen_unit[k].is_none() {
-                        seen_unit[k] = Some(add(1, device_group(measure), Unit::Seen));
+                    if seen_unit[k].is_none() && c.seen_at[k].is_none() {
+                        if seen_inline < SEEN_INLINE {
+                            c.seen_at[k] = Some(Seen::Header(seen_inline as u8));
+                            seen_inline += 1;
+                        } else {
+                            seen_unit[k] = Some(add(1, device_group(measure), Unit::Seen));
+                        }
                     }
                 }
                 Check::SilentGateway { .. } => {
@@ -334,7 +348,7 @@ impl Compiled {
         c.hot_init = init.into_boxed_slice();
         for (k, u) in seen_unit.iter().enumerate() {
             if let Some(u) = *u {
-                c.seen_at[k] = Some(at[u]);
+                c.seen_at[k] = Some(Seen::Hot(at[u]));
                 c.reach_seen[k] = line_bit(at[u]);
             }
         }
@@ -366,24 +380,23 @@ impl Compiled {
                     };
                     z.day_slots += usize::from(*days);
                     let lines = line_bit(w) | values.map_or(0, line_bit);
-                    (d, Reach { lines, ids: 0 })
+                    (d, Reach { lines, ids: false })
                 }
                 (Check::Trend { .. } | Check::Cusum { .. }, Some(w)) => (
                     DetSlot::Ewma(w),
                     Reach {
                         lines: line_bit(w),
-                        ids: 0,
+                        ids: false,
                     },
                 ),
                 (Check::News2 { .. }, Some(w)) => {
                     let ids = z.news2 as u16;
                     z.news2 += 1;
-                    let id_bit = if ids < 64 { 1u64 << ids } else { 0 };
                     (
                         DetSlot::News2 { at: w, ids },
                         Reach {
                             lines: line_bit(w),
-                            ids: id_bit,
+                            ids: ids == 0,
                         },
                     )
                 }
@@ -694,14 +707,6 @@ impl Word {
     }
 }
 
-/// The `N` words at `w` (a unit never crosses a line; `None` if it would).
-fn unit<const N: usize>(hot: &mut [Line], w: Word) -> Option<&mut [u64; N]> {
-    hot.get_mut(w.line())?
-        .0
-        .get_mut(w.offset()..)?
-        .first_chunk_mut::<N>()
-}
-
 /// Today's values are one line.
 const _: () = assert!(TODAY_VALUES == LINE_WORDS);
 
@@ -778,12 +783,14 @@ const PREFETCH_GROUP: usize = 16;
 
 /// One patient's state: opaque, comparable (a replay must rebuild exactly this).
 ///
-/// The first cache line is what every reading reads (`repr(C)`, declaration order is
-/// layout order): the alert bits, the gateway clock, the ruleset and where the hot lines
-/// are. The hot lines hold the detectors and last-seen times, sized and packed per ruleset
-/// (a hypertension patient carries none of a COPD patient's detectors), so a reading
-/// touches the header and the few lines of what its kinds reach. The rest (open alerts,
-/// confirm slots, day rings) is touched on abnormal readings and once a day.
+/// One entry of 512 bytes, eight cache lines (`repr(C)`, declaration order is layout
+/// order): the header every reading reads (alert bits, gateway clock, ruleset, last-seen
+/// times), the hot lines holding the detectors, packed per ruleset so that a reading
+/// touches only the lines of what its kinds reach (a hypertension patient's reading, one or
+/// two; a COPD patient's oximetry, six), and the reading ids of the latest NEWS2 values.
+/// What is touched on abnormal readings, once a day or by `tick` (open alerts, confirm
+/// slots, day rings, the enrolment time) is in [`Cold`], behind one pointer, as are hot
+/// lines past [`HOT_INLINE`] for unusually large rulesets.
 #[derive(Clone, Debug, PartialEq)]
 #[repr(C, align(64))]
 pub struct PatientState {
@@ -795,10 +802,30 @@ pub struct PatientState {
     gateway_heard: Timestamp,
     profile: ProfileIdx,
     on_oxygen: bool,
-    /// Detector words and last-seen times, laid out by the ruleset (`Compiled::hot_init`).
-    hot: Box<[Line]>,
-    /// Reading ids of each NEWS2 rule's latest values.
-    ids: Box<[IdLine]>,
+    /// Hot lines the ruleset uses (up to [`HOT_INLINE`] here).
+    lines: u8,
+    /// Whether the ruleset has a NEWS2 rule (whose reading ids are in `ids`).
+    news2: bool,
+    /// Last-seen times (`Timestamp` as `u64`) of the kinds the ruleset's missing-data rules
+    /// watch (see [`Seen`]).
+    seen: [u64; SEEN_INLINE],
+    cold: Box<Cold>,
+    /// Detector words, laid out by the ruleset (`Compiled::hot_init`).
+    hot: [Line; HOT_INLINE],
+    /// Reading ids of the first NEWS2 rule's latest values.
+    ids: IdLine,
+}
+
+/// Hot lines held in a [`PatientState`] itself; a ruleset that needs more keeps the rest in
+/// [`Cold`] (reached, not fetched ahead).
+pub const HOT_INLINE: usize = 6;
+
+/// Last-seen times held in the header.
+const SEEN_INLINE: usize = 3;
+
+/// The part of a patient's state a normal reading does not touch.
+#[derive(Clone, Debug, PartialEq)]
+struct Cold {
     enrolled: Timestamp,
     rules: Box<[RuleState]>,
     /// Every N-of-M rule's confirm ring, end to end.
@@ -807,37 +834,53 @@ pub struct PatientState {
     runs: Box<[Option<EvidenceItem>]>,
     /// Every day-statistics rule's ring of day summaries, end to end.
     day_slots: Box<[Option<(i64, f64)>]>,
+    /// Hot lines past [`HOT_INLINE`].
+    hot_rest: Box<[Line]>,
+    /// Reading ids of NEWS2 rules after the first.
+    ids_rest: Box<[IdLine]>,
 }
 
-/// The header is one cache line.
-const _: () = assert!(std::mem::offset_of!(PatientState, enrolled) == 64);
+/// The header is one cache line, the whole entry eight.
+const _: () = assert!(std::mem::offset_of!(PatientState, hot) == 64);
+const _: () = assert!(std::mem::size_of::<PatientState>() == 512);
 
 impl PatientState {
     fn new(profile: ProfileIdx, c: &Compiled, enrolled: Timestamp, on_oxygen: bool) -> Self {
         let z = c.sizes;
+        let mut hot = [Line([0; LINE_WORDS]); HOT_INLINE];
+        let inline = c.hot_init.len().min(HOT_INLINE);
+        hot[..inline].copy_from_slice(&c.hot_init[..inline]);
         PatientState {
             open_bits: 0,
             busy_bits: 0,
             gateway_heard: enrolled,
             profile,
             on_oxygen,
-            hot: c.hot_init.clone(),
-            ids: vec![IdLine::empty(); z.news2].into_boxed_slice(),
-            enrolled,
-            rules: vec![FRESH_RULE; c.set.rules.len()].into_boxed_slice(),
-            slots: vec![None; z.slots].into_boxed_slice(),
-            runs: vec![None; z.runs].into_boxed_slice(),
-            day_slots: vec![None; z.day_slots].into_boxed_slice(),
+            lines: inline as u8,
+            news2: z.news2 > 0,
+            seen: [NEVER.0 as u64; SEEN_INLINE],
+            cold: Box::new(Cold {
+                enrolled,
+                rules: vec![FRESH_RULE; c.set.rules.len()].into_boxed_slice(),
+                slots: vec![None; z.slots].into_boxed_slice(),
+                runs: vec![None; z.runs].into_boxed_slice(),
+                day_slots: vec![None; z.day_slots].into_boxed_slice(),
+                hot_rest: c.hot_init[inline..].into(),
+                ids_rest: vec![IdLine::empty(); z.news2.saturating_sub(1)].into_boxed_slice(),
+            }),
+            hot,
+            ids: IdLine::empty(),
         }
     }
 
-    /// Reads one word of each hot line and id line in `reach`, so that their cache misses
-    /// are in flight together (a batch does this for a group of readings before evaluating
-    /// them). Returns the words folded together, for the caller to `black_box` once: a
-    /// stable prefetch instruction needs `unsafe`, so these are plain loads, as few
-    /// instructions apart as possible so that many fit in the processor's window.
+    /// Reads the header and one word of each hot line in `reach` (and the id line), so that
+    /// their cache misses are in flight together: a batch does this for a group of readings
+    /// before evaluating them. Returns the words folded together, for the caller to
+    /// `black_box` once. (A prefetch instruction would not hold up the processor until the
+    /// line arrives, but on stable Rust it needs `unsafe`, which the workspace forbids; plain
+    /// loads, few instructions apart, keep many misses in the processor's window.)
     fn touch(&self, reach: Reach) -> u64 {
-        let mut acc = 0;
+        let mut acc = self.open_bits;
         let mut lines = reach.lines;
         while lines != 0 {
             let l = lines.trailing_zeros() as usize;
@@ -846,48 +889,82 @@ impl PatientState {
                 acc ^= line.0[0];
             }
         }
-        let mut ids = reach.ids;
-        while ids != 0 {
-            let j = ids.trailing_zeros() as usize;
-            ids &= ids - 1;
-            if let Some(line) = self.ids.get(j) {
-                acc ^= line.0[0].0.as_u64_pair().0;
-            }
+        if reach.ids {
+            acc ^= self.ids.0[0].0.as_u64_pair().0;
         }
         acc
     }
 
-    /// [`PatientState::touch`] for every hot and id line: for a lone reading, where the wait
-    /// is one memory latency either way and fewer instructions win.
+    /// [`PatientState::touch`] for every hot line and the id line the ruleset uses: for a
+    /// lone reading, where the wait is one memory latency either way and fewer instructions
+    /// win.
     fn touch_all(&self) -> u64 {
-        let lines = self.hot.iter().fold(self.open_bits, |a, l| a ^ l.0[0]);
-        self.ids
+        let n = usize::from(self.lines);
+        let acc = self.hot[..n.min(HOT_INLINE)]
             .iter()
-            .fold(lines, |a, l| a ^ l.0[0].0.as_u64_pair().0)
+            .fold(self.open_bits, |a, l| a ^ l.0[0]);
+        if self.news2 {
+            acc ^ self.ids.0[0].0.as_u64_pair().0
+        } else {
+            acc
+        }
     }
 
     /// Brings rule `r`'s bits in `open_bits` and `busy_bits` up to date with its state.
     fn sync(&mut self, r: usize) {
         let bit = 1u64 << r;
-        let st = &self.rules[r];
-        if st.open.is_some() {
+        let st = &self.cold.rules[r];
+        let (open, busy) = (st.open.is_some(), st.unconfirmed.is_some() || st.mask != 0);
+        if open {
             self.open_bits |= bit;
         } else {
             self.open_bits &= !bit;
         }
-        if st.unconfirmed.is_some() || st.mask != 0 {
+        if busy {
             self.busy_bits |= bit;
         } else {
             self.busy_bits &= !bit;
         }
     }
 
+    /// Hot line `l`.
+    fn line_mut(&mut self, l: usize) -> Option<&mut Line> {
+        match l.checked_sub(HOT_INLINE) {
+            None => self.hot.get_mut(l),
+            Some(r) => self.cold.hot_rest.get_mut(r),
+        }
+    }
+
+    /// The `N` words at `w` (a unit never crosses a line; `None` if it would).
+    fn unit<const N: usize>(&mut self, w: Word) -> Option<&mut [u64; N]> {
+        self.line_mut(w.line())?
+            .0
+            .get_mut(w.offset()..)?
+            .first_chunk_mut::<N>()
+    }
+
+    /// The reading ids of NEWS2 rule `j` (in ruleset order).
+    fn id_line_mut(&mut self, j: u16) -> Option<&mut IdLine> {
+        match usize::from(j).checked_sub(1) {
+            None => Some(&mut self.ids),
+            Some(r) => self.cold.ids_rest.get_mut(r),
+        }
+    }
+
     /// The last reading of `kind` (any value), if a missing-data rule of the patient's
     /// ruleset watches it; [`NEVER`] before the first.
-    fn last_seen(&self, c: &Compiled, kind: Kind) -> Timestamp {
-        c.seen_at[kind.index()]
-            .and_then(|w| self.hot.get(w.line()).map(|l| l.0[w.offset()]))
-            .map_or(NEVER, |x| Timestamp(x as i64))
+    fn last_seen(&mut self, c: &Compiled, kind: Kind) -> Timestamp {
+        self.seen_mut(c, kind)
+            .map_or(NEVER, |x| Timestamp(*x as i64))
+    }
+
+    /// Where the last-seen time (`Timestamp` as `u64`) of `kind` is kept, if a missing-data
+    /// rule of the ruleset watches it.
+    fn seen_mut(&mut self, c: &Compiled, kind: Kind) -> Option<&mut u64> {
+        match c.seen_at[kind.index()]? {
+            Seen::Header(i) => self.seen.get_mut(usize::from(i)),
+            Seen::Hot(w) => self.unit::<1>(w).map(|[x]| x),
+        }
     }
 }
 
@@ -1025,7 +1102,7 @@ impl Engine {
             .patients
             .get_mut(idx.0 as usize)
             .ok_or(EngineError::UnknownPatient(idx.0))?;
-        *p = PatientState::new(profile, c, p.enrolled, p.on_oxygen);
+        *p = PatientState::new(profile, c, p.cold.enrolled, p.on_oxygen);
         if let Some(slot) = self.profile_of.get_mut(idx.0 as usize) {
             *slot = profile;
         }
@@ -1048,7 +1125,7 @@ impl Engine {
         self.patients
             .get(idx.0 as usize)
             .into_iter()
-            .flat_map(|p| p.rules.iter().filter_map(|r| r.open.as_deref()))
+            .flat_map(|p| p.cold.rules.iter().filter_map(|r| r.open.as_deref()))
     }
 
     /// Puts an alert into words (allocates; call when an event is delivered, not per reading).
@@ -1138,12 +1215,6 @@ impl Engine {
             return Err(EngineError::UnknownPatient(idx.0));
         }
         for group in batch.chunks(PREFETCH_GROUP) {
-            // The group's headers first (they say where the hot lines are), then the hot
-            // lines each reading reaches: two rounds of misses in flight together.
-            let headers = group.iter().fold(0, |a, (idx, _)| {
-                a ^ self.patients.get(idx.0 as usize).map_or(0, |p| p.open_bits)
-            });
-            std::hint::black_box(headers);
             let lines = group.iter().fold(0, |a, (idx, s)| a ^ self.touch(*idx, s));
             std::hint::black_box(lines);
             for (idx, s) in group {
@@ -1190,10 +1261,8 @@ impl Engine {
         let mut vals = Values([f64::NAN; Kind::COUNT]);
         for m in s.values {
             let k = m.kind.index();
-            if let Some(w) = c.seen_at[k]
-                && let Some(last) = unit::<1>(&mut p.hot, w)
-            {
-                last[0] = (last[0] as i64).max(s.at.0) as u64;
+            if let Some(last) = p.seen_mut(c, m.kind) {
+                *last = (*last as i64).max(s.at.0) as u64;
             }
             seen |= c.by_seen[k];
             if m.value.is_finite() {
@@ -1226,12 +1295,7 @@ impl Engine {
             touched &= touched - 1;
             let rule = &c.set.rules[i];
             let lay = &c.layout[i];
-            let mut det = Det {
-                hot: &mut p.hot,
-                ids: &mut p.ids,
-                day_slots: &mut p.day_slots,
-            };
-            let verdict = check(rule, lay, &mut det, s, &vals, on_oxygen);
+            let verdict = check(rule, lay, p, s, &vals, on_oxygen);
             let bit = 1u64 << i;
             if !matches!(verdict, Verdict::Abnormal { .. })
                 && (p.open_bits | p.busy_bits) & bit == 0
@@ -1242,7 +1306,8 @@ impl Engine {
                 // touched at all.
                 continue;
             }
-            let mut rm = RuleMut::new(&mut p.rules[i], lay, &mut p.slots, &mut p.runs);
+            let cold = &mut *p.cold;
+            let mut rm = RuleMut::new(&mut cold.rules[i], lay, &mut cold.slots, &mut cold.runs);
             lifecycle(
                 rule,
                 &mut rm,
@@ -1295,7 +1360,8 @@ impl Engine {
                 let r = pending.trailing_zeros() as usize;
                 pending &= pending - 1;
                 let rule = &c.set.rules[r];
-                let st = &mut p.rules[r];
+                let cold = &mut *p.cold;
+                let st = &mut cold.rules[r];
                 let Persistence::Confirm { within, .. } = rule.persistence else {
                     continue;
                 };
@@ -1308,7 +1374,7 @@ impl Engine {
                 }
                 // Asked to repeat, nobody did: the nurse hears of the reading unconfirmed
                 // rather than not at all.
-                let mut rm = RuleMut::new(st, &c.layout[r], &mut p.slots, &mut p.runs);
+                let mut rm = RuleMut::new(st, &c.layout[r], &mut cold.slots, &mut cold.runs);
                 if let Some(u) = rm.st.unconfirmed.take() {
                     rm.ring().clear();
                     raise(
@@ -1334,7 +1400,7 @@ impl Engine {
                 let context = match rule.check {
                     Check::Missing { measure, within } => {
                         let last = match p.last_seen(c, measure) {
-                            NEVER => p.enrolled,
+                            NEVER => p.cold.enrolled,
                             t => t,
                         };
                         if now.since(last) <= within {
@@ -1359,7 +1425,7 @@ impl Engine {
                 };
                 raise(
                     rule,
-                    &mut p.rules[r],
+                    &mut p.cold.rules[r],
                     ids,
                     RuleIdx(r as u16),
                     now,
@@ -1395,7 +1461,7 @@ fn resolve_ticked(
         let r = bits.trailing_zeros() as usize;
         bits &= bits - 1;
         p.open_bits &= !(1u64 << r);
-        let st = &mut p.rules[r];
+        let st = &mut p.cold.rules[r];
         if let Some(mut alert) = st.open.take() {
             alert.at = at;
             match &mut alert.context {
@@ -1439,19 +1505,10 @@ fn response_severity(r: Response) -> Severity {
     }
 }
 
-/// A patient's detector state, borrowed for one rule's check.
-struct Det<'a> {
-    hot: &'a mut [Line],
-    ids: &'a mut [IdLine],
-    /// Behind its `Box`, so that the ring's address (in the cold part of the state) is read
-    /// only on the day a ring is written.
-    day_slots: &'a mut Box<[Option<(i64, f64)>]>,
-}
-
-impl Det<'_> {
+impl PatientState {
     /// Runs `f` on the [`Ewma`] at `at` and keeps what it leaves.
     fn with_ewma(&mut self, at: Word, f: impl FnOnce(&mut Ewma) -> Verdict) -> Verdict {
-        let Some(w) = unit::<EWMA_WORDS>(self.hot, at) else {
+        let Some(w) = self.unit::<EWMA_WORDS>(at) else {
             return Verdict::Unknown;
         };
         let mut e = Ewma::load(w);
@@ -1473,14 +1530,15 @@ impl Det<'_> {
         how: Summary,
         f: impl FnOnce(&mut DayStats) -> Verdict,
     ) -> Verdict {
-        let today = values.and_then(|v| unit::<TODAY_VALUES>(self.hot, v).map(|w| *w));
-        let Some(h) = unit::<DAY_WORDS>(self.hot, at) else {
+        let today = values.and_then(|v| self.unit::<TODAY_VALUES>(v).map(|w| *w));
+        let Some(h) = self.unit::<DAY_WORDS>(at) else {
             return Verdict::Unknown;
         };
         let mut days = DayStats::load(h, today.as_ref());
         if now.day() > days.today {
             // A new day (roll does nothing otherwise): only now is the ring needed.
             let Some(ring) = self
+                .cold
                 .day_slots
                 .get_mut(usize::from(day_start)..usize::from(day_start) + usize::from(day_len))
             else {
@@ -1489,8 +1547,10 @@ impl Det<'_> {
             days.roll(ring, now, how);
         }
         let verdict = f(&mut days);
-        days.store(h, None);
-        if let Some(v) = values.and_then(|v| unit::<TODAY_VALUES>(self.hot, v)) {
+        if let Some(h) = self.unit::<DAY_WORDS>(at) {
+            days.store(h, None);
+        }
+        if let Some(v) = values.and_then(|v| self.unit::<TODAY_VALUES>(v)) {
             *v = days.values.map(f64::to_bits);
         }
         verdict
@@ -1501,7 +1561,7 @@ impl Det<'_> {
 fn check(
     rule: &Rule,
     lay: &Layout,
-    det: &mut Det<'_>,
+    det: &mut PatientState,
     s: &Sample<'_>,
     vals: &Values,
     on_oxygen: bool,
@@ -1784,12 +1844,14 @@ fn check(
             },
             DetSlot::News2 { at, ids },
         ) => {
-            let (Some(l), Some(ids)) = (
-                unit::<LATEST_WORDS>(det.hot, at),
-                det.ids.get_mut(usize::from(ids)),
+            // Copied out and back: the words and the ids may both be in the entry or not.
+            let (Some(mut l), Some(mut ids_of)) = (
+                det.unit::<LATEST_WORDS>(at).map(|l| *l),
+                det.id_line_mut(ids).map(|i| *i),
             ) else {
                 return Verdict::Unknown;
             };
+            let l = &mut l;
             // l[i]: when NEWS2_KINDS[i] was last measured; l[4 + i]: its value's bits.
             let when = |l: &[u64; LATEST_WORDS], i: usize| Timestamp(l[i] as i64);
             for (i, kind) in NEWS2_KINDS.into_iter().enumerate() {
@@ -1798,7 +1860,7 @@ fn check(
                 {
                     l[i] = s.at.0 as u64;
                     l[4 + i] = v.to_bits();
-                    ids.0[i] = s.reading;
+                    ids_of.0[i] = s.reading;
                 }
             }
             let mut fresh_vals = [None; 4];
@@ -1807,6 +1869,12 @@ fn check(
                     *v = Some(f64::from_bits(l[4 + i]));
                 }
             }
+            if let Some(w) = det.unit::<LATEST_WORDS>(at) {
+                *w = *l;
+            }
+            if let Some(i) = det.id_line_mut(ids) {
+                *i = ids_of;
+            }
             let [a, b, c, d] = fresh_vals;
             let score = news2::score(a, b, c, d, *scale, on_oxygen);
             if score.response >= *min_response {
@@ -1814,7 +1882,7 @@ fn check(
                 for (i, v) in fresh_vals.iter().enumerate() {
                     if let Some(value) = *v {
                         evidence.push(EvidenceItem {
-                            reading: ids.0[i],
+                            reading: ids_of.0[i],
                             at: when(l, i),
                             kind: NEWS2_KINDS[i],
                             value,

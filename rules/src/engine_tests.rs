@@ -711,3 +711,380 @@ fn state_per_patient_is_separate() {
         Err(EngineError::UnknownPatient(9))
     );
 }
+
+// The layout of the per-patient state (hot lines packed per ruleset).
+
+/// A small deterministic generator for the layout tests.
+struct Xs(u64);
+
+impl Xs {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn pack_places_units_inside_one_line_apart_and_by_group() {
+    let mut x = Xs(0x2545_F491_4F6C_DD1D);
+    for _ in 0..500 {
+        let n = (x.next() % 40) as usize;
+        let units: Vec<(usize, u8)> = (0..n)
+            .map(|_| ([1, 4, 8][(x.next() % 3) as usize], (x.next() % 5) as u8))
+            .collect();
+        let (at, lines) = pack(&units);
+        assert_eq!(at.len(), units.len());
+        let mut owner: Vec<Option<usize>> = vec![None; lines * LINE_WORDS];
+        let mut group_of: Vec<Option<u8>> = vec![None; lines];
+        for (i, (&(size, group), w)) in units.iter().zip(&at).enumerate() {
+            assert!(w.line() < lines, "{units:?}: unit {i} past the last line");
+            assert_eq!(w.offset() % size, 0, "{units:?}: unit {i} misaligned");
+            assert!(
+                w.offset() + size <= LINE_WORDS,
+                "{units:?}: unit {i} crosses a line"
+            );
+            for word in usize::from(w.0)..usize::from(w.0) + size {
+                assert_eq!(owner[word], None, "{units:?}: units overlap at word {word}");
+                owner[word] = Some(i);
+            }
+            let g = group_of[w.line()].get_or_insert(group);
+            assert_eq!(*g, group, "{units:?}: groups share line {}", w.line());
+        }
+        // No more lines than the groups need (each group's words, rounded up per size class).
+        let need: usize = (0..5u8)
+            .map(|g| {
+                let words: usize = units.iter().filter(|u| u.1 == g).map(|u| u.0).sum();
+                words.div_ceil(LINE_WORDS)
+            })
+            .sum();
+        assert_eq!(lines, need, "{units:?}: lines wasted");
+    }
+}
+
+fn compiled(toml: &str) -> Compiled {
+    Compiled::new(
+        Profile::from_toml(toml)
+            .expect("parses")
+            .build()
+            .expect("valid"),
+    )
+}
+
+fn lines_of(c: &Compiled, kinds: &[Kind]) -> u32 {
+    kinds
+        .iter()
+        .fold(0u128, |a, k| {
+            a | c.reach[k.index()].lines | c.reach_seen[k.index()]
+        })
+        .count_ones()
+}
+
+#[test]
+fn a_reading_touches_only_the_lines_of_its_device() {
+    let copd = compiled(include_str!("../../fixtures/profiles/copd.toml"));
+    assert_eq!(copd.hot_init.len(), 5);
+    // Oximetry: today's SpO2 values, the two EWMAs, the SpO2 baseline, NEWS2's latest.
+    assert_eq!(lines_of(&copd, &[Kind::Spo2, Kind::PulseRate]), 4);
+    // Blood pressure: NEWS2's latest only.
+    assert_eq!(
+        lines_of(&copd, &[Kind::Systolic, Kind::Diastolic, Kind::PulseRate]),
+        1
+    );
+    // Spirometry: both personal bests in one line.
+    assert_eq!(lines_of(&copd, &[Kind::Fev1, Kind::Fvc, Kind::Pef]), 1);
+    let ht = compiled(include_str!("../../fixtures/profiles/hypertension.toml"));
+    assert_eq!(ht.hot_init.len(), 1);
+    assert_eq!(
+        lines_of(&ht, &[Kind::Systolic, Kind::Diastolic, Kind::PulseRate]),
+        1
+    );
+    assert_eq!(lines_of(&ht, &[Kind::Spo2, Kind::PulseRate]), 0);
+}
+
+#[test]
+fn every_rule_reaches_the_lines_of_its_state() {
+    for toml in [
+        include_str!("../../fixtures/profiles/copd.toml"),
+        include_str!("../../fixtures/profiles/copd_hypercapnic.toml"),
+        include_str!("../../fixtures/profiles/hypertension.toml"),
+        MANY.as_str(),
+    ] {
+        let c = compiled(toml);
+        for (rule, lay) in c.set.rules.iter().zip(&c.layout) {
+            let (words, ids): (Vec<Word>, bool) = match lay.det {
+                DetSlot::None => (vec![], false),
+                DetSlot::Days { at, values, .. } => {
+                    (std::iter::once(at).chain(values).collect(), false)
+                }
+                DetSlot::Ewma(at) => (vec![at], false),
+                DetSlot::News2 { at, ids } => (vec![at], ids == 0),
+            };
+            for k in rule.measures() {
+                let r = c.reach[k.index()];
+                for w in &words {
+                    assert!(
+                        w.line() < 128 && r.lines & line_bit(*w) != 0,
+                        "{}: {k:?}",
+                        rule.id
+                    );
+                }
+                assert!(r.ids || !ids, "{}: {k:?} ids", rule.id);
+            }
+            if let Check::Missing { measure, .. } = rule.check {
+                match c.seen_at[measure.index()] {
+                    Some(Seen::Header(i)) => assert!(usize::from(i) < SEEN_INLINE),
+                    Some(Seen::Hot(w)) => {
+                        assert!(c.reach_seen[measure.index()] & line_bit(w) != 0)
+                    }
+                    None => panic!("{}: last-seen time not kept", rule.id),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn detector_words_round_trip() {
+    let mut x = Xs(7);
+    for i in 0..200u32 {
+        let mut d = DayStats::new();
+        if i > 0 {
+            d.today = x.next() as i64;
+            d.today_max = (i % 2 == 0).then(|| f64::from_bits(x.next() >> 2));
+            d.cached = (i % 3 == 0).then(|| -(x.next() as f64));
+            d.count = x.next() as u8;
+            d.cached_days = (x.next() % 93) as u16;
+            d.values = std::array::from_fn(|_| x.next() as f64 / 3.0);
+        }
+        let (mut h, mut v) = ([0; DAY_WORDS], [0; TODAY_VALUES]);
+        d.store(&mut h, Some(&mut v));
+        assert_eq!(DayStats::load(&h, Some(&v)), d);
+        let e = Ewma {
+            n: x.next() as u32,
+            mean: x.next() as f64,
+            var: f64::from_bits(x.next() >> 3),
+            sum: -(i as f64),
+        };
+        let mut w = [0; EWMA_WORDS];
+        e.store(&mut w);
+        assert_eq!(Ewma::load(&w), e);
+    }
+}
+
+/// A ruleset larger than a patient entry holds: more hot lines than [`HOT_INLINE`], more
+/// watched kinds than [`SEEN_INLINE`], two NEWS2 rules.
+static MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let mut t = String::from("id = \"many\"\nversion = 1\n");
+    let mut rule = |body: String| {
+        t.push_str(&format!(
+            "[[rule]]\n{body}\nseverity = \"medium\"\nnurse = \"x\"\n"
+        ));
+    };
+    for m in ["spo2", "systolic", "body_temperature"] {
+        rule(format!(
+            "id = \"base-{m}\"\nkind = \"baseline_drop\"\nmeasure = \"{m}\"\ndrop = 3\nclear_drop = 1\ndays = 7\nmin_days = 2"
+        ));
+    }
+    for m in ["pef", "fev1", "fvc"] {
+        rule(format!(
+            "id = \"best-{m}\"\nkind = \"best_drop\"\nmeasure = \"{m}\"\ndrop = 15\nclear_drop = 5\ndays = 10\nmin_days = 2"
+        ));
+    }
+    for m in ["spo2", "systolic", "pulse_rate", "body_temperature", "pef"] {
+        rule(format!(
+            "id = \"trend-{m}\"\nkind = \"trend\"\nmeasure = \"{m}\"\ndirection = \"below\"\nk = 2.0\nclear_k = 1.0\nalpha = 0.2\nmin_sd = 0.5\nmin_readings = 5"
+        ));
+        rule(format!(
+            "id = \"drift-{m}\"\nkind = \"cusum\"\nmeasure = \"{m}\"\ndirection = \"below\"\nslack = 0.5\nlimit = 3.0\nclear_limit = 0.0\nalpha = 0.1\nmin_sd = 0.5\nmin_readings = 5"
+        ));
+    }
+    for (i, scale) in [1, 2].into_iter().enumerate() {
+        rule(format!(
+            "id = \"news2-{i}\"\nkind = \"news2\"\nscale = {scale}\nfresh = \"2h\"\nmin_response = \"low\""
+        ));
+    }
+    for m in ["spo2", "systolic", "pef", "fev1", "body_temperature"] {
+        rule(format!(
+            "id = \"missing-{m}\"\nkind = \"missing\"\nmeasure = \"{m}\"\nwithin = \"20h\""
+        ));
+    }
+    t
+});
+
+/// The readings of a patient over `days` days: a few a day of each device, drifting down
+/// in the second half so baselines, bests, trends, drifts and NEWS2 all raise and clear; a
+/// missed day now and then.
+fn drifting_stream(days: i64) -> Vec<(Timestamp, Vec<Measurement>)> {
+    let mut x = Xs(0x9E37_79B9_7F4A_7C15);
+    let mut out = Vec::new();
+    for day in 0..days {
+        if x.next() % 9 == 0 {
+            continue;
+        }
+        let sag = if day > days / 2 {
+            (day - days / 2) as f64
+        } else {
+            0.0
+        };
+        for slot in 0..4 {
+            let at = Timestamp(day * DAY + slot * 5 * HOUR + (x.next() % 60) as i64 * MIN);
+            let j = (x.next() % 100) as f64 / 100.0;
+            let m = |kind, value| Measurement { kind, value };
+            let values = match (slot + day) % 4 {
+                0 => vec![
+                    m(Kind::Spo2, 96.0 - sag * 0.8 + j),
+                    m(Kind::PulseRate, 70.0 + sag * 4.0 + j),
+                ],
+                1 => vec![
+                    m(Kind::Systolic, 150.0 - sag * 6.0 + j * 4.0),
+                    m(Kind::Diastolic, 85.0 + j),
+                    m(Kind::PulseRate, 72.0 + j),
+                ],
+                2 => vec![
+                    m(Kind::Fev1, 2.0 - sag * 0.1 + j / 10.0),
+                    m(Kind::Fvc, 3.0 - sag * 0.1),
+                    m(Kind::Pef, 350.0 - sag * 15.0 + j * 5.0),
+                ],
+                _ => vec![m(Kind::BodyTemperature, 36.8 + sag * 0.3 + j / 5.0)],
+            };
+            out.push((at, values));
+        }
+    }
+    out
+}
+
+/// Runs `stream` through an engine on `toml` (one patient, on oxygen), a tick every hour.
+fn run(toml: &str, stream: &[(Timestamp, Vec<Measurement>)], batch: bool) -> (Engine, Vec<Event>) {
+    let mut e = Engine::new();
+    let p = e.add_profile(
+        Profile::from_toml(toml)
+            .expect("parses")
+            .build()
+            .expect("valid"),
+    );
+    let pt = e
+        .add_patient(PatientKey::new("pt-1").expect("key"), p, Timestamp(0))
+        .expect("enrol");
+    e.set_on_oxygen(pt, true).expect("enrolled");
+    let mut out = Vec::new();
+    let mut next_tick = HOUR;
+    for (i, (at, values)) in stream.iter().enumerate() {
+        while next_tick <= at.0 {
+            e.tick(Timestamp(next_tick), &mut out);
+            next_tick += HOUR;
+        }
+        let s = Sample {
+            reading: rid(i as u32),
+            at: *at,
+            flags: Flags::EMPTY,
+            values,
+        };
+        if batch {
+            e.evaluate_batch(&[(pt, s)], &mut out).expect("enrolled");
+        } else {
+            e.evaluate(pt, &s, &mut out).expect("enrolled");
+        }
+    }
+    (e, out)
+}
+
+/// Each rule of a ruleset too large for a patient entry (hot lines and NEWS2 ids spilled to
+/// the cold part, last-seen times in the hot lines) decides exactly what it decides as the
+/// only rule of its ruleset, where everything fits in the entry.
+#[test]
+fn rules_spilling_past_the_entry_decide_as_rules_alone() {
+    let many = compiled(&MANY);
+    assert!(
+        many.hot_init.len() > HOT_INLINE,
+        "{} lines",
+        many.hot_init.len()
+    );
+    assert!(many.sizes.news2 == 2);
+    assert!(many.seen_at.iter().any(|s| matches!(s, Some(Seen::Hot(_)))));
+    let stream = drifting_stream(40);
+    let (_, all) = run(&MANY, &stream, false);
+    let (_, batched) = run(&MANY, &stream, true);
+    assert_eq!(all, batched);
+    let header = "id = \"many\"\nversion = 1\n";
+    let rules: Vec<&str> = MANY.split("[[rule]]\n").skip(1).collect();
+    let mut raised = 0;
+    for (r, text) in rules.iter().enumerate() {
+        let alone = format!("{header}[[rule]]\n{text}");
+        assert!(compiled(&alone).hot_init.len() <= HOT_INLINE);
+        let (_, expected) = run(&alone, &stream, false);
+        let got: Vec<Event> = all
+            .iter()
+            .filter(|e| e.alert().is_some_and(|a| a.rule == RuleIdx(r as u16)))
+            .map(|e| {
+                let mut e = e.clone();
+                if let Event::Raised(a) | Event::Updated(a) | Event::Resolved(a) = &mut e {
+                    a.rule = RuleIdx(0);
+                }
+                e
+            })
+            .collect();
+        assert_eq!(got, expected, "rule {r}: {text}");
+        raised += expected
+            .iter()
+            .filter(|e| matches!(e, Event::Raised(_)))
+            .count();
+    }
+    // The stream makes most rules raise (a test of nothing otherwise).
+    assert!(raised >= rules.len(), "{raised} alerts raised");
+}
+
+/// Every word a ruleset lays out, and every NEWS2 id line, is storage of its own, in the
+/// entry or past it: writing each a different value and reading them all back finds each
+/// value where it was written.
+#[test]
+fn every_unit_has_its_own_storage() {
+    for toml in [
+        include_str!("../../fixtures/profiles/copd.toml"),
+        include_str!("../../fixtures/profiles/hypertension.toml"),
+        MANY.as_str(),
+    ] {
+        let c = compiled(toml);
+        let mut p = PatientState::new(ProfileIdx(0), &c, Timestamp(0), false);
+        let mut words: Vec<Word> = Vec::new();
+        for lay in &c.layout {
+            let (at, n) = match lay.det {
+                DetSlot::None => continue,
+                DetSlot::Days { at, values, .. } => {
+                    if let Some(v) = values {
+                        words.extend((0..TODAY_VALUES as u16).map(|i| Word(v.0 + i)));
+                    }
+                    (at, DAY_WORDS)
+                }
+                DetSlot::Ewma(at) => (at, EWMA_WORDS),
+                DetSlot::News2 { at, .. } => (at, LATEST_WORDS),
+            };
+            words.extend((0..n as u16).map(|i| Word(at.0 + i)));
+        }
+        for s in c.seen_at.iter().flatten() {
+            if let Seen::Hot(w) = s {
+                words.push(*w);
+            }
+        }
+        for (i, w) in words.iter().enumerate() {
+            *p.unit::<1>(*w).map(|[x]| x).expect("laid out") = 1000 + i as u64;
+        }
+        for j in 0..c.sizes.news2 as u16 {
+            p.id_line_mut(j).expect("laid out").0[0] = rid(u32::from(j) + 1);
+        }
+        for (i, w) in words.iter().enumerate() {
+            assert_eq!(
+                p.unit::<1>(*w).map(|x| x[0]),
+                Some(1000 + i as u64),
+                "{w:?}"
+            );
+        }
+        for j in 0..c.sizes.news2 as u16 {
+            assert_eq!(
+                p.id_line_mut(j).map(|l| l.0[0]),
+                Some(rid(u32::from(j) + 1))
+            );
+        }
+    }
+}
