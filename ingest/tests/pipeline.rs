@@ -111,8 +111,17 @@ async fn pipelined_batches_ack_in_order_and_lose_nothing_when_postgresql_crashes
             .encode()
         })
         .collect();
+    // The first third goes out before the crash; the rest only once PostgreSQL is down, so
+    // messages certainly arrive while the database is gone, however fast this machine is.
+    let (crashed_tx, crashed_rx) = tokio::sync::oneshot::channel::<()>();
     let publisher = tokio::spawn(async move {
-        for p in payloads {
+        let mut crashed = Some(crashed_rx);
+        for (k, p) in payloads.into_iter().enumerate() {
+            if k as u64 == MESSAGES / 3
+                && let Some(rx) = crashed.take()
+            {
+                rx.await.expect("the crash is signalled");
+            }
             client
                 .publish(&topic, QoS::AtLeastOnce, false, p)
                 .await
@@ -131,10 +140,17 @@ async fn pipelined_batches_ack_in_order_and_lose_nothing_when_postgresql_crashes
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let pg = tokio::task::spawn_blocking(move || {
+    let stored_at_crash = stats.readings_stored.load(Ordering::Relaxed);
+    let mut pg = tokio::task::spawn_blocking(move || {
         let mut pg = pg;
         pg.stop("immediate").expect("crash PostgreSQL");
-        std::thread::sleep(Duration::from_millis(1500));
+        pg
+    })
+    .await
+    .expect("joined");
+    crashed_tx.send(()).expect("the publisher waits");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pg = tokio::task::spawn_blocking(move || {
         pg.start_again().expect("restart PostgreSQL");
         pg
     })
@@ -173,9 +189,13 @@ async fn pipelined_batches_ack_in_order_and_lose_nothing_when_postgresql_crashes
     task.await.expect("joined").expect("clean stop");
 
     let total = MESSAGES * PER_MESSAGE as u64;
+    // The crash came mid-stream (two thirds of the messages were published only after it).
+    // Whether ingest saw an error or just waited for a connection depends on where each
+    // batch was (the pool tests a connection before handing it out and waits for a new
+    // one), so the retry counter is not asserted.
     assert!(
-        stats.db_retries.load(Ordering::Relaxed) > 0,
-        "the crash reached ingest while batches were in flight"
+        stored_at_crash < total,
+        "the crash came before the stream ended ({stored_at_crash} of {total} stored)"
     );
     assert_eq!(
         record.count_readings().await.expect("count"),
