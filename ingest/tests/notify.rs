@@ -580,14 +580,15 @@ async fn the_signed_link_acknowledges_is_audited_and_stops_escalation(db: Db) {
     let running = notify::start(&record, &runtime, shutdown.clone())
         .await
         .expect("notifier starts");
-    let mut state = HttpState::new(record.clone(), Arc::new(IngestStats::default()));
+    let node = start_consumer(&broker, record.clone()).await;
+    // The consumer's own counters, as `rpm ingest` serves them.
+    let mut state = HttpState::new(record.clone(), node.stats.clone());
     state.ack = Some(AckLinks {
         signer: runtime.signer.clone(),
         escalator: running.escalator.clone(),
     });
     state.notifier = Some(running.stats.clone());
     let app = router(state);
-    let node = start_consumer(&broker, record.clone()).await;
     let client = publisher(&broker).await;
     raise_spo2_low(&client, &node).await;
     let alert = the_alert(&record).await;
@@ -686,9 +687,65 @@ async fn the_signed_link_acknowledges_is_audited_and_stops_escalation(db: Db) {
         "{metrics}"
     );
     assert!(!metrics.contains("rpm_notifier_sent_total 0"), "{metrics}");
+    // The rules engine's latency: one observation per reading it evaluated.
+    let evaluated = sample(&metrics, "rpm_rules_evaluation_seconds_count");
+    assert!(evaluated >= 1.0, "{metrics}");
+    assert_eq!(
+        sample(&metrics, "rpm_rules_evaluation_seconds_bucket{le=\"+Inf\"}"),
+        evaluated
+    );
+    assert!(
+        metrics.contains("# TYPE rpm_rules_evaluation_seconds histogram\n"),
+        "{metrics}"
+    );
+    // Queue depths: the consumer's, the outbox's and the gateways' (from their statuses).
+    assert!(
+        sample(&metrics, "rpm_ingest_acked_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "rpm_ingest_pending_messages")
+            <= sample(&metrics, "rpm_ingest_received_total"),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "rpm_notifier_outbox{status=\"failed\"}"),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "rpm_gateways_reporting_queue"), 0.0);
+    let status = GatewayStatus {
+        v: 1,
+        gateway: gw(),
+        state: GatewayState::Online,
+        at: OffsetDateTime::now_utc(),
+        queue: Some(QueueStatus {
+            depth: 1234,
+            oldest: None,
+            disk_free_bytes: 1 << 30,
+            disk_low: false,
+        }),
+        devices: Vec::new(),
+        config_version: None,
+        software: None,
+    };
+    assert!(record.record_gateway_status(&status).await.expect("status"));
+    let (_, metrics) = hit(&app, "GET", "/metrics").await;
+    assert_eq!(sample(&metrics, "rpm_gateways_reporting_queue"), 1.0);
+    assert_eq!(sample(&metrics, "rpm_gateway_queued_readings"), 1234.0);
+    assert_eq!(sample(&metrics, "rpm_gateway_queued_readings_max"), 1234.0);
     node.stop().await;
     shutdown.cancel();
     running.join().await;
+}
+
+/// The value of one series in a Prometheus text page.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} in\n{text}"))
+        .parse()
+        .expect("a number")
 }
 
 /// A raise written directly (as time-driven rules write them).

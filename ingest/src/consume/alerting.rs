@@ -471,6 +471,7 @@ impl Rules {
         new: &[&Reading],
         versions: &[RuleVersion],
         force: bool,
+        latency: &super::latency::LatencyHistogram,
     ) -> Option<Vec<AlertWrite>> {
         let mut stale = Vec::new();
         for v in versions {
@@ -500,7 +501,10 @@ impl Rules {
                 continue;
             };
             self.events.clear();
-            if let Err(e) = self.engine.evaluate_reading(idx, r, &mut self.events) {
+            let started = std::time::Instant::now();
+            let evaluated = self.engine.evaluate_reading(idx, r, &mut self.events);
+            latency.record(started.elapsed());
+            if let Err(e) = evaluated {
                 tracing::error!(error = %e, "rules engine refused a reading");
                 continue;
             }

@@ -55,6 +55,7 @@ use vitals::{Channel, Envelope, GatewayId, GatewayStatus, Observed, Reading, Rej
 use crate::record::{Committed, Record, RecordError, RuleVersion, SeqCheck};
 
 pub mod alerting;
+pub mod latency;
 
 pub use alerting::{Rules, RulesError};
 
@@ -98,6 +99,12 @@ pub struct IngestStats {
     pub rules_rebuilds: AtomicU64,
     /// Batches rolled back because another node had evaluated the same patient.
     pub rules_stale: AtomicU64,
+    /// Time the rules engine took per reading evaluated.
+    pub rule_latency: latency::LatencyHistogram,
+    /// Messages received from the broker (readings and statuses).
+    pub received: AtomicU64,
+    /// Messages acknowledged to the broker.
+    pub acked: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
 }
 
@@ -105,6 +112,13 @@ impl IngestStats {
     /// Rejections so far under `reason` (a whole message counts once, a reading once).
     pub fn rejected(&self, reason: RejectReason) -> u64 {
         self.rejected[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Messages received and not yet acknowledged: the consumer's queue, from the broker's
+    /// delivery to the acknowledgement after the commit.
+    pub fn pending_messages(&self) -> u64 {
+        let acked = self.acked.load(Ordering::Relaxed);
+        self.received.load(Ordering::Relaxed).saturating_sub(acked)
     }
 
     /// All rejections so far.
@@ -230,6 +244,7 @@ impl Consumer {
         let poller = tokio::spawn(poll_events(
             client.clone(),
             events,
+            stats.clone(),
             settings.group.clone(),
             tx,
             shutdown.clone(),
@@ -357,6 +372,7 @@ async fn ack(client: &AsyncClient, p: &Publish) -> Result<(), ConsumeError> {
 async fn poll_events(
     client: AsyncClient,
     mut events: EventLoop,
+    stats: Arc<IngestStats>,
     group: String,
     tx: mpsc::UnboundedSender<Incoming>,
     shutdown: CancellationToken,
@@ -388,6 +404,7 @@ async fn poll_events(
                 } else {
                     Incoming::Readings(p)
                 };
+                stats.received.fetch_add(1, Ordering::Relaxed);
                 if tx.send(msg).is_err() {
                     return; // the batcher has stopped
                 }
@@ -556,6 +573,7 @@ async fn commit(
         .fetch_add(readings_messages, Ordering::Relaxed);
     for m in &messages {
         ack(client, m.publish()).await?;
+        stats.acked.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -714,7 +732,7 @@ async fn insert_evaluated(
             Ok(()) => {
                 let force = rollbacks >= alerting::MAX_ROLLBACKS;
                 let mut evaluate = |new: &[&Reading], versions: &[RuleVersion]| {
-                    rules.evaluate(new, versions, force)
+                    rules.evaluate(new, versions, force, &stats.rule_latency)
                 };
                 record
                     .insert_batch_tracked(batch, seqs, Some(&mut evaluate))

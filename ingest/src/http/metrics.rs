@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use vitals::RejectReason;
 
 use crate::consume::IngestStats;
+use crate::record::QueueDepths;
 
 /// The exposition format's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -52,6 +53,31 @@ pub fn render(stats: &IngestStats) -> String {
             "Database errors retried.",
             &stats.db_retries,
         ),
+        (
+            "rpm_ingest_received_total",
+            "Messages received from the broker (readings and statuses).",
+            &stats.received,
+        ),
+        (
+            "rpm_ingest_acked_total",
+            "Messages acknowledged to the broker after their commit.",
+            &stats.acked,
+        ),
+        (
+            "rpm_rules_alert_events_total",
+            "Alert events stored (raised, updated, resolved, repeat requested).",
+            &stats.alert_events,
+        ),
+        (
+            "rpm_rules_state_rebuilds_total",
+            "Patients whose rules state was rebuilt from the record.",
+            &stats.rules_rebuilds,
+        ),
+        (
+            "rpm_rules_stale_rollbacks_total",
+            "Batches rolled back because another node had evaluated the same patient.",
+            &stats.rules_stale,
+        ),
     ];
     for (name, help, counter) in counters {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -73,7 +99,55 @@ pub fn render(stats: &IngestStats) -> String {
             stats.rejected(reason)
         );
     }
+    gauge(
+        &mut out,
+        "rpm_ingest_pending_messages",
+        "Messages received from the broker and not yet acknowledged (being validated or committed).",
+        stats.pending_messages(),
+    );
+    stats.rule_latency.render(
+        "rpm_rules_evaluation_seconds",
+        "Time the rules engine took to evaluate one reading.",
+        &mut out,
+    );
     out
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// The queues read from the record at scrape time: the notifier's outbox and the gateways'
+/// store-and-forward queues (totals only: a gateway id is never a label).
+pub fn render_queues(q: &QueueDepths, out: &mut String) {
+    let name = "rpm_notifier_outbox";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Notifications in the outbox by status (pending: waiting to be sent or retried; failed: given up on)."
+    );
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "{name}{{status=\"pending\"}} {}", q.outbox_pending);
+    let _ = writeln!(out, "{name}{{status=\"failed\"}} {}", q.outbox_failed);
+    gauge(
+        out,
+        "rpm_gateway_queued_readings",
+        "Readings waiting in the gateways' store-and-forward queues, summed over their latest statuses.",
+        q.gateway_queued,
+    );
+    gauge(
+        out,
+        "rpm_gateway_queued_readings_max",
+        "The deepest gateway queue in the latest statuses.",
+        q.gateway_queued_max,
+    );
+    gauge(
+        out,
+        "rpm_gateways_reporting_queue",
+        "Gateways whose latest status reports their queue.",
+        q.gateways_reporting,
+    );
 }
 
 /// The notifier dispatcher's counters, when it runs (`rpm ingest` with `[notifier]`).

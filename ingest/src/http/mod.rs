@@ -5,7 +5,7 @@
 //! | route | answer |
 //! | --- | --- |
 //! | `GET /healthz` | 200 `ok` when the database answers within two seconds, else 503 |
-//! | `GET /metrics` | the consumer's counters (and the notifier's, when it runs), Prometheus text format ([`metrics`]) |
+//! | `GET /metrics` | the consumer's counters, the rules engine's latency, queue depths (ingest, outbox, gateways) and the notifier's counters when it runs; Prometheus text format ([`metrics`]) |
 //! | `GET /fhir/…` | FHIR R4 JSON (see [`fhir`]) |
 //! | `GET /ack?token=…` | checks the signed link in a notification and answers a confirmation page (acknowledges nothing: link scanners fetch every link); 400 for a bad token, 410 for an expired one, 404 without `[notifier]` |
 //! | `POST /ack` | acknowledges by the signed link (token in the form body or the query): 200 and a small plain page |
@@ -158,18 +158,23 @@ async fn not_found(uri: axum::http::Uri) -> Response {
 }
 
 async fn metrics_text(State(state): State<HttpState>) -> Response {
+    let mut text = metrics::render(&state.stats);
+    if let Some(n) = &state.notifier {
+        metrics::render_notifier(n, &mut text);
+    }
+    // The queue gauges need the database; without it the counters are still served (a scrape
+    // that fails entirely would hide them exactly when they matter).
+    match tokio::time::timeout(HEALTH_TIMEOUT, state.record.queue_depths()).await {
+        Ok(Ok(q)) => metrics::render_queues(&q, &mut text),
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: queue depths unavailable"),
+        Err(_) => tracing::warn!("metrics: queue depths timed out"),
+    }
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static(metrics::CONTENT_TYPE),
         )],
-        {
-            let mut text = metrics::render(&state.stats);
-            if let Some(n) = &state.notifier {
-                metrics::render_notifier(n, &mut text);
-            }
-            text
-        },
+        text,
     )
         .into_response()
 }

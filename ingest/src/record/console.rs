@@ -17,6 +17,21 @@ use vitals::{Kind, PatientKey};
 use super::{Audit, Record, RecordError, Result, from_us, now_us, to_us, with_pool};
 use crate::notify::ACK_ACTION;
 
+/// Queue depths for `/metrics` ([`Record::queue_depths`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueDepths {
+    /// Notifications waiting to be sent (or retried).
+    pub outbox_pending: u64,
+    /// Notifications given up on.
+    pub outbox_failed: u64,
+    /// Gateways whose latest status reports their queue.
+    pub gateways_reporting: u64,
+    /// Readings queued on those gateways, in total.
+    pub gateway_queued: u64,
+    /// The deepest of those queues.
+    pub gateway_queued_max: u64,
+}
+
 const DAY_US: i64 = 86_400_000_000;
 
 /// How an alert's acknowledgement is shown.
@@ -485,6 +500,34 @@ impl Record {
             .await?
         });
         Ok(rows.into_iter().filter_map(notification_view).collect())
+    }
+
+    /// Depths of the queues around the server, for `/metrics`: notifications in the outbox by
+    /// status, and the gateways' store-and-forward queues as their latest status reported
+    /// them (a gateway that went offline keeps its last report).
+    pub async fn queue_depths(&self) -> Result<QueueDepths> {
+        let by_status: Vec<(String, i64)> = with_pool!(self, read, |pool, DB| {
+            sqlx::query_as("SELECT status, COUNT(*) FROM notifier_outbox GROUP BY status")
+                .fetch_all(pool)
+                .await?
+        });
+        let mut depths = QueueDepths::default();
+        for (status, n) in by_status {
+            let n = u64::try_from(n).unwrap_or(0);
+            match status.as_str() {
+                "pending" => depths.outbox_pending = n,
+                "failed" => depths.outbox_failed = n,
+                _ => {}
+            }
+        }
+        for g in self.list_gateways().await? {
+            if let Some(q) = g.status.and_then(|s| s.queue) {
+                depths.gateways_reporting += 1;
+                depths.gateway_queued += q.depth;
+                depths.gateway_queued_max = depths.gateway_queued_max.max(q.depth);
+            }
+        }
+        Ok(depths)
     }
 
     /// Whether an alert is open: `None` when there is no such alert.

@@ -119,7 +119,7 @@ pub use alerts::{
 };
 pub use console::{
     AckView, AuditFilter, AuditView, CaseloadRow, CohortFilter, InboxAlert, InboxQuery,
-    LastReadingView, MeanView, NotificationView, ThresholdVersion, ValueFilter,
+    LastReadingView, MeanView, NotificationView, QueueDepths, ThresholdVersion, ValueFilter,
 };
 pub use dead_letters::{DeadLetter, MAX_DEAD_LETTER_PAYLOAD, SeqCheck};
 pub use error::{RecordError, Result};
