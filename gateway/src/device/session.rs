@@ -962,8 +962,10 @@ impl<S: DeviceSource> Session<S> {
         bytes: &[u8],
         state: &mut LinkState,
     ) -> Result<(), LinkFault> {
-        self.update(|s| s.values_received += 1);
+        // Stamped before it counts: a scenario run moves its virtual clock on once the count
+        // moves, and a stamp taken after that would give the reading the next step's time.
         let received_at = self.clock.now();
+        self.update(|s| s.values_received += 1);
         let Some((identity, binding)) = &self.identity else {
             return Ok(());
         };
