@@ -113,30 +113,21 @@ struct Compiled {
     /// such rule watches are not kept: nothing reads them).
     seen_at: [Option<Seen>; Kind::COUNT],
     /// The hot lines (and NEWS2 id lines) a finite value of each kind reaches.
-    reach: [Reach; Kind::COUNT],
+    reach: [u8; Kind::COUNT],
     /// The hot line any value of each kind reaches (its last-seen time).
-    reach_seen: [u128; Kind::COUNT],
+    reach_seen: [u8; Kind::COUNT],
     /// A new patient's hot lines.
     hot_init: Box<[Line]>,
 }
 
-/// Which of a patient's hot lines (bit i: line i) and whether the first NEWS2 rule's id line
-/// a reading reaches: what [`PatientState::touch`] brings in before the reading is
-/// evaluated.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Reach {
-    lines: u128,
-    ids: bool,
-}
+/// Which lines of a patient's entry a reading reaches, one bit each: bit 1 + i for hot line
+/// i (lines in the entry only: past [`HOT_INLINE`] they are not fetched ahead), and
+/// [`REACH_IDS`] for the first NEWS2 rule's id line. (The header is always fetched.) What
+/// [`PatientState::touch`] brings in before the reading is evaluated.
+type Reach = u8;
 
-impl Reach {
-    fn union(self, o: Reach) -> Reach {
-        Reach {
-            lines: self.lines | o.lines,
-            ids: self.ids | o.ids,
-        }
-    }
-}
+/// The id line's bit in a [`Reach`].
+const REACH_IDS: Reach = 1 << 7;
 
 /// Where a kind's last-seen time is kept: in the header (the first [`SEEN_INLINE`] kinds a
 /// ruleset's missing-data rules watch) or in the hot lines.
@@ -236,17 +227,14 @@ fn pack(units: &[(usize, u8)]) -> (Vec<Word>, usize) {
 impl Compiled {
     /// What a sample's values reach.
     fn reach_of(&self, s: &Sample<'_>) -> Reach {
-        s.values.iter().fold(Reach::default(), |r, m| {
+        s.values.iter().fold(0, |r, m| {
             let k = m.kind.index();
-            let r = Reach {
-                lines: r.lines | self.reach_seen[k],
-                ids: r.ids,
-            };
-            if m.value.is_finite() {
-                r.union(self.reach[k])
+            let finite = if m.value.is_finite() {
+                self.reach[k]
             } else {
-                r
-            }
+                0
+            };
+            r | self.reach_seen[k] | finite
         })
     }
 
@@ -261,7 +249,7 @@ impl Compiled {
             layout: Vec::new(),
             sizes: Sizes::default(),
             seen_at: [None; Kind::COUNT],
-            reach: [Reach::default(); Kind::COUNT],
+            reach: [0; Kind::COUNT],
             reach_seen: [0; Kind::COUNT],
             hot_init: Box::default(),
         };
@@ -379,32 +367,21 @@ impl Compiled {
                         day_len: *days,
                     };
                     z.day_slots += usize::from(*days);
-                    let lines = line_bit(w) | values.map_or(0, line_bit);
-                    (d, Reach { lines, ids: false })
+                    (d, line_bit(w) | values.map_or(0, line_bit))
                 }
-                (Check::Trend { .. } | Check::Cusum { .. }, Some(w)) => (
-                    DetSlot::Ewma(w),
-                    Reach {
-                        lines: line_bit(w),
-                        ids: false,
-                    },
-                ),
+                (Check::Trend { .. } | Check::Cusum { .. }, Some(w)) => {
+                    (DetSlot::Ewma(w), line_bit(w))
+                }
                 (Check::News2 { .. }, Some(w)) => {
                     let ids = z.news2 as u16;
                     z.news2 += 1;
-                    (
-                        DetSlot::News2 { at: w, ids },
-                        Reach {
-                            lines: line_bit(w),
-                            ids: ids == 0,
-                        },
-                    )
+                    let id_bit = if ids == 0 { REACH_IDS } else { 0 };
+                    (DetSlot::News2 { at: w, ids }, line_bit(w) | id_bit)
                 }
-                _ => (DetSlot::None, Reach::default()),
+                _ => (DetSlot::None, 0),
             };
             for k in rule.measures() {
-                let r = &mut c.reach[k.index()];
-                *r = r.union(reach);
+                c.reach[k.index()] |= reach;
             }
             c.layout.push(Layout {
                 ring_start,
@@ -431,10 +408,13 @@ enum Unit {
     Latest,
 }
 
-/// The bit of `w`'s line in a [`Reach`] (lines past 128 are not fetched ahead, only
-/// evaluated).
-fn line_bit(w: Word) -> u128 {
-    1u128.checked_shl(w.line() as u32).unwrap_or(0)
+/// The bit of `w`'s line in a [`Reach`] (none past [`HOT_INLINE`]).
+fn line_bit(w: Word) -> Reach {
+    if w.line() < HOT_INLINE {
+        2 << w.line()
+    } else {
+        0
+    }
 }
 
 /// One persistence slot: an abnormal reading's time and what it showed.
@@ -881,7 +861,7 @@ impl PatientState {
     /// loads, few instructions apart, keep many misses in the processor's window.)
     fn touch(&self, reach: Reach) -> u64 {
         let mut acc = self.open_bits;
-        let mut lines = reach.lines;
+        let mut lines = (reach & !REACH_IDS) >> 1;
         while lines != 0 {
             let l = lines.trailing_zeros() as usize;
             lines &= lines - 1;
@@ -889,7 +869,7 @@ impl PatientState {
                 acc ^= line.0[0];
             }
         }
-        if reach.ids {
+        if reach & REACH_IDS != 0 {
             acc ^= self.ids.0[0].0.as_u64_pair().0;
         }
         acc
@@ -1182,19 +1162,14 @@ impl Engine {
         self.evaluate(idx, &sample, out)
     }
 
-    /// Starts fetching the hot lines evaluating `s` for patient `idx` will read (nothing for
-    /// an unknown index); see [`PatientState::touch`].
-    fn touch(&self, idx: PatientIdx, s: &Sample<'_>) -> u64 {
-        let i = idx.0 as usize;
-        let (Some(p), Some(c)) = (
-            self.patients.get(i),
-            self.profile_of
-                .get(i)
-                .and_then(|pr| self.profiles.get(pr.0 as usize)),
-        ) else {
-            return 0;
-        };
-        p.touch(c.reach_of(s))
+    /// The lines of patient `idx`'s entry evaluating `s` will read (none for an unknown
+    /// index), from the patient's ruleset, which is kept apart so that this needs nothing
+    /// from the entry.
+    fn reach(&self, idx: PatientIdx, s: &Sample<'_>) -> Reach {
+        self.profile_of
+            .get(idx.0 as usize)
+            .and_then(|pr| self.profiles.get(pr.0 as usize))
+            .map_or(0, |c| c.reach_of(s))
     }
 
     /// Evaluates a batch of readings, in order, exactly as [`Engine::evaluate`] on each would
@@ -1214,8 +1189,17 @@ impl Engine {
         {
             return Err(EngineError::UnknownPatient(idx.0));
         }
+        let mut plan = [(0usize, 0 as Reach); PREFETCH_GROUP];
         for group in batch.chunks(PREFETCH_GROUP) {
-            let lines = group.iter().fold(0, |a, (idx, s)| a ^ self.touch(*idx, s));
+            // First what each reading reaches (from the ruleset, in cache), then the loads,
+            // back to back: few instructions between them, so that the whole group's misses
+            // fit in the processor's window at once.
+            for (slot, (idx, s)) in plan.iter_mut().zip(group) {
+                *slot = (idx.0 as usize, self.reach(*idx, s));
+            }
+            let lines = plan[..group.len()].iter().fold(0, |a, &(i, reach)| {
+                a ^ self.patients.get(i).map_or(0, |p| p.touch(reach))
+            });
             std::hint::black_box(lines);
             for (idx, s) in group {
                 self.evaluate_fetched(*idx, s, out)?;
