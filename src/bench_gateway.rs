@@ -18,8 +18,8 @@ use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio_util::sync::CancellationToken;
 use vitals::{
-    BrokerConfig, Decimal, DeviceId, DeviceIdentity, Envelope, GatewayId, Kind, Observed,
-    PatientKey, Reading, ReadingId, ReadingType, Unit, Value,
+    BrokerConfig, Decimal, DeviceIdentity, Envelope, GatewayId, Kind, Observed, PatientKey,
+    Reading, ReadingId, ReadingType, Unit, Value,
 };
 
 /// What to run.
@@ -31,10 +31,34 @@ pub struct Options {
     pub readings: usize,
     /// Readings per MQTT message.
     pub batch: usize,
+    /// Patients (one oximeter each) the readings are spread over.
+    pub patients: usize,
 }
 
-/// Synthetic 1 Hz continuous-oximetry readings for 50 patients.
-fn readings(gateway: &GatewayId, n: usize) -> anyhow::Result<Vec<Reading>> {
+/// What [`measure`] found.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Figures {
+    /// Readings queued and forwarded.
+    pub readings: u64,
+    /// Baseline: a bare publisher sending the same envelopes (readings/s).
+    pub bare_publisher: f64,
+    /// The forwarder draining the full durable queue (readings/s).
+    pub forwarded: f64,
+    /// Filling the queue, 1 000 readings per durable commit (readings/s).
+    pub queue_fill: f64,
+    /// Process CPU time (user + system) per 1 000 readings forwarded (ms).
+    pub cpu_ms_per_1000: f64,
+    /// Resident memory before forwarding (MB).
+    pub rss_before_mb: f64,
+    /// Resident memory after forwarding (MB).
+    pub rss_after_mb: f64,
+    /// Peak resident memory of the whole bench process (MB).
+    pub rss_peak_mb: f64,
+}
+
+/// Synthetic 1 Hz continuous-oximetry readings spread over `patients` patients.
+fn readings(gateway: &GatewayId, n: usize, patients: usize) -> anyhow::Result<Vec<Reading>> {
+    let patients = patients.max(1) as u64;
     let start = time::OffsetDateTime::now_utc() - time::Duration::days(7);
     (0..n as u64)
         .map(|i| {
@@ -43,17 +67,10 @@ fn readings(gateway: &GatewayId, n: usize) -> anyhow::Result<Vec<Reading>> {
                 id: ReadingId(Default::default()),
                 seq: 0,
                 gateway: gateway.clone(),
-                patient: PatientKey::new(format!("bench-pk-{}", i % 50))?,
-                device: DeviceIdentity::new(DeviceId::Eui64([
-                    0xbe,
-                    0x7c,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    (i % 50) as u8,
-                ])),
+                patient: PatientKey::new(format!("bench-pk-{}", i % patients))?,
+                device: DeviceIdentity::new(ingest::record::bench::bench_device(
+                    (i % patients) as u32,
+                )),
                 user_index: None,
                 reading_type: ReadingType::OximetryContinuous,
                 device_time: None,
@@ -79,7 +96,7 @@ fn readings(gateway: &GatewayId, n: usize) -> anyhow::Result<Vec<Reading>> {
 }
 
 /// Resident set size now and at its peak (kB), from /proc.
-fn rss_kb() -> (u64, u64) {
+pub(crate) fn rss_kb() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
         status
@@ -93,7 +110,7 @@ fn rss_kb() -> (u64, u64) {
 }
 
 /// User + system CPU time of this process so far (Linux clock ticks of 10 ms).
-fn cpu_time() -> Duration {
+pub(crate) fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -150,8 +167,8 @@ async fn wait_count(count: &AtomicU64, n: u64, what: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Runs the benchmark and returns a markdown report.
-pub async fn run(opts: &Options) -> anyhow::Result<String> {
+/// Fills a durable queue and drains it with the real forwarder, after the bare publisher.
+pub async fn measure(opts: &Options) -> anyhow::Result<Figures> {
     let broker = BrokerConfig::new(
         opts.broker
             .parse()
@@ -159,7 +176,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<String> {
     );
     let gw = GatewayId::new("bench-gw")?;
     let topic = vitals::Topic::new(gw.clone(), vitals::Channel::Readings).to_string();
-    let data = readings(&gw, opts.readings)?;
+    let data = readings(&gw, opts.readings, opts.patients)?;
     let n = data.len() as u64;
 
     // Baseline: a bare publisher sends the same envelopes (QoS 1, waits for every PUBACK).
@@ -265,46 +282,66 @@ pub async fn run(opts: &Options) -> anyhow::Result<String> {
     wait_count(&forwarded, n, "forwarded").await?;
     let rate = n as f64 / elapsed.as_secs_f64();
 
+    Ok(Figures {
+        readings: n,
+        bare_publisher: baseline,
+        forwarded: rate,
+        queue_fill: fill_rate,
+        cpu_ms_per_1000: cpu.as_secs_f64() * 1000.0 / (n as f64 / 1000.0),
+        rss_before_mb: rss_before as f64 / 1024.0,
+        rss_after_mb: rss_after as f64 / 1024.0,
+        rss_peak_mb: rss_peak as f64 / 1024.0,
+    })
+}
+
+/// The markdown report of [`measure`]'s figures.
+pub fn render(opts: &Options, f: &Figures) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "## rpm bench gateway\n\n{n} readings queued, forwarded in messages of {} (16 in flight); broker {}\n",
-        opts.batch, opts.broker
+        "## rpm bench gateway\n\n{} readings of {} patients queued, forwarded in messages of {} (16 in flight); broker {}\n",
+        f.readings, opts.patients, opts.batch, opts.broker
     );
     let _ = writeln!(out, "| figure | value |\n|---|---:|");
     let _ = writeln!(
         out,
-        "| baseline: bare publisher, same envelopes (readings/s) | {baseline:.0} |"
+        "| baseline: bare publisher, same envelopes (readings/s) | {:.0} |",
+        f.bare_publisher
     );
     let _ = writeln!(
         out,
-        "| gateway: forwarded from the full durable queue (readings/s) | {rate:.0} |"
+        "| gateway: forwarded from the full durable queue (readings/s) | {:.0} |",
+        f.forwarded
     );
-    let _ = writeln!(out, "| gateway / baseline | {:.2} |", rate / baseline);
     let _ = writeln!(
         out,
-        "| queue fill, 1 000 per durable commit (readings/s) | {fill_rate:.0} |"
+        "| gateway / baseline | {:.2} |",
+        f.forwarded / f.bare_publisher
+    );
+    let _ = writeln!(
+        out,
+        "| queue fill, 1 000 per durable commit (readings/s) | {:.0} |",
+        f.queue_fill
     );
     let _ = writeln!(
         out,
         "| CPU time per 1 000 readings forwarded (ms) | {:.1} |",
-        cpu.as_secs_f64() * 1000.0 / (n as f64 / 1000.0)
+        f.cpu_ms_per_1000
     );
     let _ = writeln!(
         out,
         "| RSS before / after forwarding (MB) | {:.1} / {:.1} |",
-        rss_before as f64 / 1024.0,
-        rss_after as f64 / 1024.0
+        f.rss_before_mb, f.rss_after_mb
     );
     let _ = writeln!(
         out,
         "| peak RSS of the whole bench process (MB) | {:.1} |",
-        rss_peak as f64 / 1024.0
+        f.rss_peak_mb
     );
     let _ = writeln!(
         out,
         "\nCPU and RSS are this process's (the forwarder, plus the counting subscriber and, for the peak, the \
          readings generated up front); the gateway alone uses less."
     );
-    Ok(out)
+    out
 }

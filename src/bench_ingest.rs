@@ -48,13 +48,27 @@ pub struct Options {
     pub rules: Option<ingest::config::RulesConfig>,
 }
 
+/// One database's figures: the three rates of the same run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Rates {
+    /// `SQLite` or `PostgreSQL`.
+    pub database: String,
+    /// Baseline: a bare QoS 1 subscriber's rate from the same broker (readings/s).
+    pub bare_subscriber: f64,
+    /// Baseline: raw bulk inserts into the same database (readings/s).
+    pub raw_insert: f64,
+    /// Ingest with durability on (readings/s).
+    pub ingest: f64,
+}
+
 /// Runs the benchmark and returns a markdown report.
 pub async fn run(opts: &Options) -> anyhow::Result<String> {
-    let broker: BrokerConfig = BrokerConfig::new(
-        opts.broker
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!(e))?,
-    );
+    let rates = measure(opts).await?;
+    Ok(render(opts, &rates))
+}
+
+/// The markdown report of [`measure`]'s figures.
+pub fn render(opts: &Options, rates: &[Rates]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -70,6 +84,33 @@ pub async fn run(opts: &Options) -> anyhow::Result<String> {
         "| database | bare subscriber (readings/s) | raw insert (readings/s) | ingest (readings/s) | ingest / subscriber | ingest / raw insert |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    for r in rates {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            r.database,
+            r.bare_subscriber,
+            r.raw_insert,
+            r.ingest,
+            r.ingest / r.bare_subscriber,
+            r.ingest / r.raw_insert
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nEach rate is readings divided by wall time from the first publish to the last reading \
+         received (subscriber) or committed (ingest); one publisher, QoS 1, durability on."
+    );
+    out
+}
+
+/// Measures the three rates on SQLite (a temporary file) and, if given, PostgreSQL.
+pub async fn measure(opts: &Options) -> anyhow::Result<Vec<Rates>> {
+    let broker: BrokerConfig = BrokerConfig::new(
+        opts.broker
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?,
+    );
     let dir = tempfile::tempdir()?;
     let mut targets = vec![(
         "SQLite".to_owned(),
@@ -78,6 +119,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<String> {
     if let Some(pg) = &opts.postgres {
         targets.push(("PostgreSQL".to_owned(), pg.clone()));
     }
+    let mut rates = Vec::new();
     for (name, url) in targets {
         let record = Record::connect(&url, 8)
             .await
@@ -94,20 +136,15 @@ pub async fn run(opts: &Options) -> anyhow::Result<String> {
         let bare = bare_subscriber(&broker, &fleet, first, opts).await?;
         let ingest =
             ingest_rate(&broker, &record, &fleet, first + opts.readings as u64, opts).await?;
-        let _ = writeln!(
-            out,
-            "| {name} | {bare:.0} | {raw:.0} | {ingest:.0} | {:.2} | {:.2} |",
-            ingest / bare,
-            ingest / raw
-        );
+        rates.push(Rates {
+            database: name,
+            bare_subscriber: bare,
+            raw_insert: raw,
+            ingest,
+        });
         record.close().await;
     }
-    let _ = writeln!(
-        out,
-        "\nEach rate is readings divided by wall time from the first publish to the last reading \
-         received (subscriber) or committed (ingest); one publisher, QoS 1, durability on."
-    );
-    Ok(out)
+    Ok(rates)
 }
 
 fn envelopes(fleet: &BenchFleet, first: u64, opts: &Options) -> Vec<Vec<u8>> {
@@ -231,7 +268,12 @@ async fn ingest_rate(
     let client_id = format!("bench-ingest-{first}-{nonce}");
     // What `rpm ingest` runs with when the configuration says nothing.
     let defaults = ingest::config::ConsumerConfig::default();
-    let options = ingest::consume::client_options(broker, &client_id, defaults.max_inflight)?;
+    let mut options = ingest::consume::client_options(broker, &client_id, defaults.max_inflight)?;
+    // No persistent session: each run has its own client id and group, and rumqttd 0.20
+    // (the embedded broker) panics ("group must exists", routing.rs) when a persistent
+    // shared-subscription client leaves with messages unacknowledged, killing the broker.
+    options.set_clean_start(true);
+    options.set_session_expiry_interval(None);
     let capacity = options.request_channel_capacity();
     let consumer = Consumer {
         settings: ConsumerSettings {
@@ -261,12 +303,18 @@ async fn ingest_rate(
     };
     // The consumer subscribes on connecting (and with rules, enrols the fleet first); give it
     // a moment before the clock starts.
-    let ready = Instant::now() + Duration::from_secs(60);
+    // A minute, and a second more per 500 patients (rebuilding is a few queries a patient).
+    let allowed = Duration::from_secs(60 + fleet.patients.len() as u64 / 500);
+    let ready = Instant::now() + allowed;
     while opts.rules.is_some()
         && stats.rules_rebuilds.load(Ordering::Relaxed) < fleet.patients.len() as u64
     {
         if Instant::now() > ready || task.is_finished() {
-            anyhow::bail!("ingest did not enrol the fleet's patients in 60 s");
+            anyhow::bail!(
+                "ingest did not enrol the fleet's {} patients in {} s",
+                fleet.patients.len(),
+                allowed.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

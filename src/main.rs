@@ -1,6 +1,8 @@
 //! `rpm`: the one binary of the remote patient monitoring system. Each part of the system is a
 //! subcommand; `rpm --help` lists what this build can do.
 
+#[cfg(feature = "demo")]
+mod bench_all;
 mod bench_gateway;
 mod bench_ingest;
 mod bench_rules;
@@ -132,6 +134,28 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Every benchmark in one run on embedded defaults (the embedded broker on a free port,
+    /// SQLite in a temporary directory): end-to-end latency from device notification to
+    /// notification enqueued at several loads, ingest against the bare broker and database,
+    /// the rules engine, the gateway's CPU and memory, and each from 100 to 100 000 patients.
+    /// Writes a Markdown report with each figure beside its same-run baseline, an SVG plot of
+    /// latency against load and the figures as JSON. The full run takes about 15 minutes.
+    #[cfg(feature = "demo")]
+    All {
+        /// A small run (about a minute), for tests and a first look.
+        #[arg(long)]
+        quick: bool,
+        /// The report; `latency-vs-load.svg` and `figures.json` are written beside it.
+        #[arg(long, default_value = "target/bench-report/REPORT.md")]
+        out: PathBuf,
+        /// Also measure ingest through this broker (e.g. a local Mosquitto).
+        #[arg(long)]
+        broker: Option<String>,
+        /// Also measure ingest on this PostgreSQL database (a scratch one: the bench
+        /// registers a synthetic fleet and inserts readings).
+        #[arg(long)]
+        postgres: Option<String>,
+    },
     /// The home hub: readings forwarded per second from a full durable queue, CPU time per
     /// 1 000 readings and resident memory, beside a bare publisher's rate to the same broker.
     Gateway {
@@ -144,6 +168,12 @@ enum BenchCommand {
         /// Readings per MQTT message.
         #[arg(long, default_value_t = 200)]
         batch: usize,
+        /// Patients (one pulse oximeter each) the readings are spread over.
+        #[arg(long, default_value_t = 50)]
+        patients: usize,
+        /// Print the figures as JSON instead of the Markdown table.
+        #[arg(long)]
+        json: bool,
     },
     /// Ingest's sustained rate with durability on, beside the bare broker subscriber rate and
     /// the raw bulk-insert rate of the same database, measured in the same run.
@@ -224,7 +254,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo draws a progress display: only warnings and errors in between by default.
     #[cfg(feature = "demo")]
-    let default_filter = if matches!(cli.command, Command::Demo(_)) {
+    let default_filter = if matches!(
+        cli.command,
+        Command::Demo(_) | Command::Bench(BenchCommand::All { .. })
+    ) {
         // rumqttd logs every client that goes away as an error; the demo reports its own.
         "warn,rumqttd=off"
     } else {
@@ -313,14 +346,42 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             broker,
             readings,
             batch,
+            patients,
+            json,
         }) => {
             let opts = bench_gateway::Options {
                 broker,
                 readings,
                 batch,
+                patients,
             };
-            let report = runtime()?.block_on(bench_gateway::run(&opts))?;
-            print!("{report}");
+            let figures = runtime()?.block_on(bench_gateway::measure(&opts))?;
+            if json {
+                println!("{}", serde_json::to_string(&figures)?);
+            } else {
+                print!("{}", bench_gateway::render(&opts, &figures));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "demo")]
+        Command::Bench(BenchCommand::All {
+            quick,
+            out,
+            broker,
+            postgres,
+        }) => {
+            let opts = bench_all::Options {
+                quick,
+                out,
+                broker,
+                postgres,
+                command: std::iter::once("rpm".to_owned())
+                    .chain(std::env::args().skip(1))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            };
+            let report = runtime()?.block_on(bench_all::run(&opts))?;
+            println!("report: {}", report.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Ingest {

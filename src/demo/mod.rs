@@ -26,8 +26,8 @@
 //! publishes a reading; the playback starts once ingest has recorded a hub's status, which
 //! it can only receive through the subscriptions it made together with the readings one.
 
-mod broker;
-mod fleet;
+pub(crate) mod broker;
+pub(crate) mod fleet;
 mod mailbox;
 mod uplink;
 

@@ -919,7 +919,7 @@ impl Record {
         Ok(out)
     }
 
-    fn invalidate_bindings(&self) {
+    pub(super) fn invalidate_bindings(&self) {
         let mut cache = self.bindings.write().unwrap_or_else(|p| p.into_inner());
         cache.loaded_at = None;
     }
