@@ -742,6 +742,98 @@ async fn stored_readings_that_breach_new_thresholds_raise_their_alert(record: Re
     let _ = consumer.task.await;
 }
 
+/// The timeline draws the baseline the patient's baseline rule compares readings with
+/// (median of daily medians over the completed days of its window, device-flagged values left
+/// out as the engine leaves them out), in the API and on the page.
+async fn the_timeline_shows_the_baseline_the_rules_compare_with(record: Record) {
+    let s = start(record, settings()).await;
+    bind_oximeter(&s.record).await;
+    // Anchored to UTC midnights, as the engine's days are: nothing depends on the hour the
+    // test runs at.
+    let midnight = OffsetDateTime::now_utc().replace_time(time::Time::MIDNIGHT);
+    let at =
+        |day: i64, hour: i64| midnight + time::Duration::days(day) + time::Duration::hours(hour);
+    let mut batch = Vec::new();
+    let mut n = 0u64;
+    let mut add = |when: OffsetDateTime, value: &str, flags: Flags| {
+        n += 1;
+        let mut r = spo2(0, value);
+        r.measured_at = when;
+        r.received_at = when;
+        r.seq = n;
+        r.flags = flags;
+        let r = r.with_computed_id();
+        let values = r.values.clone();
+        batch.push((r, values));
+    };
+    let doubtful: Flags = [Flag::BodyMovement].into_iter().collect();
+    // Days −8 to −2: 95, 96, 97 (median 96); on four of them also a reading of 80 taken while
+    // moving, which would pull those days' medians to 95.5 and the baseline with them.
+    for day in -8..=-2 {
+        for (hour, v) in [(8, "95"), (12, "96"), (18, "97")] {
+            add(at(day, hour), v, Flags::default());
+        }
+        if day % 2 == 0 {
+            add(at(day, 20), "80", doubtful);
+        }
+    }
+    // Yesterday: a fall.
+    add(at(-1, 8), "91", Flags::default());
+    add(at(-1, 9), "92", Flags::default());
+    s.record.insert_batch(&batch).await.expect("stored");
+
+    let (clinician, _) = sign_in(&s, "dr.lee").await;
+    let timeline: Value = clinician
+        .get(s.url("/api/v1/patients/pk-1/timeline"))
+        .send()
+        .await
+        .expect("timeline")
+        .json()
+        .await
+        .expect("json");
+    let reference = timeline["references"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["rule"] == "spo2-baseline-drop"))
+        .cloned()
+        .unwrap_or_else(|| panic!("the SpO2 baseline rule's reference: {timeline}"));
+    assert_eq!(reference["measure"], "spo2");
+    assert_eq!(reference["personal_best"], false);
+    let points = reference["points"].as_array().expect("points");
+    let yesterday = points
+        .iter()
+        .find(|p| {
+            p["at"].as_str().and_then(|t| {
+                OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            }) == Some(at(-1, 8))
+        })
+        .unwrap_or_else(|| panic!("a point for yesterday's first reading: {reference}"));
+    assert_eq!(yesterday["reference"], 96.0, "{yesterday}");
+    assert_eq!(
+        yesterday["raise_at"], 92.0,
+        "the rule's drop is 4: {yesterday}"
+    );
+    assert_eq!(yesterday["days"], 7);
+    // No point before the rule has min_days (5) completed days behind it.
+    assert!(
+        points.iter().all(|p| p["days"].as_u64() >= Some(5)),
+        "{reference}"
+    );
+    assert_eq!(timeline["references_not_computed"], json!([]));
+
+    let page = clinician
+        .get(s.url("/console/patients/pk-1?range=7d"))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(page.contains("class=\"trace baseline\""), "{page}");
+    assert!(page.contains("baseline 96"), "{page}");
+    assert!(page.contains("class=\"trace thr raise\""), "{page}");
+    assert!(page.contains("baseline −4 92"), "{page}");
+}
+
 /// Registers the gateway and the oximeter and binds it to the patient, so readings are
 /// stored and judged.
 async fn bind_oximeter(record: &Record) {
@@ -920,4 +1012,5 @@ both!(
     an_acknowledgement_with_a_note_is_shown_and_audited,
     a_threshold_change_is_versioned_audited_and_judges_the_next_reading,
     stored_readings_that_breach_new_thresholds_raise_their_alert,
+    the_timeline_shows_the_baseline_the_rules_compare_with,
 );

@@ -612,8 +612,41 @@ pub struct Timeline {
     pub profile: Option<String>,
     /// Above/below thresholds in force.
     pub thresholds: Vec<ThresholdLine>,
-    /// Mean of each kind over the 14 days before `to` (a baseline to draw).
+    /// Mean of each kind over the 14 days before `to` (context; the baselines the rules
+    /// compare readings with are in `references`).
     pub baseline: Vec<MeanView>,
+    /// The baseline or personal best each baseline rule in force compared the range's
+    /// readings with, and the level that raises, computed as the engine computes them.
+    pub references: Vec<ReferenceView>,
+    /// Baseline rules whose window holds too many readings to compute here.
+    pub references_not_computed: Vec<String>,
+}
+
+/// A baseline or personal-best rule's reference over a timeline's range.
+#[derive(Serialize, ToSchema)]
+pub struct ReferenceView {
+    /// The rule.
+    pub rule: String,
+    /// The measurement kind.
+    pub measure: String,
+    /// A personal best (`best_drop`) rather than a baseline (`baseline_drop`).
+    pub personal_best: bool,
+    /// One point per reading the rule could judge, oldest first.
+    pub points: Vec<ReferencePointView>,
+}
+
+/// What a baseline rule compared one reading with.
+#[derive(Serialize, ToSchema)]
+pub struct ReferencePointView {
+    /// The reading's measurement time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The baseline or best.
+    pub reference: f64,
+    /// The value at or beyond which the rule raises.
+    pub raise_at: f64,
+    /// Completed days the reference was made from.
+    pub days: u16,
 }
 
 fn parse_time(s: Option<&str>, default: OffsetDateTime) -> Result<OffsetDateTime, Response> {
@@ -736,14 +769,52 @@ async fn timeline_of(
     let baseline = record
         .value_means(&patient.key, to - time::Duration::days(14), to)
         .await?;
+    let mut references = Vec::new();
+    let mut references_not_computed = Vec::new();
     let (profile, thresholds) = match &state.console.profiles {
         Some(catalog) => {
             let saved = record.current_thresholds(&patient.key).await?;
             match thresholds::in_force(catalog, patient, saved) {
-                Ok(f) => (
-                    Some(f.ruleset.label()),
-                    merged(&f).map(|p| lines(&p)).unwrap_or_default(),
-                ),
+                Ok(f) => {
+                    let (refs, skipped) = crate::pages::timeline::references(
+                        record,
+                        &patient.key,
+                        &f.ruleset,
+                        from,
+                        to,
+                    )
+                    .await?;
+                    references_not_computed = skipped;
+                    references = refs
+                        .into_iter()
+                        .map(|r| ReferenceView {
+                            rule: r.rule,
+                            measure: r.series.measure.as_str().to_owned(),
+                            personal_best: r.series.personal_best,
+                            points: r
+                                .series
+                                .points
+                                .iter()
+                                .filter_map(|p| {
+                                    let at = OffsetDateTime::from_unix_timestamp_nanos(
+                                        i128::from(p.at.0) * 1_000_000,
+                                    )
+                                    .ok()?;
+                                    (at >= from).then_some(ReferencePointView {
+                                        at,
+                                        reference: p.reference,
+                                        raise_at: p.raise_at,
+                                        days: p.days,
+                                    })
+                                })
+                                .collect(),
+                        })
+                        .collect();
+                    (
+                        Some(f.ruleset.label()),
+                        merged(&f).map(|p| lines(&p)).unwrap_or_default(),
+                    )
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "thresholds in force do not build");
                     (None, Vec::new())
@@ -765,6 +836,8 @@ async fn timeline_of(
         profile,
         thresholds,
         baseline,
+        references,
+        references_not_computed,
     })
 }
 

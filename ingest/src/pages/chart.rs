@@ -10,6 +10,13 @@
 //!   [`Chart::max_gap`], so a week without readings is never drawn as a straight line;
 //! - a point the device flagged (motion, poor signal, cuff loose…) is drawn as a hollow
 //!   diamond, off the line, never as a solid dot: the shape differs, not only the colour;
+//! - a baseline that moves (the rules' rolling baseline or personal best, and the level that
+//!   raises beside it) is a stepped trace: it holds its value until the next change, and
+//!   breaks across the same gaps as the readings;
+//! - an alert raised inside the range is a triangle at its time; one raised before the range
+//!   (still open, or resolved within it) is an arrow at the left edge, so an alert is never
+//!   missing from a chart because it began earlier; a bar along the top spans the time each
+//!   alert was open;
 //! - each point, threshold, band, baseline and alert carries a `<title>` (a tooltip and what a
 //!   screen reader announces), and the whole chart a `<title>`/`<desc>` summary;
 //! - every text that comes from outside (labels, rule names) is XML-escaped.
@@ -148,6 +155,18 @@ pub struct Line {
     pub label: String,
 }
 
+/// A value that changes over time, drawn as steps: the rules' rolling baseline, or the level
+/// that raises relative to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trace {
+    /// What it is: [`LineKind::Baseline`] or [`LineKind::Raise`].
+    pub kind: LineKind,
+    /// Its label at the right edge, before the latest value (`baseline`).
+    pub label: String,
+    /// (from when, value), in time order. The value holds until the next point.
+    pub points: Vec<(OffsetDateTime, f64)>,
+}
+
 /// A shaded horizontal band (a target range, an escalation band).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Band {
@@ -164,6 +183,8 @@ pub struct Band {
 pub struct AlertMark {
     /// When it was raised.
     pub at: OffsetDateTime,
+    /// When it was resolved; `None` while it is open.
+    pub until: Option<OffsetDateTime>,
     /// Severity name (`low`, `medium`, `high`, `emergency`): also its CSS class.
     pub severity: String,
     /// Tooltip: the rule and its explanation.
@@ -187,6 +208,8 @@ pub struct Chart {
     pub series: Vec<Series>,
     /// Threshold and baseline lines.
     pub lines: Vec<Line>,
+    /// Baselines and levels that change over time.
+    pub traces: Vec<Trace>,
     /// Shaded bands.
     pub bands: Vec<Band>,
     /// Alert markers.
@@ -214,6 +237,7 @@ impl Chart {
             offset: UtcOffset::UTC,
             series: Vec::new(),
             lines: Vec::new(),
+            traces: Vec::new(),
             bands: Vec::new(),
             alerts: Vec::new(),
             y_span: None,
@@ -262,7 +286,11 @@ fn nice_step(span: f64, target: f64) -> f64 {
 
 /// The value axis: a domain that holds every value, line and band (and `y_span`), widened to
 /// whole steps, and its ticks.
-fn value_axis(chart: &Chart, visible: &[(usize, Point)]) -> (f64, f64, Vec<f64>) {
+fn value_axis(
+    chart: &Chart,
+    visible: &[(usize, Point)],
+    steps: &[Vec<Run>],
+) -> (f64, f64, Vec<f64>) {
     let mut lo = f64::INFINITY;
     let mut hi = f64::NEG_INFINITY;
     let mut take = |v: f64| {
@@ -276,6 +304,9 @@ fn value_axis(chart: &Chart, visible: &[(usize, Point)]) -> (f64, f64, Vec<f64>)
     }
     for l in &chart.lines {
         take(l.value);
+    }
+    for (_, _, v) in steps.iter().flatten().flatten() {
+        take(*v);
     }
     for b in &chart.bands {
         take(b.from);
@@ -441,7 +472,13 @@ pub fn svg(chart: &Chart) -> Markup {
         pts.sort_by_key(|p| p.at);
         visible.extend(pts.into_iter().map(|p| (i, p)));
     }
-    let (y0, y1, yticks) = value_axis(chart, &visible);
+    let t_of = |t: OffsetDateTime| (t - from).as_seconds_f64();
+    let steps: Vec<Vec<Run>> = chart
+        .traces
+        .iter()
+        .map(|tr| trace_runs(tr, from, to, chart.max_gap, &t_of))
+        .collect();
+    let (y0, y1, yticks) = value_axis(chart, &visible, &steps);
     let x = Scale {
         d0: 0.0,
         d1: (to - from).as_seconds_f64(),
@@ -464,8 +501,21 @@ pub fn svg(chart: &Chart) -> Markup {
 
     let total = visible.len();
     let flagged = visible.iter().filter(|(_, p)| p.flagged).count();
+    // Alerts raised in the range, and those raised before it that were still open in it.
     let alerts_in_range: Vec<&AlertMark> = chart.alerts.iter().filter(|a| in_range(a.at)).collect();
-    let desc = summary(chart, &visible, flagged, alerts_in_range.len(), &unit);
+    let earlier: Vec<&AlertMark> = chart
+        .alerts
+        .iter()
+        .filter(|a| a.at < from && a.until.is_none_or(|u| u >= from))
+        .collect();
+    let desc = summary(
+        chart,
+        &visible,
+        flagged,
+        alerts_in_range.len(),
+        earlier.len(),
+        &unit,
+    );
 
     html! {
         svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img"
@@ -510,6 +560,31 @@ pub fn svg(chart: &Chart) -> Markup {
                             y1=(fmt_coord(y.at(l.value))) y2=(fmt_coord(y.at(l.value))) {}
                         text x=(fmt_coord(WIDTH - RIGHT + 3.0)) y=(fmt_coord(y.at(l.value) + 4.0)) { (l.label) }
                     }
+                }
+            }
+            @for (tr, runs) in chart.traces.iter().zip(&steps) {
+                @if let Some(last) = runs.last().and_then(|r| r.last()) {
+                    g class={ "trace " (tr.kind.class()) } {
+                        title { (tr.label) " " (fmt_num(last.2)) (unit) " (changes over time)" }
+                        @for run in runs {
+                            polyline points=(step_points(run, &x, &y)) {}
+                        }
+                        text x=(fmt_coord(WIDTH - RIGHT + 3.0)) y=(fmt_coord(y.at(last.2) + 4.0)) { (tr.label) " " (fmt_num(last.2)) }
+                    }
+                }
+            }
+            @for a in alerts_in_range.iter().chain(&earlier) {
+                @let x0 = px(a.at.max(from));
+                @let x1 = px(a.until.unwrap_or(to).min(to));
+                rect class={ "alert-span " (a.severity) } x=(fmt_coord(x0)) y=(fmt_coord(TOP))
+                    width=(fmt_coord((x1 - x0).max(1.0))) height="3" {
+                    title { "Alert open (" (a.severity) "): " (a.label) }
+                }
+            }
+            @for a in &earlier {
+                g class={ "alert earlier " (a.severity) } {
+                    title { "Alert (" (a.severity) ") raised before this range: " (a.label) ", " (fmt_time(a.at, chart.offset)) }
+                    path d={ "M" (fmt_coord(LEFT + 1.0)) "," (fmt_coord(TOP + 8.0)) "l8,-5v10z" } {}
                 }
             }
             @for a in &alerts_in_range {
@@ -567,6 +642,66 @@ fn runs(visible: &[(usize, Point)], i: usize, max_gap: Duration) -> Vec<Vec<Poin
     out
 }
 
+/// Steps `(x0, x1, value)` drawn as one polyline, in seconds from the range's start.
+type Run = Vec<(f64, f64, f64)>;
+
+/// A trace cut to `from..=to` as runs of steps `(x0, x1, value)` in seconds from `from`: each
+/// value holds until the next point, the value in force at `from` starts the first run, and a
+/// run breaks where the next point is more than `max_gap` away (the last value holds at most
+/// `max_gap`, and never past `to`).
+fn trace_runs(
+    tr: &Trace,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+    max_gap: Duration,
+    t_of: &impl Fn(OffsetDateTime) -> f64,
+) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    let mut pts: Vec<(OffsetDateTime, f64)> = tr
+        .points
+        .iter()
+        .copied()
+        .filter(|(_, v)| v.is_finite())
+        .collect();
+    pts.sort_by_key(|p| p.0);
+    for (k, &(at, v)) in pts.iter().enumerate() {
+        let next = pts.get(k + 1).map(|p| p.0);
+        let end = match next {
+            Some(n) if n - at <= max_gap => n,
+            _ => at + max_gap,
+        }
+        .min(to);
+        let start = at.max(from);
+        if end <= start || at > to {
+            continue;
+        }
+        let step = (t_of(start), t_of(end), v);
+        let joined = k > 0 && pts[k - 1].0 + max_gap >= at && pts[k - 1].0 <= to;
+        match runs.last_mut() {
+            Some(run) if joined && at >= from => run.push(step),
+            _ => runs.push(vec![step]),
+        }
+    }
+    runs
+}
+
+fn step_points(run: &[(f64, f64, f64)], x: &Scale, y: &Scale) -> PreEscaped<String> {
+    let mut s = String::with_capacity(run.len() * 24);
+    for (k, (x0, x1, v)) in run.iter().enumerate() {
+        if k > 0 {
+            s.push(' ');
+        }
+        let yv = fmt_coord(y.at(*v));
+        let _ = write!(
+            s,
+            "{},{yv} {},{yv}",
+            fmt_coord(x.at(*x0)),
+            fmt_coord(x.at(*x1))
+        );
+    }
+    PreEscaped(s)
+}
+
 fn polyline_points(
     run: &[Point],
     px: &impl Fn(OffsetDateTime) -> f64,
@@ -589,6 +724,7 @@ fn summary(
     visible: &[(usize, Point)],
     flagged: usize,
     alerts: usize,
+    earlier: usize,
     unit: &str,
 ) -> String {
     let mut s = String::new();
@@ -623,6 +759,12 @@ fn summary(
     }
     if alerts > 0 {
         let _ = write!(s, "{alerts} alerts raised. ");
+    }
+    if earlier > 0 {
+        let _ = write!(
+            s,
+            "{earlier} alerts raised before this range were still open in it. "
+        );
     }
     s.trim_end().to_owned()
 }
@@ -831,28 +973,138 @@ mod tests {
         let mut c = spo2(&[(0, 96.0, false), (24, 88.0, false)]);
         c.alerts.push(AlertMark {
             at: T0 + Duration::hours(24),
+            until: Some(T0 + Duration::hours(36)),
             severity: "high".into(),
             label: "spo2-low: SpO2 88 %".into(),
         });
+        // Raised before the range and still open in it.
         c.alerts.push(AlertMark {
-            at: T0 - Duration::hours(1),
+            at: T0 - Duration::hours(10),
+            until: None,
             severity: "low".into(),
             label: "before".into(),
+        });
+        // Raised and resolved before the range: not drawn.
+        c.alerts.push(AlertMark {
+            at: T0 - Duration::hours(10),
+            until: Some(T0 - Duration::hours(2)),
+            severity: "medium".into(),
+            label: "long gone".into(),
         });
         let svg = render(&c);
         let doc = parse(&svg);
         let marks = by_class(&doc, "alert");
-        assert_eq!(marks.len(), 1, "the one before the range is not drawn");
+        assert_eq!(marks.len(), 2, "{svg}");
+        let inside = &marks
+            .iter()
+            .find(|m| !m.attribute("class").unwrap_or("").contains("earlier"))
+            .expect("the alert raised in the range");
         assert!(
-            marks[0]
+            inside
                 .attribute("class")
                 .is_some_and(|c| c.contains("high"))
         );
-        let l = marks[0]
+        let l = inside
             .children()
             .find(|n| n.has_tag_name("line"))
             .expect("line");
         assert!((num(&l, "x1") - (LEFT + WIDTH - RIGHT) / 2.0).abs() < 0.1);
+        let earlier = by_class(&doc, "earlier");
+        assert_eq!(earlier.len(), 1);
+        assert!(
+            earlier[0]
+                .attribute("class")
+                .is_some_and(|c| c.contains("low"))
+        );
+        assert!(svg.contains("raised before this range: before"), "{svg}");
+        assert!(!svg.contains("long gone"), "{svg}");
+        // Spans: the earlier one from the left edge to the right (still open), the other from
+        // the middle to three quarters.
+        let spans = by_class(&doc, "alert-span");
+        assert_eq!(spans.len(), 2);
+        let width = WIDTH - RIGHT - LEFT;
+        let span_of = |sev: &str| {
+            let s = spans
+                .iter()
+                .find(|s| s.attribute("class").is_some_and(|c| c.contains(sev)))
+                .expect("span");
+            (num(s, "x"), num(s, "width"))
+        };
+        let (x, w) = span_of("high");
+        assert!((x - (LEFT + width / 2.0)).abs() < 0.1, "{x}");
+        assert!((w - width / 4.0).abs() < 0.1, "{w}");
+        let (x, w) = span_of("low");
+        assert!((x - LEFT).abs() < 0.1 && (w - width).abs() < 0.1, "{x} {w}");
+        let desc = doc
+            .descendants()
+            .find(|n| n.has_tag_name("desc"))
+            .and_then(|n| n.text())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(desc.contains("1 alerts raised."), "{desc}");
+        assert!(desc.contains("1 alerts raised before this range"), "{desc}");
+    }
+
+    #[test]
+    fn a_moving_baseline_is_drawn_in_steps_that_break_across_gaps() {
+        let mut c = spo2(&[(0, 96.0, false), (47, 95.0, false)]);
+        // In force from before the range, changing at 22 h and 30 h; then nothing for 16 h.
+        c.traces.push(Trace {
+            kind: LineKind::Baseline,
+            label: "baseline".into(),
+            points: vec![
+                (T0 - Duration::hours(2), 95.0),
+                (T0 + Duration::hours(10), 95.0),
+                (T0 + Duration::hours(22), 94.0),
+                (T0 + Duration::hours(30), 93.0),
+                (T0 + Duration::hours(46), 93.5),
+            ],
+        });
+        let svg = render(&c);
+        let doc = parse(&svg);
+        let traces = by_class(&doc, "trace");
+        assert_eq!(traces.len(), 1);
+        let lines: Vec<Vec<(f64, f64)>> = traces[0]
+            .children()
+            .filter(|n| n.has_tag_name("polyline"))
+            .map(|n| {
+                n.attribute("points")
+                    .expect("points")
+                    .split(' ')
+                    .map(|xy| {
+                        let (x, y) = xy.split_once(',').expect("x,y");
+                        (x.parse().expect("x"), y.parse().expect("y"))
+                    })
+                    .collect()
+            })
+            .collect();
+        // 30 h → 46 h is longer than the 14 h gap: two runs.
+        assert_eq!(lines.len(), 2, "{svg}");
+        let hour = (WIDTH - RIGHT - LEFT) / 48.0;
+        let first = &lines[0];
+        // Starts at the left edge with the value in force there (95), steps down at 22 h.
+        assert!((first[0].0 - LEFT).abs() < 0.1, "{first:?}");
+        let step = first
+            .iter()
+            .position(|p| p.1 != first[0].1)
+            .expect("a step");
+        assert!(
+            (first[step].0 - (LEFT + 22.0 * hour)).abs() < 0.1,
+            "{first:?}"
+        );
+        assert_eq!(first[step - 1].0, first[step].0, "a vertical step");
+        assert!(first[step].1 > first[0].1, "94 is drawn below 95");
+        // The 93 at 30 h holds for at most the gap (14 h), not up to the next point.
+        let last_of_first = first.last().expect("point");
+        assert!(
+            (last_of_first.0 - (LEFT + 44.0 * hour)).abs() < 0.1,
+            "{first:?}"
+        );
+        // The last run holds 93.5 to the end of the range, labelled with it.
+        let second = &lines[1];
+        assert!((second[0].0 - (LEFT + 46.0 * hour)).abs() < 0.1);
+        assert!((second.last().expect("point").0 - (WIDTH - RIGHT)).abs() < 0.1);
+        assert!(svg.contains("baseline 93.5"), "{svg}");
     }
 
     #[test]
@@ -861,6 +1113,7 @@ mod tests {
         c.title = "<script>alert(1)</script>".into();
         c.alerts.push(AlertMark {
             at: T0 + Duration::hours(2),
+            until: None,
             severity: "low".into(),
             label: "a & \"b\" <c>".into(),
         });

@@ -42,6 +42,8 @@ pub struct RulesInForce {
     pub source: String,
     /// The merged rules.
     pub rules: Vec<RuleSpec>,
+    /// The merged rules as the engine runs them.
+    pub ruleset: rules::Ruleset,
 }
 
 /// What is in force for `patient`; `Ok(None)` when the server runs without profiles or the
@@ -84,6 +86,7 @@ pub async fn rules_in_force(
         override_rules: o.map(|o| o.rules).unwrap_or_default(),
         source,
         rules: merged,
+        ruleset: f.ruleset,
     }))
 }
 
@@ -771,6 +774,7 @@ mod tests {
             base_rules: base.rules.clone(),
             override_rules,
             source: "none".into(),
+            ruleset: base.build().expect("builds"),
             rules: base.rules,
         }
     }

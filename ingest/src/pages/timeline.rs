@@ -1,8 +1,11 @@
 //! A patient's timeline: `GET /console/patients/{key}?range=48h|7d|30d|90d`. Charts of SpO2,
 //! pulse, blood pressure, FEV1, PEF and a partial NEWS2 over the range, with the thresholds in
-//! force and a 14-day mean drawn on them and alerts marked; the readings table beneath, with
-//! device flags written out. [`charts`] builds the charts from what the record returns and is
-//! pure, so it is tested without a database.
+//! force drawn on them, the baselines the patient's baseline and personal-best rules compare
+//! readings with (computed by the rules crate's own day summaries from the same readings the
+//! engine saw, so the chart shows what the rule saw), and alerts marked, including those raised
+//! before the range and still open in it; the readings table beneath, with device flags
+//! written out. [`charts`] builds the charts from what the record returns and is pure, so it
+//! is tested without a database.
 
 use std::collections::BTreeMap;
 
@@ -10,22 +13,80 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{Markup, html};
-use rules::{RuleKind, RuleSpec};
+use rules::{ReferenceSeries, RuleKind, RuleSpec, Ruleset, Timestamp};
 use serde::Deserialize;
 use time::{Duration, OffsetDateTime};
 use vitals::{Kind, PatientKey, Value};
 
-use super::chart::{self, AlertMark, Band, Chart, Line, LineKind, Point, Range, Series};
+use super::chart::{self, AlertMark, Band, Chart, Line, LineKind, Point, Range, Series, Trace};
 use super::common::{self, ok_page, patient_href, patient_label, time_el};
 use super::layout::Section;
 use crate::console::auth::Staff;
 use crate::http::HttpState;
-use crate::record::{InboxAlert, MeanView, Page, StoredReading};
+use crate::record::{InboxAlert, Page, Record, RecordError, StoredReading};
 
 /// Most readings drawn on one timeline (90 days of four-times-daily measuring is ~1 100).
 const MAX_READINGS: u32 = 1000;
-/// How far back the drawn mean looks.
-const MEAN_DAYS: i64 = 14;
+/// Most values a drawn baseline is computed from: a rule's window of home spot checks is a
+/// few hundred; a continuous oximeter's is far more, and its baseline is then not drawn (and
+/// the page says so).
+const MAX_BASELINE_VALUES: u32 = 20_000;
+
+/// A baseline or personal-best rule's reference, as the charts draw it.
+#[derive(Clone, Debug)]
+pub struct Reference {
+    /// The rule.
+    pub rule: String,
+    /// What it compared each reading with.
+    pub series: ReferenceSeries,
+}
+
+/// The references of the baseline and personal-best rules of `ruleset` for readings measured
+/// in `[from, to)`, computed from the record's values as the engine computes them (the
+/// rule's window before `from` included; device-flagged values left out, as the engine
+/// leaves them out). The second list names the rules whose series was too long to load.
+pub async fn references(
+    record: &Record,
+    patient: &PatientKey,
+    ruleset: &Ruleset,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> Result<(Vec<Reference>, Vec<String>), RecordError> {
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    for rule in &ruleset.rules {
+        let (measure, days) = match rule.check {
+            rules::Check::BaselineDrop { measure, days, .. }
+            | rules::Check::BestDrop { measure, days, .. } => (measure, days),
+            _ => continue,
+        };
+        let since = from - Duration::days(i64::from(days) + 1);
+        let Some(values) = record
+            .value_series(patient, measure, since, to, MAX_BASELINE_VALUES)
+            .await?
+        else {
+            skipped.push(rule.id.clone());
+            continue;
+        };
+        let values: Vec<(Timestamp, f64)> = values
+            .into_iter()
+            .filter(|(_, _, flags)| !flags.questions_the_value())
+            .map(|(at, v, _)| (Timestamp::from_datetime(at), v))
+            .collect();
+        if let Some(series) = rules::reference_series(&rule.check, &values) {
+            out.push(Reference {
+                rule: rule.id.clone(),
+                series,
+            });
+        }
+    }
+    Ok((out, skipped))
+}
+
+fn datetime(t: Timestamp) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
 
 /// `?range=`.
 #[derive(Debug, Default, Deserialize)]
@@ -249,7 +310,7 @@ fn rule_lines(panel: Panel, rules: &[RuleSpec], c: &mut Chart) {
 pub fn charts(
     readings: &[StoredReading],
     rules: &[RuleSpec],
-    means: &[MeanView],
+    references: &[Reference],
     alerts: &[InboxAlert],
     range: Range,
     to: OffsetDateTime,
@@ -298,13 +359,47 @@ pub fn charts(
                     label: (*label).into(),
                     points,
                 });
-                if let Some(m) = means.iter().find(|m| m.kind == kind.as_str()) {
-                    c.lines.push(Line {
-                        value: m.mean,
-                        kind: LineKind::Baseline,
-                        label: format!("mean {}", fmt(m.mean)),
-                    });
-                }
+            }
+            for r in references
+                .iter()
+                .filter(|r| Panel::of(r.series.measure.as_str()) == Some(panel))
+            {
+                let (name, raise) = if r.series.personal_best {
+                    ("best", "best −%")
+                } else {
+                    ("baseline", "baseline −")
+                };
+                let drop = rules
+                    .iter()
+                    .find(|s| s.id == r.rule)
+                    .and_then(|s| s.drop)
+                    .map(fmt)
+                    .unwrap_or_default();
+                let raise = if r.series.personal_best {
+                    raise.replace('%', &format!("{drop} %"))
+                } else {
+                    format!("{raise}{drop}")
+                };
+                c.traces.push(Trace {
+                    kind: LineKind::Baseline,
+                    label: name.into(),
+                    points: r
+                        .series
+                        .points
+                        .iter()
+                        .map(|p| (datetime(p.at), p.reference))
+                        .collect(),
+                });
+                c.traces.push(Trace {
+                    kind: LineKind::Raise,
+                    label: raise,
+                    points: r
+                        .series
+                        .points
+                        .iter()
+                        .map(|p| (datetime(p.at), p.raise_at))
+                        .collect(),
+                });
             }
             rule_lines(panel, rules, &mut c);
             for a in alerts {
@@ -318,6 +413,7 @@ pub fn charts(
                 if on == Some(panel) {
                     c.alerts.push(AlertMark {
                         at: a.opened_at,
+                        until: a.resolved_at,
                         severity: a.severity.clone(),
                         label: format!("{}: {}", a.rule, a.nurse_text),
                     });
@@ -370,22 +466,23 @@ pub async fn timeline(
         Ok(p) => p,
         Err(e) => return common::unavailable(Some(&staff), &e),
     };
-    let means = match record
-        .value_means(&key, to - Duration::days(MEAN_DAYS), to)
-        .await
-    {
-        Ok(m) => m,
-        Err(e) => return common::unavailable(Some(&staff), &e),
-    };
     let alerts = match record.alerts_in_range(&key, from, to).await {
         Ok(a) => a,
         Err(e) => return common::unavailable(Some(&staff), &e),
     };
-    let rules = match super::thresholds::rules_in_force(&state, &patient).await {
-        Ok(r) => r.map(|r| r.rules).unwrap_or_default(),
+    let in_force = match super::thresholds::rules_in_force(&state, &patient).await {
+        Ok(r) => r,
         Err(e) => return common::unavailable(Some(&staff), &e),
     };
-    let charts = charts(&page.readings, &rules, &means, &alerts, range, to);
+    let (refs, not_drawn) = match &in_force {
+        Some(f) => match references(record, &key, &f.ruleset, from, to).await {
+            Ok(r) => r,
+            Err(e) => return common::unavailable(Some(&staff), &e),
+        },
+        None => (Vec::new(), Vec::new()),
+    };
+    let rules = in_force.map(|r| r.rules).unwrap_or_default();
+    let charts = charts(&page.readings, &rules, &refs, &alerts, range, to);
     let truncated = page.next.is_some();
     let body = html! {
         (header(&patient, "timeline"))
@@ -395,6 +492,9 @@ pub async fn timeline(
                     li { a href={ (patient_href(key.as_str())) "?range=" (r.as_str()) } aria-current=(if r == range { "true" } else { "false" }) { (r.label()) } }
                 }
             }
+        }
+        @if !not_drawn.is_empty() {
+            p class="flash" { "The baseline of " (not_drawn.join(", ")) " is not drawn: more than " (MAX_BASELINE_VALUES) " readings in its window." }
         }
         @if truncated {
             p class="flash" { "Only the first " (MAX_READINGS) " readings of this range are shown; choose a shorter range for the rest." }
@@ -409,7 +509,8 @@ pub async fn timeline(
         }
         p class="legend" {
             "Solid dots: readings. Hollow diamonds: readings the device flagged (movement, poor signal, loose cuff…), not joined to the line. "
-            "Dashed red: alert thresholds, shaded: alert zone. Dotted green: the patient's 14-day mean. Triangles: alerts raised."
+            "Dashed red: alert thresholds, shaded: alert zone. Dotted green steps: the baseline (median of daily medians) or personal best each of the patient's baseline rules compares readings with, with the level that raises in dashed red beside it. "
+            "Triangles: alerts raised; an arrow at the left edge: an alert raised before this range, still open in it; bars along the top: how long each alert was open."
         }
         h2 id="readings-h" { "Readings" }
         (readings_table(&page.readings))

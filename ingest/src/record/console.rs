@@ -674,6 +674,49 @@ impl Record {
         Ok(out)
     }
 
+    /// A patient's numeric values of one kind measured in `[from, to)`, oldest first, with
+    /// the reading's device flags: what a rules-engine baseline is made from. `None` when
+    /// there are more than `limit` (a continuous oximeter's month), so a caller never loads
+    /// an unbounded series.
+    pub async fn value_series(
+        &self,
+        patient: &PatientKey,
+        kind: Kind,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Option<Vec<(OffsetDateTime, f64, vitals::Flags)>>> {
+        let rows: Vec<(i64, f64, i64)> = with_pool!(self, read, |pool, DB| {
+            sqlx::query_as(
+                "SELECT v.measured_at, v.value_num, CAST(r.flags AS BIGINT) FROM reading_values v \
+                 JOIN readings r ON r.reading_id = v.reading_id \
+                 WHERE v.patient_key = $1 AND v.kind = $2 AND v.measured_at >= $3 \
+                 AND v.measured_at < $4 AND v.value_num IS NOT NULL \
+                 ORDER BY v.measured_at, v.reading_id LIMIT $5",
+            )
+            .bind(patient.as_str())
+            .bind(kind.as_str())
+            .bind(to_us(from))
+            .bind(to_us(to))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(pool)
+            .await?
+        });
+        if rows.len() > limit as usize {
+            return Ok(None);
+        }
+        rows.into_iter()
+            .map(|(at, v, flags)| {
+                Ok((
+                    from_us(at, "reading_values")?,
+                    v,
+                    vitals::Flags::from_bits_truncate(u32::try_from(flags).unwrap_or(0)),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     /// Mean of each kind's values for a patient between `from` and `to`.
     pub async fn value_means(
         &self,
