@@ -14,6 +14,14 @@
 //! alert is boxed so idle rules stay small); evaluating a reading otherwise allocates
 //! nothing, and events go into the caller's `Vec`.
 //!
+//! Memory, not computation, bounds the speed with many patients, so the state is laid out
+//! for it: a patient is one 512-byte entry ([`PatientState`]) whose first cache line is the
+//! header every reading reads and whose next lines hold the detectors as words, packed per
+//! ruleset so that the state a reading's kinds reach shares as few lines as possible
+//! ([`pack`]); what normal readings never touch is behind one pointer. A batch
+//! ([`Engine::evaluate_batch`]) loads the lines each of a group of readings reaches, all
+//! at once, before evaluating them.
+//!
 //! Time order: readings are expected in measurement order per patient. A late reading (older
 //! than the day a baseline is collecting) is still checked, but is not added to past days.
 
@@ -474,7 +482,7 @@ impl Ring<'_> {
 
 /// Daily summaries for baseline and personal-best rules: today's values (at most
 /// [`TODAY_VALUES`], newest kept; median summaries only) and one summary per day in a ring
-/// indexed by day number (the rule's part of `Detectors::day_slots`, touched once a day).
+/// indexed by day number (the rule's part of the patient's day rings, touched once a day).
 // Declaration order is layout order: what every reading reads first, today's values (median
 // summaries only) last.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -745,9 +745,14 @@ fn pack_places_units_inside_one_line_apart_and_by_group() {
                 w.offset() + size <= LINE_WORDS,
                 "{units:?}: unit {i} crosses a line"
             );
-            for word in usize::from(w.0)..usize::from(w.0) + size {
-                assert_eq!(owner[word], None, "{units:?}: units overlap at word {word}");
-                owner[word] = Some(i);
+            for (word, o) in owner
+                .iter_mut()
+                .enumerate()
+                .skip(usize::from(w.0))
+                .take(size)
+            {
+                assert_eq!(*o, None, "{units:?}: units overlap at word {word}");
+                *o = Some(i);
             }
             let g = group_of[w.line()].get_or_insert(group);
             assert_eq!(*g, group, "{units:?}: groups share line {}", w.line());
@@ -922,7 +927,7 @@ fn drifting_stream(days: i64) -> Vec<(Timestamp, Vec<Measurement>)> {
     let mut x = Xs(0x9E37_79B9_7F4A_7C15);
     let mut out = Vec::new();
     for day in 0..days {
-        if x.next() % 9 == 0 {
+        if x.next().is_multiple_of(9) {
             continue;
         }
         let sag = if day > days / 2 {
@@ -1020,7 +1025,7 @@ fn rules_spilling_past_the_entry_decide_as_rules_alone() {
             .iter()
             .filter(|e| e.alert().is_some_and(|a| a.rule == RuleIdx(r as u16)))
             .map(|e| {
-                let mut e = e.clone();
+                let mut e = *e;
                 if let Event::Raised(a) | Event::Updated(a) | Event::Resolved(a) = &mut e {
                     a.rule = RuleIdx(0);
                 }
