@@ -170,6 +170,15 @@ pub struct ConsoleConfig {
     /// default for integrations on a trusted network. Set `true` whenever the port is
     /// reachable beyond it.
     pub fhir_requires_auth: bool,
+    /// Failed sign-ins one client address may make in 15 minutes before its sign-ins are
+    /// refused for the rest of them (429), whichever accounts it tries; 0 turns this off.
+    /// Each account also locks after repeated failures.
+    pub login_failures_per_address: u32,
+    /// Behind a reverse proxy, the header it puts the client's address in (for example
+    /// `x-forwarded-for`; the last address in it counts). Unset: the connection's address.
+    /// Set it only when a proxy you run sets that header, or a client could choose its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ip_header: Option<String>,
 }
 
 impl Default for ConsoleConfig {
@@ -179,6 +188,8 @@ impl Default for ConsoleConfig {
             session_max: Duration::from_secs(12 * 3600),
             secure_cookies: None,
             fhir_requires_auth: false,
+            login_failures_per_address: 20,
+            client_ip_header: None,
         }
     }
 }
@@ -255,6 +266,14 @@ impl IngestConfig {
             return Err((
                 "console.session_max",
                 "must be at least console.session_idle".into(),
+            ));
+        }
+        if let Some(h) = &self.console.client_ip_header
+            && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            return Err((
+                "console.client_ip_header",
+                "expected an HTTP header name such as x-forwarded-for".into(),
             ));
         }
         if self.rules.tick_every.is_zero() {

@@ -446,6 +446,105 @@ async fn api_tokens_authenticate_with_their_role_until_revoked(record: Record) {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "revoked");
 }
 
+/// Password spraying: failures across many accounts from one address stop that address (429
+/// with Retry-After, on the API and the form), even with a right password, and no other.
+async fn failed_sign_ins_from_one_address_are_throttled_across_accounts(record: Record) {
+    let mut limited = settings();
+    limited.login_limit.max_failures = 3;
+    limited.client_ip_header = Some("x-forwarded-for".into());
+    let s = start(record, limited).await;
+    let c = client();
+    let attempt = |from: &'static str, user: &'static str, password: &'static str| {
+        c.post(s.url("/api/v1/session"))
+            .header("x-forwarded-for", format!("203.0.113.50, {from}"))
+            .json(&json!({"username": user, "password": password}))
+            .send()
+    };
+    // One failure on each of three accounts: no account reaches its own lockout.
+    for user in ["nurse.day", "dr.lee", "admin"] {
+        let r = attempt("192.0.2.10", user, "guess guess guess")
+            .await
+            .expect("login");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = attempt("192.0.2.10", "admin", PASSWORD)
+        .await
+        .expect("login");
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the address is refused, right password or not"
+    );
+    let wait: u64 = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=900).contains(&wait), "{wait}");
+    assert!(
+        r.headers().get("set-cookie").is_none(),
+        "no session for a refused address"
+    );
+    // The form is refused the same way, with words for the nurse.
+    let form = c
+        .post(s.url("/login"))
+        .header("x-forwarded-for", "192.0.2.10")
+        .form(&[("username", "admin"), ("password", PASSWORD)])
+        .send()
+        .await
+        .expect("form");
+    assert_eq!(form.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(form.headers().get("set-cookie").is_none());
+    let page = form.text().await.expect("html");
+    assert!(page.contains("Too many failed sign-ins"), "{page}");
+    // Another address (the proxy's last entry is the one that counts) signs in.
+    let r = attempt("192.0.2.11", "admin", PASSWORD)
+        .await
+        .expect("login");
+    assert_eq!(r.status(), StatusCode::OK);
+    // The accounts themselves were not locked: one failure each (a client without the
+    // admin's session cookie, which would need its CSRF token).
+    let r = client()
+        .post(s.url("/api/v1/session"))
+        .header("x-forwarded-for", "192.0.2.12")
+        .json(&json!({"username": "nurse.day", "password": PASSWORD}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// Without a proxy header the connection's own address counts.
+async fn failed_sign_ins_are_counted_by_the_peer_address(record: Record) {
+    let mut limited = settings();
+    limited.login_limit.max_failures = 2;
+    let s = start(record, limited).await;
+    let statuses = {
+        let mut out = Vec::new();
+        for password in ["wrong one", "wrong two", PASSWORD] {
+            let r = client()
+                .post(s.url("/api/v1/session"))
+                // Not trusted: no client_ip_header is configured.
+                .header("x-forwarded-for", format!("198.51.100.{}", out.len()))
+                .json(&json!({"username": "dr.lee", "password": password}))
+                .send()
+                .await
+                .expect("login");
+            out.push(r.status());
+        }
+        out
+    };
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+}
+
 async fn failed_logins_are_audited_and_lock_the_account(record: Record) {
     let s = start(record, settings()).await;
     let c = client();
@@ -1013,4 +1112,6 @@ both!(
     a_threshold_change_is_versioned_audited_and_judges_the_next_reading,
     stored_readings_that_breach_new_thresholds_raise_their_alert,
     the_timeline_shows_the_baseline_the_rules_compare_with,
+    failed_sign_ins_from_one_address_are_throttled_across_accounts,
+    failed_sign_ins_are_counted_by_the_peer_address,
 );

@@ -18,6 +18,8 @@
 // off any hot path, for handlers that read top to bottom.
 #![allow(clippy::result_large_err)]
 
+use std::time::Instant;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -36,6 +38,7 @@ use vitals::{Kind, PatientKey};
 
 use super::auth::{self, RequireRole, Staff, error, role};
 use super::thresholds::{self, Preview};
+use super::throttle::ClientIp;
 use crate::http::HttpState;
 use crate::record::{
     Audit, AuditFilter, AuditView, CaseloadRow, CohortFilter, InboxAlert, InboxQuery, LoginRefused,
@@ -153,15 +156,39 @@ fn refused(r: LoginRefused) -> &'static str {
     }
 }
 
+/// 429 with `Retry-After` for an address that failed too often.
+fn throttled(wait: std::time::Duration) -> Response {
+    tracing::warn!("console: sign-in refused, too many failures from one address");
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many failed sign-ins from this address: try again later",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, wait.as_secs().max(1).into());
+    r
+}
+
 /// Signs in: sets the session cookie and returns the CSRF token.
 #[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body = Credentials,
-    responses((status = 200, body = SessionView), (status = 401, description = "refused")))]
-async fn login(State(state): State<HttpState>, Json(c): Json<Credentials>) -> Response {
-    match state
+    responses((status = 200, body = SessionView), (status = 401, description = "refused"),
+              (status = 429, description = "too many failed sign-ins from this address; see Retry-After")))]
+async fn login(
+    State(state): State<HttpState>,
+    ClientIp(ip): ClientIp,
+    Json(c): Json<Credentials>,
+) -> Response {
+    let limit = state.console.settings.login_limit;
+    if let Err(wait) = state.console.throttle.check(limit, ip, Instant::now()) {
+        return throttled(wait);
+    }
+    let result = state
         .record
         .login(&c.username, &c.password, state.console.settings.session_max)
-        .await
-    {
+        .await;
+    if matches!(result, Ok(Err(_))) {
+        state.console.throttle.failed(limit, ip, Instant::now());
+    }
+    match result {
         Ok(Ok(s)) => (
             [(header::SET_COOKIE, auth::set_cookie(&state, &s.id))],
             Json(SessionView {
@@ -228,13 +255,25 @@ fn local_path(next: Option<&str>) -> &str {
 
 /// `POST /login` (the HTML form): 303 to `next` (a local path) with the cookie set, or back
 /// to `/login?error=1`.
-pub async fn login_form(State(state): State<HttpState>, Form(f): Form<LoginForm>) -> Response {
+pub async fn login_form(
+    State(state): State<HttpState>,
+    ClientIp(ip): ClientIp,
+    Form(f): Form<LoginForm>,
+) -> Response {
     let next = local_path(f.next.as_deref()).to_owned();
-    match state
+    let limit = state.console.settings.login_limit;
+    if let Err(wait) = state.console.throttle.check(limit, ip, Instant::now()) {
+        tracing::warn!("console: sign-in refused, too many failures from one address");
+        return crate::pages::signin::throttled(Some(&next), wait);
+    }
+    let result = state
         .record
         .login(&f.username, &f.password, state.console.settings.session_max)
-        .await
-    {
+        .await;
+    if matches!(result, Ok(Err(_))) {
+        state.console.throttle.failed(limit, ip, Instant::now());
+    }
+    match result {
         Ok(Ok(s)) => (
             [(header::SET_COOKIE, auth::set_cookie(&state, &s.id))],
             Redirect::to(&next),

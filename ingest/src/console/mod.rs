@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod thresholds;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,11 @@ pub struct ConsoleSettings {
     pub secure: bool,
     /// `/fhir` needs a session or a token.
     pub fhir_requires_auth: bool,
+    /// Failed sign-ins allowed per client address.
+    pub login_limit: throttle::Limit,
+    /// The header a reverse proxy puts the client's address in (the last entry counts);
+    /// `None`: the TCP peer's address.
+    pub client_ip_header: Option<String>,
 }
 
 impl Default for ConsoleSettings {
@@ -48,6 +54,11 @@ impl ConsoleSettings {
             session_max: c.session_max,
             secure: c.secure(public_url),
             fhir_requires_auth: c.fhir_requires_auth,
+            login_limit: throttle::Limit {
+                max_failures: c.login_failures_per_address,
+                ..throttle::Limit::default()
+            },
+            client_ip_header: c.client_ip_header.clone(),
         }
     }
 }
@@ -60,6 +71,8 @@ pub struct ConsoleState {
     /// The threshold profiles (`[rules]`), for the thresholds page and its preview; `None`
     /// when the server runs without rules (those routes answer 503).
     pub profiles: Option<Arc<thresholds::ProfileCatalog>>,
+    /// Failed sign-ins per client address.
+    pub throttle: Arc<throttle::LoginThrottle>,
 }
 
 /// The console's and the API's routes, behind [`auth::authenticate`]: `/api/v1/…`,

@@ -84,6 +84,22 @@ pub async fn show(principal: Option<Extension<Principal>>, Query(q): Query<NextQ
     form(next, None, StatusCode::OK)
 }
 
+/// The form again, 429, when this address has made too many failed sign-ins.
+pub fn throttled(next: Option<&str>, retry_after: std::time::Duration) -> Response {
+    let minutes = retry_after.as_secs().div_ceil(60).max(1);
+    let msg = Flash::Error(format!(
+        "Too many failed sign-ins from this computer's address. Try again in {minutes} \
+         minute{}.",
+        if minutes == 1 { "" } else { "s" }
+    ));
+    let mut r = form(safe_next(next), Some(&msg), StatusCode::TOO_MANY_REQUESTS);
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        retry_after.as_secs().max(1).into(),
+    );
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
