@@ -910,7 +910,30 @@ impl PatientState {
             .first_chunk_mut::<N>()
     }
 
+    /// The latest values of NEWS2 rule `j` (in ruleset order), at `at`, and their reading
+    /// ids.
+    fn latest_mut(&mut self, at: Word, j: u16) -> Option<(&mut [u64; LATEST_WORDS], &mut IdLine)> {
+        let PatientState { hot, ids, cold, .. } = self;
+        let Cold {
+            hot_rest, ids_rest, ..
+        } = &mut **cold;
+        let line = match at.line().checked_sub(HOT_INLINE) {
+            None => hot.get_mut(at.line())?,
+            Some(r) => hot_rest.get_mut(r)?,
+        };
+        let words = line
+            .0
+            .get_mut(at.offset()..)?
+            .first_chunk_mut::<LATEST_WORDS>()?;
+        let id_line = match usize::from(j).checked_sub(1) {
+            None => ids,
+            Some(r) => ids_rest.get_mut(r)?,
+        };
+        Some((words, id_line))
+    }
+
     /// The reading ids of NEWS2 rule `j` (in ruleset order).
+    #[cfg(test)]
     fn id_line_mut(&mut self, j: u16) -> Option<&mut IdLine> {
         match usize::from(j).checked_sub(1) {
             None => Some(&mut self.ids),
@@ -1818,14 +1841,9 @@ fn check(
             },
             DetSlot::News2 { at, ids },
         ) => {
-            // Copied out and back: the words and the ids may both be in the entry or not.
-            let (Some(mut l), Some(mut ids_of)) = (
-                det.unit::<LATEST_WORDS>(at).map(|l| *l),
-                det.id_line_mut(ids).map(|i| *i),
-            ) else {
+            let Some((l, ids_of)) = det.latest_mut(at, ids) else {
                 return Verdict::Unknown;
             };
-            let l = &mut l;
             // l[i]: when NEWS2_KINDS[i] was last measured; l[4 + i]: its value's bits.
             let when = |l: &[u64; LATEST_WORDS], i: usize| Timestamp(l[i] as i64);
             for (i, kind) in NEWS2_KINDS.into_iter().enumerate() {
@@ -1842,12 +1860,6 @@ fn check(
                 if l[4 + i] != NO_VALUE && s.at.since(when(l, i)) <= *fresh {
                     *v = Some(f64::from_bits(l[4 + i]));
                 }
-            }
-            if let Some(w) = det.unit::<LATEST_WORDS>(at) {
-                *w = *l;
-            }
-            if let Some(i) = det.id_line_mut(ids) {
-                *i = ids_of;
             }
             let [a, b, c, d] = fresh_vals;
             let score = news2::score(a, b, c, d, *scale, on_oxygen);
