@@ -223,7 +223,40 @@ impl<S: OutboxStore> Dispatcher<S> {
             outcome,
             error,
         };
-        self.store.finish(&ids, &attempt, disposition).await
+        self.record(&ids, &attempt, disposition).await
+    }
+
+    /// Records an attempt. When the channel took the message but the outbox cannot record
+    /// that (its database restarting), recording is retried while the lease keeps the group
+    /// this dispatcher's: giving up at once would let the group be claimed again and the
+    /// message sent twice. Past the lease it gives up (delivery stays at least once).
+    async fn record(
+        &self,
+        ids: &[NotificationId],
+        attempt: &Attempt,
+        disposition: Disposition,
+    ) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + self.config.lease;
+        let mut failures = 0u32;
+        loop {
+            match self.store.finish(ids, attempt, disposition).await {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if attempt.outcome == AttemptOutcome::Sent
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    failures = failures.saturating_add(1);
+                    let wait = self
+                        .config
+                        .retry
+                        .backoff(failures, 1.0)
+                        .min(deadline - tokio::time::Instant::now());
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "delivered, but the outbox cannot record it yet; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

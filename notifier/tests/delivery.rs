@@ -376,3 +376,110 @@ async fn http_4xx_fails_permanently_and_is_surfaced_5xx_is_retried() {
     );
     assert_eq!(http.received().len(), 2);
 }
+
+/// A [`MemoryOutbox`] whose database is away for a while: recording an attempt fails until
+/// `back` is set.
+#[derive(Clone)]
+struct OutboxAway {
+    inner: MemoryOutbox,
+    back: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl OutboxStore for OutboxAway {
+    async fn enqueue(
+        &self,
+        rows: &[notifier::NewNotification],
+    ) -> Result<usize, notifier::StoreError> {
+        self.inner.enqueue(rows).await
+    }
+
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        group_interval: Duration,
+        lease: Duration,
+        max_groups: usize,
+    ) -> Result<Vec<Vec<notifier::Notification>>, notifier::StoreError> {
+        self.inner
+            .claim_due(now, group_interval, lease, max_groups)
+            .await
+    }
+
+    async fn finish(
+        &self,
+        ids: &[notifier::NotificationId],
+        attempt: &notifier::Attempt,
+        disposition: notifier::Disposition,
+    ) -> Result<(), notifier::StoreError> {
+        if !self.back.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(notifier::StoreError::Database(sqlx::Error::PoolTimedOut));
+        }
+        self.inner.finish(ids, attempt, disposition).await
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>, notifier::StoreError> {
+        self.inner.next_due().await
+    }
+
+    async fn failed(&self) -> Result<Vec<notifier::Notification>, notifier::StoreError> {
+        self.inner.failed().await
+    }
+
+    async fn get(
+        &self,
+        id: notifier::NotificationId,
+    ) -> Result<Option<notifier::Notification>, notifier::StoreError> {
+        self.inner.get(id).await
+    }
+
+    async fn attempts(
+        &self,
+        id: notifier::NotificationId,
+    ) -> Result<Vec<notifier::Attempt>, notifier::StoreError> {
+        self.inner.attempts(id).await
+    }
+}
+
+#[tokio::test]
+async fn a_message_is_not_sent_twice_when_the_outbox_cannot_record_it_for_a_moment() {
+    let http = HttpReceiver::start().await;
+    let runtime = config(1, &http.url(""), "").build().expect("config builds");
+    let now = Timestamp::now();
+    let mut n = notice("al-db-away", "pt-1", "spo2-low", Severity::Emergency, now);
+    n.audience = notifier::Audience::Nurse;
+    let rows: Vec<_> = plan(&n, &runtime.directory, &runtime.policy, Step::FIRST, now)
+        .into_iter()
+        .filter(|r| r.channel == notifier::ChannelKind::Webhook)
+        .collect();
+    assert_eq!(rows.len(), 1);
+    let id = rows[0].id;
+    let store = OutboxAway {
+        inner: MemoryOutbox::new(),
+        back: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    store.enqueue(&rows).await.expect("enqueue");
+    let shutdown = CancellationToken::new();
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        runtime.dispatch.clone(),
+        Arc::new(SystemClock),
+    );
+    let task = tokio::spawn(dispatcher.run(shutdown.clone()));
+    // Sent, but the outbox cannot record it: its database is restarting.
+    assert_eq!(http.wait_for(1, WAIT).await.len(), 1);
+    tokio::time::sleep(runtime.dispatch.lease / 2).await;
+    store.back.store(true, std::sync::atomic::Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while store.get(id).await.expect("get").map(|r| r.status) != Some(NotificationStatus::Sent) {
+        assert!(tokio::time::Instant::now() < deadline, "marked sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the lease: nothing claims the group again.
+    tokio::time::sleep(runtime.dispatch.lease).await;
+    assert_eq!(http.received().len(), 1, "sent once");
+    let attempts = store.attempts(id).await.expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, AttemptOutcome::Sent);
+    shutdown.cancel();
+    task.await.expect("dispatcher ends");
+}
