@@ -5,7 +5,11 @@
 //!   plain QoS 1 subscriber that does nothing with them (the broker's ceiling);
 //! - **raw insert:** equivalent rows bulk-inserted into the same database with the same
 //!   durability and transaction size, without validation, dedup or indexes (the database's
-//!   ceiling; [`ingest::record::Record::raw_insert_benchmark`]).
+//!   ceiling; [`ingest::record::Record::raw_insert_benchmark`]);
+//! - **raw insert, record's indexes:** the same into tables with the record's secondary
+//!   indexes, so the ratio to it is the cost of ingest's own work (decoding, validation,
+//!   dedup, sequence checks, acknowledgements) apart from the schema's
+//!   ([`ingest::record::bench::RawShape::RecordIndexes`]).
 //!
 //! Targets (issue 6): ingest ≥ 0.8 × bare subscriber and ≥ 0.5 × raw insert, and at least
 //! 20 000 readings/s on two cores.
@@ -57,6 +61,8 @@ pub struct Rates {
     pub bare_subscriber: f64,
     /// Baseline: raw bulk inserts into the same database (readings/s).
     pub raw_insert: f64,
+    /// Baseline: the same into tables with the record's indexes (readings/s).
+    pub raw_insert_indexed: f64,
     /// Ingest with durability on (readings/s).
     pub ingest: f64,
 }
@@ -81,19 +87,21 @@ pub fn render(opts: &Options, rates: &[Rates]) -> String {
     );
     let _ = writeln!(
         out,
-        "| database | bare subscriber (readings/s) | raw insert (readings/s) | ingest (readings/s) | ingest / subscriber | ingest / raw insert |"
+        "| database | bare subscriber (readings/s) | raw insert (readings/s) | raw insert, record's indexes (readings/s) | ingest (readings/s) | ingest / subscriber | ingest / raw insert | ingest / raw insert with the record's indexes |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in rates {
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |",
             r.database,
             r.bare_subscriber,
             r.raw_insert,
+            r.raw_insert_indexed,
             r.ingest,
             r.ingest / r.bare_subscriber,
-            r.ingest / r.raw_insert
+            r.ingest / r.raw_insert,
+            r.ingest / r.raw_insert_indexed
         );
     }
     let _ = writeln!(
@@ -125,10 +133,16 @@ pub async fn measure(opts: &Options) -> anyhow::Result<Vec<Rates>> {
             .await
             .with_context(|| format!("cannot open {name}"))?;
         let fleet = BenchFleet::setup(&record, opts.patients).await?;
+        let batch_max = ingest::config::ConsumerConfig::default().batch_max;
         let raw = record
-            .raw_insert_benchmark(
+            .raw_insert_benchmark(opts.readings, batch_max)
+            .await?
+            .readings_per_sec();
+        let raw_indexed = record
+            .raw_insert_benchmark_shaped(
                 opts.readings,
-                ingest::config::ConsumerConfig::default().batch_max,
+                batch_max,
+                ingest::record::bench::RawShape::RecordIndexes,
             )
             .await?
             .readings_per_sec();
@@ -140,6 +154,7 @@ pub async fn measure(opts: &Options) -> anyhow::Result<Vec<Rates>> {
             database: name,
             bare_subscriber: bare,
             raw_insert: raw,
+            raw_insert_indexed: raw_indexed,
             ingest,
         });
         record.close().await;

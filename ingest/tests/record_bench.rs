@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use ingest::record::Record;
-use ingest::record::bench::BenchFleet;
+use ingest::record::bench::{BenchFleet, RawShape};
 
 const READINGS: usize = 20_000;
 const BATCH: usize = 1_000;
@@ -57,4 +57,38 @@ async fn insert_rate_postgres() {
     };
     let record = Record::connect(db.url(), 2).await.expect("open");
     probe("postgres", &record).await;
+}
+
+/// Both baselines run on both backends, insert what they say, and leave the record alone
+/// (their scratch tables are dropped, so a second run starts clean).
+async fn baselines_insert_their_rows_and_leave_the_record_alone(record: Record) {
+    for shape in [RawShape::PrimaryKeys, RawShape::RecordIndexes] {
+        for _ in 0..2 {
+            let raw = record
+                .raw_insert_benchmark_shaped(1_000, 300, shape)
+                .await
+                .unwrap_or_else(|e| panic!("{shape:?}: {e}"));
+            assert_eq!(raw.readings, 1_000);
+            assert_eq!(raw.values, 2_000);
+            assert!(raw.readings_per_sec() > 0.0);
+        }
+    }
+    assert_eq!(record.count_readings().await.expect("count"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baselines_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite:{}", dir.path().join("rpm.db").display());
+    let record = Record::connect(&url, 2).await.expect("open");
+    baselines_insert_their_rows_and_leave_the_record_alone(record).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baselines_on_postgres() {
+    let Some(db) = testkit::unavailable(testkit::PgDatabase::create().await) else {
+        return;
+    };
+    let record = Record::connect(db.url(), 2).await.expect("open");
+    baselines_insert_their_rows_and_leave_the_record_alone(record).await;
 }

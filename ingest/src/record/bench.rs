@@ -235,6 +235,22 @@ impl Record {
     /// uses (`UNNEST` arrays on PostgreSQL, multi-row `VALUES` on SQLite), so the baseline is
     /// the database's ceiling for the same kind of statement.
     pub async fn raw_insert_benchmark(&self, readings: usize, batch: usize) -> Result<RawBench> {
+        self.raw_insert_benchmark_shaped(readings, batch, RawShape::PrimaryKeys)
+            .await
+    }
+
+    /// [`Record::raw_insert_benchmark`] into tables shaped as `shape` says: with
+    /// [`RawShape::RecordIndexes`], the record's own secondary indexes (a reading's per-patient
+    /// timeline; a value's primary key, cohort and per-patient series indexes), so the figure
+    /// is the database's bulk-insert ceiling for the record's schema, and the difference from
+    /// ingest is ingest's own work (decoding, validation, deduplication, sequence checks,
+    /// acknowledgements). Rows are spread over 200 patients, as the bench fleet is.
+    pub async fn raw_insert_benchmark_shaped(
+        &self,
+        readings: usize,
+        batch: usize,
+        shape: RawShape,
+    ) -> Result<RawBench> {
         let batch = batch.max(1);
         let max_binds = self.max_binds();
         let started = with_pool!(self, write, |pool, DB| {
@@ -251,6 +267,19 @@ impl Record {
                  value_num DOUBLE PRECISION, unit TEXT NOT NULL, absent TEXT)",
             ] {
                 sqlx::query(sql).execute(pool).await?;
+            }
+            if shape == RawShape::RecordIndexes {
+                for sql in [
+                    "CREATE INDEX bench_raw_readings_patient_time \
+                     ON bench_raw_readings (patient_key, measured_at)",
+                    "CREATE UNIQUE INDEX bench_raw_values_pk ON bench_raw_values (reading_id, kind)",
+                    "CREATE INDEX bench_raw_values_cohort \
+                     ON bench_raw_values (kind, measured_at, value_num)",
+                    "CREATE INDEX bench_raw_values_series \
+                     ON bench_raw_values (patient_key, kind, measured_at)",
+                ] {
+                    sqlx::query(sql).execute(pool).await?;
+                }
             }
             let started = Instant::now();
             let mut done = 0usize;
@@ -281,6 +310,23 @@ impl Record {
     }
 }
 
+/// The tables of the raw-insert baseline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawShape {
+    /// A primary key on the readings, nothing else: the database's bare insert ceiling.
+    PrimaryKeys,
+    /// The record's secondary indexes too (foreign keys left out: PostgreSQL's record has
+    /// none on these tables since migration 0005; SQLite's would need the registry).
+    RecordIndexes,
+}
+
+/// Patients the baseline's rows are spread over.
+const RAW_PATIENTS: i64 = 200;
+
+fn raw_patient(i: i64) -> String {
+    format!("bench-pk-{}", i % RAW_PATIENTS)
+}
+
 /// One transaction's rows of the raw-insert baseline, in each backend's bulk form.
 trait RawInsert: sqlx::Database {
     async fn insert_raw(
@@ -304,7 +350,7 @@ impl RawInsert for sqlx::Sqlite {
             );
             q.push_values(chunk, |mut b, (id, i)| {
                 b.push_bind(id.as_str())
-                    .push_bind("bench-pk-0")
+                    .push_bind(raw_patient(*i))
                     .push_bind("eui64:be7c000000000000")
                     .push_bind("bench-gw")
                     .push_bind(None::<i64>)
@@ -330,7 +376,7 @@ impl RawInsert for sqlx::Sqlite {
             q.push_values(chunk, |mut b, (id, kind, i)| {
                 b.push_bind(*id)
                     .push_bind(*kind)
-                    .push_bind("bench-pk-0")
+                    .push_bind(raw_patient(*i))
                     .push_bind(*i)
                     .push_bind("97")
                     .push_bind(97.0f64)
@@ -355,12 +401,13 @@ impl RawInsert for sqlx::Postgres {
             "INSERT INTO bench_raw_readings (reading_id, patient_key, device_id, gateway_id, \
              user_index, reading_type, device_time, measured_at, received_at, ingested_at, \
              flags, gateway_seq) \
-             SELECT r, 'bench-pk-0', 'eui64:be7c000000000000', 'bench-gw', NULL, \
+             SELECT r, 'bench-pk-' || (i % $3), 'eui64:be7c000000000000', 'bench-gw', NULL, \
              'oximetry_spot_check', NULL, i, i, i, 0, i FROM UNNEST($1::text[], $2::int8[]) \
              AS u(r, i)",
         )
         .bind(&ids)
         .bind(&nums)
+        .bind(RAW_PATIENTS)
         .execute(&mut *conn)
         .await?;
         let value_ids: Vec<&str> = ids.iter().flat_map(|id| [*id, *id]).collect();
@@ -369,12 +416,13 @@ impl RawInsert for sqlx::Postgres {
         sqlx::query(
             "INSERT INTO bench_raw_values (reading_id, kind, patient_key, measured_at, \
              value_text, value_num, unit, absent) \
-             SELECT r, k, 'bench-pk-0', i, '97', 97.0, '%', NULL \
+             SELECT r, k, 'bench-pk-' || (i % $4), i, '97', 97.0, '%', NULL \
              FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(r, k, i)",
         )
         .bind(&value_ids)
         .bind(&kinds)
         .bind(&value_nums)
+        .bind(RAW_PATIENTS)
         .execute(&mut *conn)
         .await?;
         Ok(())
