@@ -66,18 +66,29 @@ impl BenchFleet {
         (first..first + n as u64).map(|i| self.reading(i)).collect()
     }
 
-    /// Reading number `i` with its (already canonical) values.
+    /// Reading number `i` with its (already canonical) values: patient `i mod n`'s reading
+    /// number `i div n`. A clinic's mix: 19 patients in 20 measure in their usual range
+    /// (SpO2 94–98 %, pulse 62–86 /min); 1 in 20 is having a bad day, SpO2 86 % twice then
+    /// 95 % twice, in turn, so their alerts raise and resolve all through a run (the same mix
+    /// as the end-to-end part of `rpm bench all`).
     pub fn reading(&self, i: u64) -> (Reading, Vec<Observed>) {
-        let p = (i % self.patients.len() as u64) as usize;
+        let n = self.patients.len() as u64;
+        let p = (i % n) as usize;
+        let k = i / n;
+        let (spo2, pulse) = if p % 20 == 0 {
+            (if k % 4 < 2 { 86 } else { 95 }, 96)
+        } else {
+            (94 + (k % 5) as i64, 62 + (k * 7 % 25) as i64)
+        };
         let values = vec![
             Observed {
                 kind: Kind::Spo2,
-                value: Value::Number(Decimal::from_int(88 + (i % 12) as i64)),
+                value: Value::Number(Decimal::from_int(spo2)),
                 unit: Kind::Spo2.unit(),
             },
             Observed {
                 kind: Kind::PulseRate,
-                value: Value::Number(Decimal::from_int(55 + (i % 50) as i64)),
+                value: Value::Number(Decimal::from_int(pulse)),
                 unit: Kind::PulseRate.unit(),
             },
         ];
@@ -426,5 +437,41 @@ impl RawInsert for sqlx::Postgres {
         .execute(&mut *conn)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fleet_is_mostly_well_and_one_patient_in_twenty_has_a_bad_day() {
+        let fleet = BenchFleet {
+            gateway: GatewayId::new("bench-gw").expect("id"),
+            patients: (0..40)
+                .map(|i| PatientKey::new(format!("bench-pk-{i}")).expect("key"))
+                .collect(),
+            devices: (0..40).map(bench_device).collect(),
+            start: OffsetDateTime::UNIX_EPOCH,
+        };
+        let mut low = std::collections::BTreeSet::new();
+        let mut low_count = 0;
+        let readings = fleet.readings(0, 4_000);
+        for (r, values) in &readings {
+            let spo2 = values[0].value.number().expect("a number").to_f64();
+            assert!((86.0..=98.0).contains(&spo2), "{spo2}");
+            if spo2 < 90.0 {
+                low_count += 1;
+                low.insert(r.patient.as_str().to_owned());
+            }
+        }
+        assert_eq!(
+            low,
+            ["bench-pk-0", "bench-pk-20"].map(str::to_owned).into(),
+            "only the unwell patients"
+        );
+        assert_eq!(low_count, 4_000 / 40, "half of their readings");
+        let ids: std::collections::HashSet<_> = readings.iter().map(|(r, _)| r.id).collect();
+        assert_eq!(ids.len(), readings.len(), "distinct readings");
     }
 }
