@@ -12,16 +12,17 @@
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (`scripts/services` installs them):
 //! under `CI=true` a missing browser fails the test; elsewhere it is skipped with a message.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use ingest::record::{Audit, InboxQuery, NewBinding, NewPatient, Record, Role};
+use ingest::record::{Audit, InboxQuery, NewPatient, Record, Role};
 use simulators::scenario::Scenario;
 use testkit::{Mosquitto, PgDatabase, RpmProcess, SmtpSink, unavailable};
-use time::OffsetDateTime;
-use vitals::{DeviceId, DeviceIdentity, GatewayId, PatientKey};
+use vitals::{GatewayId, PatientKey};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rpm");
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -231,28 +232,7 @@ async fn register(record: &Record, scenario: &Scenario, gateway: &GatewayId) -> 
         )
         .await
         .expect("patient");
-    record
-        .create_gateway(gateway, &AUDIT)
-        .await
-        .expect("gateway");
-    for d in &scenario.device {
-        let id: DeviceId = match &d.system_id {
-            Some(eui) => format!("eui64:{eui}").parse().expect("eui64"),
-            None => format!("bdaddr:{}", d.address).parse().expect("address"),
-        };
-        record
-            .create_device(&DeviceIdentity::new(id), &AUDIT)
-            .await
-            .expect("device");
-        let binding = NewBinding {
-            gateway: gateway.clone(),
-            device: id,
-            patient: key.clone(),
-            user_index: d.user,
-            valid_from: OffsetDateTime::UNIX_EPOCH,
-        };
-        record.bind(&binding, &AUDIT).await.expect("binding");
-    }
+    support::register_devices(record, scenario, gateway, &key).await;
     record
         .create_user(NURSE.0, Role::Nurse, NURSE.1, &AUDIT)
         .await
@@ -331,15 +311,7 @@ async fn nurse_and_clinician_work_an_exacerbation_in_the_console() {
     );
     let ingest = testkit::spawn_ingest(BIN, &ingest_cfg, &broker, &[("RUST_LOG", "info")])
         .expect("ingest connects and subscribes");
-    let addr = ingest
-        .stderr()
-        .lines()
-        .find_map(|l| {
-            l.split("HTTP API listening addr=")
-                .nth(1)
-                .map(|a| a.trim().to_owned())
-        })
-        .expect("ingest says where its HTTP API listens");
+    let addr = support::http_addr(&ingest);
     let base = format!("http://{addr}");
 
     let gw_cfg = write(
