@@ -75,7 +75,7 @@ impl BenchFleet {
         let n = self.patients.len() as u64;
         let p = (i % n) as usize;
         let k = i / n;
-        let (spo2, pulse) = if p % 20 == 0 {
+        let (spo2, pulse) = if p.is_multiple_of(20) {
             (if k % 4 < 2 { 86 } else { 95 }, 96)
         } else {
             (94 + (k % 5) as i64, 62 + (k * 7 % 25) as i64)
