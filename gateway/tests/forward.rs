@@ -149,6 +149,24 @@ fn start_tuned(
     max_inflight: u16,
     disk_low_bytes: u64,
 ) -> Running {
+    start_polling(
+        port,
+        queue,
+        batch_max,
+        max_inflight,
+        disk_low_bytes,
+        Duration::from_secs(1),
+    )
+}
+
+fn start_polling(
+    port: u16,
+    queue: Queue,
+    batch_max: usize,
+    max_inflight: u16,
+    disk_low_bytes: u64,
+    poll_interval: Duration,
+) -> Running {
     let broker = BrokerConfig::new(format!("mqtt://127.0.0.1:{port}").parse().expect("url"));
     let settings = ForwarderSettings {
         gateway: gw(),
@@ -160,7 +178,7 @@ fn start_tuned(
         status_interval: Duration::from_secs(60),
         disk_low_bytes,
         max_backoff: Duration::from_millis(500),
-        poll_interval: Duration::from_secs(1),
+        poll_interval,
     };
     let will = publish::offline_status(&gw()).expect("json");
     let status_topic = Topic::new(gw(), Channel::Status).to_string();
@@ -191,6 +209,45 @@ fn start_tuned(
         shutdown,
         config,
     }
+}
+
+/// A reading pushed while the forwarder idles leaves at once: the push itself wakes it (no
+/// caller has to, and the poll is an hour away). Pushes come from a clone of the queue, as
+/// the device sessions' do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_wakes_the_forwarder_without_waiting_for_its_poll() {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = Queue::open(dir.path().join("q.db")).await.expect("queue");
+    let mut seen = subscriber(broker.port()).await;
+    let run = start_polling(
+        broker.port(),
+        queue.clone(),
+        100,
+        8,
+        1,
+        Duration::from_secs(3600),
+    );
+    // Connected and idle.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while run.stats.connects.load(Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the forwarder connects"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 0..3 {
+        let session = queue.clone();
+        session.push(&[reading(n)]).await.expect("push");
+        seen.wait_for(n as usize + 1, Duration::from_secs(20)).await;
+        assert_eq!(seen.ids.len(), n as usize + 1, "reading {n} was forwarded");
+    }
+    assert_eq!(wait_until_empty(&queue, Duration::from_secs(10)).await, 0);
+    run.shutdown.cancel();
+    run.task.await.expect("joined").expect("clean stop");
 }
 
 async fn wait_until_empty(queue: &Queue, timeout: Duration) -> u64 {

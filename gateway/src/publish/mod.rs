@@ -181,6 +181,9 @@ impl Forwarder {
             stats,
             shutdown,
         } = self;
+        // Pushes through this queue (device sessions in this process) wake the loop at once;
+        // `wake` is for callers with news of their own, the poll for everything else.
+        let appended = queue.appended();
         let mut devices_open = true;
         let readings_topic = Topic::new(settings.gateway.clone(), Channel::Readings).to_string();
         let status_topic = Topic::new(settings.gateway.clone(), Channel::Status).to_string();
@@ -317,6 +320,7 @@ impl Forwarder {
                     }
                 },
                 () = wake.notified(), if state.connected => {}
+                () = appended.notified(), if state.connected => {}
             changed = devices.changed(), if devices_open => {
                 // A device reported in (battery, clock, contact): say so in the status now.
                 match changed {

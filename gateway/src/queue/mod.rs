@@ -102,11 +102,12 @@ pub struct Depth {
     pub oldest: Option<OffsetDateTime>,
 }
 
-/// The queue. Cheap to clone; all clones share one connection pool.
+/// The queue. Cheap to clone; all clones share one connection pool and one append signal.
 #[derive(Clone, Debug)]
 pub struct Queue {
     pool: SqlitePool,
     path: PathBuf,
+    appended: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// SQLite's limit on bound parameters per statement is 32766; four per row keeps a statement
@@ -141,7 +142,19 @@ impl Queue {
                 path: path.clone(),
                 source,
             })?;
-        Ok(Queue { pool, path })
+        Ok(Queue {
+            pool,
+            path,
+            appended: std::sync::Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    /// Signalled after every push that queued something (through this handle or a clone of
+    /// it): the forwarder waits on it, so a live reading leaves as soon as it is stored. One
+    /// permit is kept when nobody waits, so no push goes unnoticed. Another process's pushes
+    /// (a second `Queue::open` of the same file) are seen at the forwarder's next poll.
+    pub fn appended(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.appended.clone()
     }
 
     fn db_err(&self) -> impl Fn(sqlx::Error) -> QueueError + '_ {
@@ -193,6 +206,9 @@ impl Queue {
             queued += done.rows_affected() as usize;
         }
         tx.commit().await.map_err(self.db_err())?;
+        if queued > 0 {
+            self.appended.notify_one();
+        }
         Ok(PushOutcome {
             queued,
             duplicates: readings.len() - queued,
