@@ -255,20 +255,26 @@ async fn no_notification_lost_or_doubled_while_smtp_is_down_for_a_while() {
     task.await.expect("dispatcher ends");
 }
 
-#[tokio::test]
-async fn no_alert_lost_when_notifier_killed_mid_dispatch_resent_after_restart() {
-    let http = HttpReceiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("outbox.sqlite");
-    let runtime = config(1, &http.url(""), "").build().expect("config builds");
+/// The one webhook row an emergency for the nurse on duty plans (alert `alert`, patient pt-1).
+fn webhook_rows(runtime: &notifier::Runtime, alert: &str) -> Vec<notifier::NewNotification> {
     let now = Timestamp::now();
-    let mut n = notice("al-crash", "pt-1", "spo2-low", Severity::Emergency, now);
+    let mut n = notice(alert, "pt-1", "spo2-low", Severity::Emergency, now);
     n.audience = notifier::Audience::Nurse;
     let rows: Vec<_> = plan(&n, &runtime.directory, &runtime.policy, Step::FIRST, now)
         .into_iter()
         .filter(|r| r.channel == notifier::ChannelKind::Webhook)
         .collect();
     assert_eq!(rows.len(), 1);
+    rows
+}
+
+#[tokio::test]
+async fn no_alert_lost_when_notifier_killed_mid_dispatch_resent_after_restart() {
+    let http = HttpReceiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("outbox.sqlite");
+    let runtime = config(1, &http.url(""), "").build().expect("config builds");
+    let rows = webhook_rows(&runtime, "al-crash");
     let id = rows[0].id;
 
     http.hang(true);
@@ -444,14 +450,7 @@ impl OutboxStore for OutboxAway {
 async fn a_message_is_not_sent_twice_when_the_outbox_cannot_record_it_for_a_moment() {
     let http = HttpReceiver::start().await;
     let runtime = config(1, &http.url(""), "").build().expect("config builds");
-    let now = Timestamp::now();
-    let mut n = notice("al-db-away", "pt-1", "spo2-low", Severity::Emergency, now);
-    n.audience = notifier::Audience::Nurse;
-    let rows: Vec<_> = plan(&n, &runtime.directory, &runtime.policy, Step::FIRST, now)
-        .into_iter()
-        .filter(|r| r.channel == notifier::ChannelKind::Webhook)
-        .collect();
-    assert_eq!(rows.len(), 1);
+    let rows = webhook_rows(&runtime, "al-db-away");
     let id = rows[0].id;
     let store = OutboxAway {
         inner: MemoryOutbox::new(),
