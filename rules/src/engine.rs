@@ -1250,6 +1250,12 @@ impl Engine {
             patient: idx,
             profile: p.profile,
         };
+        // A repeat asked for earlier whose window has passed by this reading's time raises
+        // now, before the reading is judged, as a tick in between would have. Not on a reading
+        // the device doubts: nothing raises with one (the next trusted reading or tick does).
+        if c.confirming & p.busy_bits & !p.open_bits != 0 && !s.flags.questions_the_value() {
+            lapse_confirmations(c, p, ids, s.at, out);
+        }
 
         // Adherence and gateway liveness first: a doubtful reading still shows the patient
         // measured and the gateway is alive.
@@ -1351,44 +1357,7 @@ impl Engine {
                 patient: PatientIdx(i as u32),
                 profile: p.profile,
             };
-            // Only rules with an unconfirmed reading (busy) and no open alert can be due.
-            let mut pending = c.confirming & p.busy_bits & !p.open_bits;
-            while pending != 0 {
-                let r = pending.trailing_zeros() as usize;
-                pending &= pending - 1;
-                let rule = &c.set.rules[r];
-                let cold = &mut *p.cold;
-                let st = &mut cold.rules[r];
-                let Persistence::Confirm { within, .. } = rule.persistence else {
-                    continue;
-                };
-                let due = st
-                    .unconfirmed
-                    .as_ref()
-                    .is_some_and(|u| now.since(u.at) > within);
-                if st.open.is_some() || !due {
-                    continue;
-                }
-                // Asked to repeat, nobody did: the nurse hears of the reading unconfirmed
-                // rather than not at all.
-                let mut rm = RuleMut::new(st, &c.layout[r], &mut cold.slots, &mut cold.runs);
-                if let Some(u) = rm.st.unconfirmed.take() {
-                    rm.ring().clear();
-                    raise(
-                        rule,
-                        rm.st,
-                        ids,
-                        RuleIdx(r as u16),
-                        now,
-                        u.level,
-                        u.severity,
-                        u.evidence,
-                        u.context,
-                        out,
-                    );
-                }
-                p.sync(r);
-            }
+            lapse_confirmations(c, p, ids, now, out);
             let mut bits = c.ticked & !p.open_bits;
             while bits != 0 {
                 let r = bits.trailing_zeros() as usize;
@@ -2019,6 +1988,59 @@ fn lifecycle(
                 abnormal: None,
             });
         }
+    }
+}
+
+/// Raises, at `now`, every alert whose confirming repeat was asked for and did not come within
+/// its window (the nurse hears of the reading unconfirmed rather than not at all). Run by
+/// [`Engine::tick`] and before each reading is judged, at its time: so an alert whose window
+/// lapsed between two readings is raised whether or not a tick came between them (a hub back
+/// from a week offline delivers its readings with no tick between them), and live evaluation
+/// agrees with a backtest.
+fn lapse_confirmations(
+    c: &Compiled,
+    p: &mut PatientState,
+    ids: Ids,
+    now: Timestamp,
+    out: &mut Vec<Event>,
+) {
+    // Only rules with an unconfirmed reading (busy) and no open alert can be due.
+    let mut pending = c.confirming & p.busy_bits & !p.open_bits;
+    while pending != 0 {
+        let r = pending.trailing_zeros() as usize;
+        pending &= pending - 1;
+        let rule = &c.set.rules[r];
+        let cold = &mut *p.cold;
+        let st = &mut cold.rules[r];
+        let Persistence::Confirm { within, .. } = rule.persistence else {
+            continue;
+        };
+        let due = st
+            .unconfirmed
+            .as_ref()
+            .is_some_and(|u| now.since(u.at) > within);
+        if st.open.is_some() || !due {
+            continue;
+        }
+        // Asked to repeat, nobody did: the nurse hears of the reading unconfirmed
+        // rather than not at all.
+        let mut rm = RuleMut::new(st, &c.layout[r], &mut cold.slots, &mut cold.runs);
+        if let Some(u) = rm.st.unconfirmed.take() {
+            rm.ring().clear();
+            raise(
+                rule,
+                rm.st,
+                ids,
+                RuleIdx(r as u16),
+                now,
+                u.level,
+                u.severity,
+                u.evidence,
+                u.context,
+                out,
+            );
+        }
+        p.sync(r);
     }
 }
 

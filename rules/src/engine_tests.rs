@@ -246,13 +246,32 @@ fn confirm_n_of_m_asks_to_repeat_then_raises_on_the_second_high_reading() {
 }
 
 #[test]
-fn confirm_window_drops_old_readings_and_diastolic_alone_can_raise() {
+fn a_repeat_window_that_lapsed_raises_before_the_next_reading_and_diastolic_alone_can_raise() {
     let mut r = rig(BP);
     assert_eq!(r.at(0, &bp(185.0, 95.0)).len(), 1, "repeat request");
-    // 20 minutes later the first is outside the 15-minute window: asks again.
+    // 20 minutes later, with no tick in between (a backlog arriving at once): the first
+    // reading's window ran out at 15 minutes, so it is raised unconfirmed before the new
+    // reading is judged, exactly as a tick at any time in between would have raised it.
     let e = r.at(20 * MIN, &bp(150.0, 125.0));
-    assert!(matches!(e[..], [Event::RepeatRequested(_)]), "{e:?}");
-    let a = *raised(&r.at(25 * MIN, &bp(150.0, 121.0)));
+    let a = *raised(&e);
+    assert!(a.evidence.iter().all(|e| e.reading == rid(1)), "{e:?}");
+    assert_eq!(a.at, Timestamp(20 * MIN));
+    let mut ticked = rig(BP);
+    ticked.at(0, &bp(185.0, 95.0));
+    let t = *raised(&ticked.tick(16 * MIN));
+    assert_eq!(
+        (t.evidence, t.severity, t.context),
+        (a.evidence, a.severity, a.context),
+        "the same alert as a tick raises"
+    );
+
+    // Diastolic alone: 125 then 121 within the window confirm on the diastolic limit.
+    let mut r = rig(BP);
+    assert!(matches!(
+        r.at(0, &bp(150.0, 125.0))[..],
+        [Event::RepeatRequested(_)]
+    ));
+    let a = *raised(&r.at(5 * MIN, &bp(150.0, 121.0)));
     assert_eq!(values(&a), [125.0, 121.0]);
     assert!(a.evidence.iter().all(|e| e.kind == Kind::Diastolic));
     assert_eq!(
