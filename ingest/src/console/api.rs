@@ -834,18 +834,13 @@ async fn timeline_of(
                                 .series
                                 .points
                                 .iter()
-                                .filter_map(|p| {
-                                    let at = OffsetDateTime::from_unix_timestamp_nanos(
-                                        i128::from(p.at.0) * 1_000_000,
-                                    )
-                                    .ok()?;
-                                    (at >= from).then_some(ReferencePointView {
-                                        at,
-                                        reference: p.reference,
-                                        raise_at: p.raise_at,
-                                        days: p.days,
-                                    })
+                                .map(|p| ReferencePointView {
+                                    at: p.at.to_datetime(),
+                                    reference: p.reference,
+                                    raise_at: p.raise_at,
+                                    days: p.days,
                                 })
+                                .filter(|p| p.at >= from)
                                 .collect(),
                         })
                         .collect();

@@ -83,11 +83,6 @@ pub async fn references(
     Ok((out, skipped))
 }
 
-fn datetime(t: Timestamp) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
 /// `?range=`.
 #[derive(Debug, Default, Deserialize)]
 pub struct RangeParams {
@@ -387,7 +382,7 @@ pub fn charts(
                         .series
                         .points
                         .iter()
-                        .map(|p| (datetime(p.at), p.reference))
+                        .map(|p| (p.at.to_datetime(), p.reference))
                         .collect(),
                 });
                 c.traces.push(Trace {
@@ -397,7 +392,7 @@ pub fn charts(
                         .series
                         .points
                         .iter()
-                        .map(|p| (datetime(p.at), p.raise_at))
+                        .map(|p| (p.at.to_datetime(), p.raise_at))
                         .collect(),
                 });
             }
