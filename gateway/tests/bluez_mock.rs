@@ -6,9 +6,11 @@
 //! connection, and setting it in this process would need `unsafe`). The child starts
 //! `tests/bluez_mock/bluez_mock.py`, which owns `org.bluez` on that bus and plays bluetoothd:
 //! an adapter `hci0`, a blood pressure cuff (0x1810 with 0x2A35 by indication, Device
-//! Information strings, Battery), a pulse oximeter (0x1822 with 0x2A5E) and a heart-rate
-//! strap a health scan must not report. The child drives the backend and the mock (through
-//! the mock's stdin) and asserts; the parent checks that it passed.
+//! Information strings, Battery), a second cuff that stores records (Blood Pressure Record
+//! 0x2B36 and RACP 0x2A52) and has a wrong clock (Current Time 0x2A2B), a pulse oximeter
+//! (0x1822 with 0x2A5E) and a heart-rate strap a health scan must not report. The child
+//! drives the backend and the mock (through the mock's stdin) and asserts; the parent checks
+//! that it passed.
 //!
 //! Needs `dbus-daemon` and a python3 with dbus-python and PyGObject (Debian: `dbus-daemon`,
 //! `python3-dbus`, `python3-gi`; `scripts/services` installs them). Under `CI=true` a missing
@@ -22,11 +24,15 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway::codec::{self, Decoded, device_information::DisString};
+use gateway::codec::blood_pressure::{BloodPressureMeasurement, PressureUnit};
+use gateway::codec::blood_pressure_record::{RecordBody, RecordedValue};
+use gateway::codec::date_time::DateTime;
+use gateway::codec::{self, Decoded, Float11073, device_information::DisString, segment};
 use gateway::device::bluez::{BluezConfig, BluezSource};
 use gateway::device::{
     Address, BackoffConfig, CharacteristicId, DeviceError, DeviceLink, DeviceSource, LinkEvent,
-    Phase, ScanFilter, Session, SessionConfig, SessionStats, SystemClock, Uuid, services,
+    Phase, ScanFilter, Session, SessionConfig, SessionError, SessionStats, SystemClock, Uuid,
+    services,
 };
 use gateway::queue::Queue;
 use tokio::sync::{mpsc, watch};
@@ -40,6 +46,7 @@ const SCENARIO: &str = "RPM_BLUEZ_MOCK_SCENARIO";
 const PYTHON: &str = "RPM_BLUEZ_MOCK_PYTHON";
 
 const CUFF: Address = Address([0xC0, 0xFF, 0xEE, 0x00, 0x11, 0x22]);
+const STORING_CUFF: Address = Address([0xC0, 0xFF, 0xEE, 0x00, 0x77, 0x88]);
 const OXIMETER: Address = Address([0xC0, 0xFF, 0xEE, 0x00, 0x33, 0x44]);
 const HEART_RATE_STRAP: Address = Address([0xC0, 0xFF, 0xEE, 0x00, 0x55, 0x66]);
 
@@ -58,6 +65,11 @@ fn backend_scans_connects_reads_subscribes_and_sees_disconnections() {
 #[test]
 fn session_over_bluez_queues_an_indicated_reading_and_resubscribes_after_reconnect() {
     run_scenario("session");
+}
+
+#[test]
+fn session_over_bluez_refuses_strangers_sets_the_clock_fetches_records_and_heals_a_wedged_link() {
+    run_scenario("records");
 }
 
 /// The first python that can import what the mock needs.
@@ -148,6 +160,7 @@ fn child_scenario() {
         match scenario.as_str() {
             "backend" => backend_scenario().await,
             "session" => session_scenario().await,
+            "records" => records_scenario().await,
             other => panic!("unknown scenario {other}"),
         }
     });
@@ -683,4 +696,253 @@ async fn session_scenario() {
 
     handle.shutdown().await.expect("the session ends cleanly");
     mock.expect("DISCONNECT cuff").await;
+}
+
+// --- scenario: allowlist, clock, stored records and the watchdog over the backend ----------
+
+/// A Blood Pressure Record value (one segment) holding a measurement stamped `at` on the
+/// device's clock.
+fn stored_record(sequence_number: u16, systolic: i32, at: time::PrimitiveDateTime) -> String {
+    let measurement = BloodPressureMeasurement {
+        unit: PressureUnit::MmHg,
+        systolic: Float11073::new(systolic, 0),
+        diastolic: Float11073::new(80, 0),
+        mean_arterial_pressure: Float11073::new(95, 0),
+        timestamp: Some(DateTime::new(
+            u16::try_from(at.year()).expect("a year after 0"),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second(),
+        )),
+        pulse_rate_per_min: Some(Float11073::new(70, 0)),
+        user_id: None,
+        status: None,
+        quirks: vec![],
+    };
+    let body = RecordBody {
+        sequence_number,
+        recorded: RecordedValue::BloodPressureMeasurement(measurement),
+    }
+    .encode()
+    .expect("a record encodes");
+    let segments = segment::split(&body, 244, 0);
+    assert_eq!(segments.len(), 1, "one segment at this MTU");
+    hex::encode(&segments[0])
+}
+
+/// Systolic values of the queued readings, in queue order.
+async fn queued_systolics(queue: &Queue) -> Vec<(f64, time::OffsetDateTime)> {
+    queue
+        .peek(0, 100)
+        .await
+        .expect("the queue")
+        .iter()
+        .filter_map(|r| {
+            let s = r.values.iter().find(|o| o.kind == Kind::Systolic)?;
+            Some((s.value.number()?.to_f64(), r.measured_at))
+        })
+        .collect()
+}
+
+async fn records_scenario() {
+    let mut mock = Mock::start().await;
+    let source = Arc::new(BluezSource::new(config()).await.expect("the BlueZ source"));
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let queue = Queue::open(dir.path().join("queue.db"))
+        .await
+        .expect("the queue");
+    // The storing cuff is allowlisted; the oximeter is not.
+    let bindings: Arc<[DeviceBinding]> = vec![DeviceBinding {
+        id: DeviceId::BdAddr(STORING_CUFF.0),
+        patient: Some(PatientKey::new("pk-bluez-records").expect("a patient key")),
+        users: vec![],
+    }]
+    .into();
+    let session_config = SessionConfig {
+        gateway: GatewayId::new("gw-bluez").expect("a gateway id"),
+        clock_tolerance: Duration::from_secs(2),
+        watchdog: Duration::from_secs(1),
+        backoff: BackoffConfig {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        },
+        op_timeout: Duration::from_secs(8),
+        zone: time::UtcOffset::UTC,
+        low_battery_percent: 15,
+        jitter_seed: 11,
+    };
+
+    // A device that is not on the allowlist is connected once, identified, refused and let
+    // go; its session ends with the reason.
+    let stranger = Session::new(
+        source.clone(),
+        OXIMETER,
+        bindings.clone(),
+        queue.clone(),
+        Arc::new(SystemClock),
+        session_config.clone(),
+    )
+    .spawn(CancellationToken::new());
+    let mut stranger_stats = stranger.stats();
+    wait_for(&mut stranger_stats, "the stranger refused", |s| {
+        s.phase == Phase::Stopped
+    })
+    .await;
+    mock.expect("DISCONNECT oxi").await;
+    assert!(matches!(
+        stranger.shutdown().await,
+        Err(SessionError::NotAllowlisted)
+    ));
+    assert_eq!(mock.count("CONNECT oxi"), 1);
+
+    // Two measurements stored on the cuff, stamped by its clock, which says 2020-01-01
+    // 00:00: one a day before that, one an hour before.
+    let device_now = time::macros::datetime!(2020-01-01 00:00:00);
+    mock.send(&format!(
+        "store bls 0 {}",
+        stored_record(0, 141, device_now - time::Duration::days(1))
+    ));
+    mock.send(&format!(
+        "store bls 1 {}",
+        stored_record(1, 142, device_now - time::Duration::hours(1))
+    ));
+    mock.expect("STORED bls 1").await;
+
+    let handle = Session::new(
+        source.clone(),
+        STORING_CUFF,
+        bindings,
+        queue.clone(),
+        Arc::new(SystemClock),
+        session_config,
+    )
+    .spawn(CancellationToken::new());
+    let mut stats = handle.stats();
+    let s = wait_for(&mut stats, "streaming after the first transfer", |s| {
+        s.phase == Phase::Streaming
+    })
+    .await;
+    let gateway_now = time::OffsetDateTime::now_utc();
+
+    // The clock was six years off: read, then set to the gateway's time.
+    let write = mock.expect("WRITE bls 2a2b").await;
+    let written = write.split_whitespace().nth(3).expect("the written hex");
+    let Ok(Decoded::CurrentTime(set)) = codec::decode(0x2A2B, &hex::decode(written).expect("hex"))
+    else {
+        panic!("not a Current Time value: {write}");
+    };
+    let set = set
+        .date_time
+        .to_primitive()
+        .expect("a complete time")
+        .assume_utc();
+    assert!(
+        (set - gateway_now).abs() < time::Duration::seconds(10),
+        "{set}"
+    );
+    assert_eq!(s.clock_sets, 1);
+
+    // Then every stored record (RACP: greater than or equal to sequence 0), queued, and
+    // only then deleted on the device (less than or equal to 1).
+    assert_eq!(
+        mock.expect("WRITE bls 2a52").await,
+        "WRITE bls 2a52 0103010000 request"
+    );
+    assert_eq!(
+        mock.expect("WRITE bls 2a52").await,
+        "WRITE bls 2a52 0202010100 request"
+    );
+    mock.expect("DELETED bls 0,1").await;
+    let s = stats.borrow().clone();
+    assert_eq!((s.transfers, s.deletes, s.readings_queued), (1, 1, 2));
+    let queued = queued_systolics(&queue).await;
+    assert_eq!(
+        queued.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        [141.0, 142.0]
+    );
+    // Stamped by the wrong clock, placed by its offset: a day and an hour before now.
+    for ((_, at), ago) in queued
+        .iter()
+        .zip([time::Duration::days(1), time::Duration::hours(1)])
+    {
+        let error = (*at - (gateway_now - ago)).abs();
+        assert!(error < time::Duration::seconds(10), "{at} is {error} off");
+    }
+    let readings = queue.peek(0, 10).await.expect("the queue");
+    assert!(
+        readings
+            .iter()
+            .all(|r| r.flags.contains(vitals::Flag::FromStorage))
+    );
+
+    // A quiet link is probed; a probe that is answered keeps the link.
+    wait_for(&mut stats, "two watchdog probes answered", |s| {
+        s.watchdog_probes >= 2
+    })
+    .await;
+    assert_eq!(stats.borrow().connects, 1);
+
+    // Away: the cuff stores two more measurements and drops the link. On reconnection the
+    // session subscribes again and asks for the records from sequence 2 on, not from 0.
+    let now = time::OffsetDateTime::now_utc();
+    let now = time::PrimitiveDateTime::new(now.date(), now.time());
+    mock.send(&format!(
+        "store bls 2 {}",
+        stored_record(2, 143, now - time::Duration::minutes(30))
+    ));
+    mock.send(&format!(
+        "store bls 3 {}",
+        stored_record(3, 144, now - time::Duration::minutes(20))
+    ));
+    mock.expect("STORED bls 3").await;
+    let subscribed_before = mock.count("START_NOTIFY bls 2a35");
+    mock.send("disconnect bls");
+    wait_for(&mut stats, "reconnected after the second transfer", |s| {
+        s.connects >= 2 && s.deletes >= 2 && s.phase == Phase::Streaming
+    })
+    .await;
+    assert_eq!(
+        mock.expect("WRITE bls 2a52").await,
+        "WRITE bls 2a52 0103010200 request"
+    );
+    assert_eq!(
+        mock.expect("WRITE bls 2a52").await,
+        "WRITE bls 2a52 0202010300 request"
+    );
+    mock.expect("DELETED bls 2,3").await;
+    assert_eq!(mock.count("START_NOTIFY bls 2a35"), subscribed_before + 1);
+    assert_eq!(
+        queued_systolics(&queue)
+            .await
+            .iter()
+            .map(|(v, _)| *v)
+            .collect::<Vec<_>>(),
+        [141.0, 142.0, 143.0, 144.0]
+    );
+    // The clock kept the time it was given: not set again.
+    assert_eq!(stats.borrow().clock_sets, 1);
+    assert_eq!(mock.count("WRITE bls 2a2b"), 1);
+
+    // A wedged link: the watchdog's probe goes unanswered, the link is dropped and made
+    // again (with backoff while reads still hang), and streaming resumes once it answers.
+    let before = stats.borrow().clone();
+    mock.send("hang-reads on");
+    mock.expect("HANG_READS on").await;
+    wait_for(&mut stats, "the wedged link dropped", |s| {
+        s.disconnects > before.disconnects
+    })
+    .await;
+    mock.send("hang-reads off");
+    mock.expect("HANG_READS off").await;
+    let after = wait_for(&mut stats, "streaming again", |s| {
+        s.connects > before.connects && s.phase == Phase::Streaming
+    })
+    .await;
+    assert!(after.watchdog_probes > before.watchdog_probes);
+    // Nothing left to fetch: the cuff says so and nothing is queued twice.
+    assert_eq!(queue.peek(0, 100).await.expect("the queue").len(), 4);
+
+    handle.shutdown().await.expect("the session ends cleanly");
 }

@@ -19,21 +19,33 @@ allow.
 The test drives it with lines on stdin:
     notify DEVICE UUID16 HEX   send a value on a characteristic (if the client subscribed)
     disconnect DEVICE          the device drops the link
+    store DEVICE SEQ HEX       keep a stored record (a Blood Pressure Record value) that the
+                               device's RACP reports and deletes by sequence number
     hang-reads on|off          ReadValue never answers (a wedged link)
     match-rules                how many D-Bus match rules the clients hold (MATCH_RULES n)
     ignore-filter on|off       advertise to this client whatever another client's discovery
                                filter let in (bluetoothd merges all clients' filters)
     quit
 and reads what the client did from stdout, one line each: READY, CONNECT cuff,
-START_NOTIFY cuff 2a35, WRITE cuff 2a2b HEX, SENT cuff 2a35, DROPPED cuff 2a35 ...
+START_NOTIFY cuff 2a35, WRITE cuff 2a2b HEX, SENT cuff 2a35, DROPPED cuff 2a35,
+DELETED bls 0,1 ...
+
+The "bls" cuff (Blood Pressure Service 1.1 with record storage) also plays a cuff's Record
+Access Control Point (0x2A52: report, delete and count stored records; "all records" or by
+sequence number with the <=, >= and range operators; responses as the RACP specification
+gives them) over its Blood Pressure Record (0x2B36), and a Current Time (0x2A2B) clock that
+starts wrong (2020-01-01) and keeps time from whatever the client writes.
 
 Only dbus-python and PyGObject (GLib main loop) are needed: Debian's python3-dbus and
 python3-gi.
 """
 
 import argparse
+import datetime
 import os
+import struct
 import sys
+import time
 
 import dbus
 import dbus.mainloop.glib
@@ -64,6 +76,28 @@ def dis_string(text):
 
 def byte_array(data):
     return dbus.Array([dbus.Byte(b) for b in data], signature="y")
+
+
+def current_time(dt):
+    """Current Time (0x2A2B): Date Time, day of week, fractions256, adjust reason."""
+    return struct.pack("<HBBBBBBBB", dt.year, dt.month, dt.day, dt.hour, dt.minute,
+                       dt.second, dt.isoweekday(), 0, 0)
+
+
+class Clock:
+    """A device clock: starts at `start` and keeps time from the last value written."""
+
+    def __init__(self, start):
+        self.at = start
+        self.since = time.monotonic()
+
+    def now(self):
+        return self.at + datetime.timedelta(seconds=round(time.monotonic() - self.since))
+
+    def write(self, value):
+        year, month, day, hour, minute, second = struct.unpack_from("<HBBBBB", value)
+        self.at = datetime.datetime(year, month, day, hour, minute, second)
+        self.since = time.monotonic()
 
 
 class Failed(dbus.DBusException):
@@ -107,6 +141,31 @@ DEVICES = {
             (0x1822, [
                 (0x2A5E, ["indicate"], b""),
                 (0x2A60, ["read"], bytes([0x00, 0x00])),
+            ]),
+        ],
+    },
+    # A Blood Pressure Service 1.1 cuff that stores measurements (Blood Pressure Record and
+    # RACP) and has a clock (Current Time, set wrong).
+    "bls": {
+        "address": "C0:FF:EE:00:77:88",
+        "name": "BP Cuff 2",
+        "advertised": [0x1810],
+        "gatt": [
+            (0x1810, [
+                (0x2A35, ["indicate"], b""),
+                (0x2B36, ["indicate"], b""),
+                (0x2A52, ["write", "indicate"], b""),
+                (0x2A49, ["read"], bytes([0x00, 0x00])),
+            ]),
+            (0x180A, [
+                (0x2A29, ["read"], b"Acme Medical"),
+                (0x2A24, ["read"], b"BP-200"),
+            ]),
+            (0x180F, [
+                (0x2A19, ["read", "notify"], bytes([64])),
+            ]),
+            (0x1805, [
+                (0x2A2B, ["read", "write", "notify"], None),
             ]),
         ],
     },
@@ -289,12 +348,17 @@ class Device(PropertiesObject):
         self.key = key
         self.advertised = spec["advertised"]
         self.services = []
+        # Stored records (sequence number -> Blood Pressure Record value) and the clock.
+        self.records = {}
+        self.clock = Clock(datetime.datetime(2020, 1, 1, 0, 0, 0))
         handle = 0x10
         for service_uuid, chars in spec["gatt"]:
             spath = "%s/service%04x" % (path, handle)
             service = GattService(mock, spath, service_uuid, path)
             handle += 1
             for char_uuid, flags, value in chars:
+                if value is None:
+                    value = current_time(self.clock.now())
                 cpath = "%s/char%04x" % (spath, handle)
                 service.chars.append(
                     GattCharacteristic(mock, self, cpath, char_uuid, spath, flags, value)
@@ -328,6 +392,58 @@ class Device(PropertiesObject):
     @dbus.service.method(DEVICE_IFACE)
     def Pair(self):
         raise Failed("AuthenticationFailed", "Authentication Failed")
+
+    def char(self, short):
+        for service in self.services:
+            for char in service.chars:
+                if char.short == short:
+                    return char
+        return None
+
+    def selected(self, request):
+        """The stored sequence numbers a RACP request's operator and operand select, or
+        None when the request is not one this cuff supports."""
+        operator = request[1] if len(request) > 1 else 0
+        operand = request[2:]
+        seqs = sorted(self.records)
+        if operator == 0x01 and not operand:
+            return seqs
+        if operator in (0x02, 0x03) and len(operand) == 3 and operand[0] == 0x01:
+            (n,) = struct.unpack_from("<H", operand, 1)
+            return [q for q in seqs if (q <= n if operator == 0x02 else q >= n)]
+        if operator == 0x04 and len(operand) == 5 and operand[0] == 0x01:
+            lo, hi = struct.unpack_from("<HH", operand, 1)
+            return [q for q in seqs if lo <= q <= hi]
+        return None
+
+    def racp(self, request):
+        """Answers a RACP request: report (stored records on 0x2B36, then the response),
+        delete, or count; 0x06 responses name the request op code."""
+        cp = self.char("2a52")
+        op = request[0] if request else 0
+        if op not in (0x01, 0x02, 0x04):
+            cp.send(bytes([0x06, 0x00, op, 0x02]))  # op code not supported
+            return False
+        seqs = self.selected(request)
+        if seqs is None:
+            cp.send(bytes([0x06, 0x00, op, 0x04]))  # operator not supported
+            return False
+        if op == 0x04:
+            cp.send(bytes([0x05, 0x00]) + struct.pack("<H", len(seqs)))
+            return False
+        if not seqs:
+            cp.send(bytes([0x06, 0x00, op, 0x06]))  # no records found
+            return False
+        if op == 0x01:
+            record = self.char("2b36")
+            for q in seqs:
+                record.send(self.records[q])
+        else:
+            for q in seqs:
+                del self.records[q]
+            say("DELETED", self.key, ",".join(str(q) for q in seqs))
+        cp.send(bytes([0x06, 0x00, op, 0x01]))  # success
+        return False
 
     def drop_link(self):
         if not self.props["Connected"]:
@@ -388,6 +504,8 @@ class GattCharacteristic(PropertiesObject):
         say("READ", self.device.key, self.short)
         if self.mock.hang_reads:
             return  # never answers: the client's timeout must fire
+        if self.short == "2a2b":
+            self.value = current_time(self.device.clock.now())
         value = byte_array(self.value)
         reply(value)
         # bluetoothd caches what it read in Value and signals the change.
@@ -401,6 +519,11 @@ class GattCharacteristic(PropertiesObject):
         kind = str(options.get("type", "request"))
         say("WRITE", self.device.key, self.short, bytes(value).hex(), kind)
         self.value = bytes(value)
+        if self.short == "2a2b" and len(value) >= 7:
+            self.device.clock.write(bytes(value))
+        elif self.short == "2a52":
+            # The write is answered first; records and the response follow as indications.
+            GLib.timeout_add(20, self.device.racp, bytes(value))
 
     @dbus.service.method(CHAR_IFACE)
     def StartNotify(self):
@@ -479,6 +602,9 @@ class Mock:
                         char.send(data)
                         return
             say("NO_SUCH_CHAR", words[1], short)
+        elif words[0] == "store" and len(words) >= 4:
+            self.devices[words[1]].records[int(words[2])] = bytes.fromhex("".join(words[3:]))
+            say("STORED", words[1], words[2])
         elif words[0] == "disconnect":
             self.devices[words[1]].drop_link()
             say("DROPPED_LINK", words[1])
