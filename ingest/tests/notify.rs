@@ -727,6 +727,7 @@ async fn the_signed_link_acknowledges_is_audited_and_stops_escalation(db: Db) {
         }),
         devices: Vec::new(),
         config_version: None,
+        config_rejected: None,
         software: None,
     };
     assert!(record.record_gateway_status(&status).await.expect("status"));
@@ -842,6 +843,130 @@ async fn an_alert_never_commits_without_its_notifications(db: Db) {
     );
 }
 
+/// A GET with an API token, as a ward system or a signed-in nurse's browser would read.
+async fn read_as(app: &axum::Router, token: &str, uri: &str) -> (StatusCode, String) {
+    let response = app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri(uri)
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn a_notification_given_up_on_is_kept_and_shown_in_the_console(db: Db) {
+    // No `[smtp]`: every email fails permanently ("email channel not configured").
+    let mut config = notifier_config(1, false);
+    config.smtp = None;
+    let runtime = config.build().expect("config builds");
+    let record = db.open(&runtime).await;
+    registry(&record).await;
+    let shutdown = CancellationToken::new();
+    let running = notify::start(&record, &runtime, shutdown.clone())
+        .await
+        .expect("notifier starts");
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).expect("t");
+    let mut both = raise(now);
+    if let AlertWrite::Open { alert, .. } = &mut both {
+        alert.audience = rules::Audience::Both;
+        alert.patient_text = Some("Your oxygen level is lower than usual.".into());
+    }
+    let written = record.write_alerts(&[both]).await.expect("written");
+    let uid = written[0].alert_uid.clone().expect("uid");
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let failed = loop {
+        let failed = record.failed_notifications(20).await.expect("failed");
+        if failed.len() >= 2 {
+            break failed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both notifications given up on: {failed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|n| n.alert == uid && n.status == "failed")
+    );
+    assert!(
+        failed
+            .iter()
+            .all(|n| n.last_error.as_deref() == Some("email channel not configured")),
+        "{failed:?}"
+    );
+    // Kept in the outbox with the attempt that failed, never dropped.
+    let outbox = record.outbox().await.expect("outbox");
+    for n in outbox.for_alert(&uid).await.expect("rows") {
+        assert_eq!(n.status, NotificationStatus::Failed);
+        let attempts = outbox.attempts(n.row.id).await.expect("attempts");
+        assert_eq!(
+            attempts.iter().map(|a| a.outcome).collect::<Vec<_>>(),
+            [notifier::AttemptOutcome::Permanent]
+        );
+    }
+
+    // The console shows them to the nurse: in the API, on the alert, and on the inbox page.
+    record
+        .create_user(
+            "nurse.dee",
+            ingest::record::Role::Nurse,
+            "correct horse battery",
+            &AUDIT,
+        )
+        .await
+        .expect("user");
+    let (token, _) = record
+        .create_token("nurse.dee", "ward-board", None, &AUDIT)
+        .await
+        .expect("token");
+    let app = router(HttpState::new(
+        record.clone(),
+        Arc::new(IngestStats::default()),
+    ));
+    let (status, body) = read_as(&app, &token, "/api/v1/notifications/failed").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{body}");
+    assert!(
+        !body.contains(NURSE) && !body.contains(PATIENT),
+        "no addresses: {body}"
+    );
+    let (status, body) = read_as(&app, &token, &format!("/api/v1/alerts/{uid}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let alert: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(alert["escalation"], "failed", "{body}");
+    let (status, page) = read_as(&app, &token, "/console/alerts").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("Notifications that could not be delivered"),
+        "{page}"
+    );
+    assert!(
+        page.contains("To <strong>nurse.dee (tier 1)</strong> by email"),
+        "{page}"
+    );
+    assert!(
+        page.contains("To <strong>the patient</strong> by email"),
+        "{page}"
+    );
+    assert!(page.contains("email channel not configured"), "{page}");
+    shutdown.cancel();
+    running.join().await;
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -863,4 +988,5 @@ both!(
     an_alert_commits_with_its_notifications_and_the_on_duty_nurse_is_emailed,
     a_crash_between_commit_and_send_sends_exactly_once_after_restart,
     the_signed_link_acknowledges_is_audited_and_stops_escalation,
+    a_notification_given_up_on_is_kept_and_shown_in_the_console,
 );

@@ -482,3 +482,67 @@ async fn a_message_is_not_sent_twice_when_the_outbox_cannot_record_it_for_a_mome
     shutdown.cancel();
     task.await.expect("dispatcher ends");
 }
+
+#[tokio::test]
+async fn a_webhook_that_never_answers_times_out_and_retries_are_bounded_then_kept_as_failed() {
+    let http = HttpReceiver::start().await;
+    http.hang(true);
+    let mut file = config(1, &http.url(""), "");
+    if let Some(w) = file.webhook.as_mut() {
+        w.timeout = Duration::from_millis(300);
+    }
+    file.dispatch.max_attempts = 2;
+    let runtime = file.build().expect("config builds");
+    let rows = webhook_rows(&runtime, "al-hangs");
+    let id = rows[0].id;
+    let store = MemoryOutbox::new();
+    store.enqueue(&rows).await.expect("enqueue");
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        runtime.dispatch.clone(),
+        Arc::new(SystemClock),
+    );
+
+    // The receiver takes the request and never answers: the webhook's timeout ends the
+    // attempt, long before the lease would.
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(WAIT, dispatcher.tick())
+        .await
+        .expect("the attempt ends at the webhook timeout, not never")
+        .expect("tick");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "ended by the 300 ms timeout: {:?}",
+        started.elapsed()
+    );
+    let row = store.get(id).await.expect("get").expect("row");
+    assert_eq!(row.status, NotificationStatus::Pending, "retried later");
+    assert_eq!(row.last_error.as_deref(), Some("webhook timeout"));
+
+    // The second attempt is the last one (max_attempts = 2): failed, kept and listed.
+    tokio::time::sleep(runtime.dispatch.retry.cap).await;
+    tokio::time::timeout(WAIT, dispatcher.tick())
+        .await
+        .expect("second attempt ends")
+        .expect("tick");
+    let failed = store.failed().await.expect("failed");
+    assert_eq!(failed.len(), 1, "out of retries: kept and listed");
+    assert_eq!(failed[0].row.id, id);
+    assert_eq!(failed[0].last_error.as_deref(), Some("webhook timeout"));
+    let attempts = store.attempts(id).await.expect("attempts");
+    assert_eq!(
+        attempts.iter().map(|a| a.outcome).collect::<Vec<_>>(),
+        [AttemptOutcome::Retryable, AttemptOutcome::Retryable]
+    );
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.channel == notifier::ChannelKind::Webhook)
+    );
+
+    // And no third attempt.
+    tokio::time::sleep(runtime.dispatch.retry.cap).await;
+    assert_eq!(dispatcher.tick().await.expect("tick"), 0);
+    assert_eq!(http.received().len(), 2, "two attempts in all");
+    http.release();
+}

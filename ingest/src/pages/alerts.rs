@@ -118,10 +118,11 @@ fn failed_line(n: &NotificationView) -> Markup {
     }
 }
 
-/// A recipient as people read it: the outbox names one as JSON (`{"person":"nurse.duty",
-/// "tier":0}`) or a plain id (`patient`).
+/// A recipient as people read it: the outbox names one as JSON (`{"type":"staff",
+/// "person":"nurse.duty","tier":0}`, `{"type":"patient","patient":"pk-1"}`) or a plain id.
 fn recipient(r: &str) -> String {
     match serde_json::from_str::<Json>(r) {
+        Ok(v) if v["type"] == "patient" => "the patient".to_owned(),
         Ok(v) if v.is_object() => {
             let who = v["person"]
                 .as_str()
@@ -330,6 +331,15 @@ mod tests {
             "nurse.duty (tier 1)"
         );
         assert_eq!(recipient("patient"), "patient");
+        // As the outbox stores them (notifier::Recipient's JSON).
+        assert_eq!(
+            recipient(r#"{"type":"staff","person":"charge.cal","tier":1}"#),
+            "charge.cal (tier 2)"
+        );
+        assert_eq!(
+            recipient(r#"{"type":"patient","patient":"pk-1"}"#),
+            "the patient"
+        );
     }
 
     #[test]
