@@ -80,6 +80,7 @@ both!(
     values_round_trip_exactly,
     dead_letters_keep_reason_and_capped_payload,
     bindings_follow_user_slots_and_validity_windows,
+    an_unchanged_binding_view_is_not_reread_and_a_change_elsewhere_is,
     replays_are_flagged_not_lost,
     unknown_patient_fails_the_batch_permanently,
     timeline_pages_and_last_values,
@@ -299,6 +300,92 @@ async fn dead_letters_keep_reason_and_capped_payload(db: Db) {
     assert_eq!(schema.count, 2);
     assert_eq!(schema.payload, b"{}");
     assert_eq!(schema.gateway, None);
+}
+
+/// The lookup view is checked against the record when it is old, and read again only when the
+/// record's bindings changed: unchanged, no reload however many checks; an unbinding made by
+/// another process (`rpm devices unbind` while ingest runs) is seen at the next check.
+async fn an_unchanged_binding_view_is_not_reread_and_a_change_elsewhere_is(db: Db) {
+    let r = &db.record;
+    let g = gw("gw-home");
+    let cuff = dev("bdaddr:00:11:22:33:44:66");
+    let oxi = dev("bdaddr:00:11:22:33:44:77");
+    r.create_gateway(&g, &AUDIT).await.expect("gateway");
+    for d in [cuff, oxi] {
+        r.create_device(&DeviceIdentity::new(d), &AUDIT)
+            .await
+            .expect("device");
+    }
+    r.create_patient(&patient("pk-anna"), &AUDIT)
+        .await
+        .expect("patient");
+    let t0 = datetime!(2026-01-01 00:00 UTC);
+    let later = datetime!(2026-06-01 00:00 UTC);
+    for d in [cuff, oxi] {
+        r.bind(
+            &NewBinding {
+                gateway: g.clone(),
+                device: d,
+                patient: key("pk-anna"),
+                user_index: None,
+                valid_from: t0,
+            },
+            &AUDIT,
+        )
+        .await
+        .expect("bind");
+    }
+    // Every lookup finds the view old and asks whether the table changed.
+    r.set_binding_ttl(Duration::ZERO);
+    let who = |d: DeviceId| {
+        let g = g.clone();
+        async move {
+            r.binding_for(&g, &d, None, later)
+                .await
+                .expect("lookup")
+                .map(|k| k.as_str().to_owned())
+        }
+    };
+    assert_eq!(who(cuff).await.as_deref(), Some("pk-anna"));
+    let loaded = r.binding_reloads();
+    assert!(loaded >= 1, "the first lookup loads the view");
+    for _ in 0..20 {
+        assert_eq!(who(cuff).await.as_deref(), Some("pk-anna"));
+        assert_eq!(who(oxi).await.as_deref(), Some("pk-anna"));
+    }
+    assert_eq!(
+        r.binding_reloads(),
+        loaded,
+        "nothing changed: the view is confirmed, not read again"
+    );
+
+    // Another process ends the oximeter's binding: this record did not make the change, so
+    // only the record's fingerprint can tell it.
+    let other = Record::connect(&db.url, 1).await.expect("second record");
+    other
+        .unbind(&g, &oxi, None, t0 + Duration::from_secs(3600), &AUDIT)
+        .await
+        .expect("unbind elsewhere");
+    assert_eq!(
+        who(oxi).await,
+        None,
+        "the unbinding is seen at the next check"
+    );
+    assert_eq!(r.binding_reloads(), loaded + 1, "and read once");
+    assert_eq!(who(cuff).await.as_deref(), Some("pk-anna"));
+    assert_eq!(r.binding_reloads(), loaded + 1);
+
+    // A view that is still young is trusted as it is, without asking.
+    r.set_binding_ttl(Duration::from_secs(3600));
+    other
+        .unbind(&g, &cuff, None, t0 + Duration::from_secs(3600), &AUDIT)
+        .await
+        .expect("unbind elsewhere");
+    assert_eq!(
+        who(cuff).await.as_deref(),
+        Some("pk-anna"),
+        "within the TTL the cached view answers"
+    );
 }
 
 async fn bindings_follow_user_slots_and_validity_windows(db: Db) {

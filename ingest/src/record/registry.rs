@@ -256,18 +256,49 @@ const DEVICE_COLUMNS: &str =
 const AUDIT_INSERT: &str =
     "INSERT INTO audit_log (at, actor, action, target, reason) VALUES ($1, $2, $3, $4, $5)";
 
-/// How long the in-memory binding view is trusted before it is reloaded. A lookup that finds
-/// nothing always asks the database, so a new binding (made by `rpm devices bind` in another
-/// process) is seen at once; an unbinding made elsewhere is seen within this time.
+/// How long the in-memory binding view is trusted before the record is asked whether it
+/// changed. A lookup that finds nothing always asks the database, so a new binding (made by
+/// `rpm devices bind` in another process) is seen at once; an unbinding made elsewhere is seen
+/// within this time.
 pub const BINDING_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// The longest the view is kept without reloading it, even when the record says nothing
+/// changed: a backstop for bindings edited outside `rpm` (by hand in SQL).
+const BINDING_CACHE_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// All bindings by (gateway, device), loaded at once: one binding lookup per reading must not
 /// be one query per reading.
-#[derive(Default)]
+///
+/// Reloading every binding is O(bindings): over a second at 100 000 patients, on the
+/// consumer's path. So when the view is [`BINDING_CACHE_TTL`] old, the record is first asked
+/// for a fingerprint of the table (rows, the highest binding id, closed bindings), which
+/// changes with every bind and unbind (rows are only ever inserted, and `valid_to` only ever
+/// goes from NULL to a time, once); the whole table is read again only when it differs.
 pub(crate) struct BindingCache {
+    /// When the view was last confirmed current (loaded, or its fingerprint matched).
+    checked_at: Option<Instant>,
     loaded_at: Option<Instant>,
+    fingerprint: Option<BindingFingerprint>,
+    ttl: Duration,
+    reloads: u64,
     by_pair: HashMap<(GatewayId, DeviceId), Vec<Binding>>,
 }
+
+impl Default for BindingCache {
+    fn default() -> Self {
+        Self {
+            checked_at: None,
+            loaded_at: None,
+            fingerprint: None,
+            ttl: BINDING_CACHE_TTL,
+            reloads: 0,
+            by_pair: HashMap::new(),
+        }
+    }
+}
+
+/// (rows, highest binding id, rows with an end): see [`BindingCache`].
+type BindingFingerprint = (i64, i64, i64);
 
 /// The patient a reading with `user_index` at `at` belongs to: the binding of its user slot
 /// if there is one, else the whole-device binding (the rule of `vitals::DeviceBinding`).
@@ -830,11 +861,9 @@ impl Record {
         at: OffsetDateTime,
     ) -> Result<Option<PatientKey>> {
         let key = (gateway.clone(), *device);
-        let fresh = {
+        let (mut fresh, known, loaded_at) = {
             let cache = self.bindings.read().unwrap_or_else(|p| p.into_inner());
-            let fresh = cache
-                .loaded_at
-                .is_some_and(|t| t.elapsed() < BINDING_CACHE_TTL);
+            let fresh = cache.checked_at.is_some_and(|t| t.elapsed() < cache.ttl);
             if let Some(found) = fresh
                 .then(|| cache.by_pair.get(&key))
                 .flatten()
@@ -842,27 +871,29 @@ impl Record {
             {
                 return Ok(Some(found.clone()));
             }
-            fresh
+            (fresh, cache.fingerprint, cache.loaded_at)
         };
         if !fresh {
-            let all = self.list_bindings(None).await?;
-            let mut by_pair: HashMap<(GatewayId, DeviceId), Vec<Binding>> = HashMap::new();
-            for b in all {
-                by_pair
-                    .entry((b.gateway.clone(), b.device))
-                    .or_default()
-                    .push(b);
+            // Stale: has anything changed since the view was loaded?
+            let now = self.binding_fingerprint().await?;
+            let young = loaded_at.is_some_and(|t| t.elapsed() < BINDING_CACHE_MAX_AGE);
+            if young && known == Some(now) {
+                let mut cache = self.bindings.write().unwrap_or_else(|p| p.into_inner());
+                if cache.fingerprint == Some(now) {
+                    cache.checked_at = Some(Instant::now());
+                    if let Some(found) = cache
+                        .by_pair
+                        .get(&key)
+                        .and_then(|b| pick(b, user_index, at))
+                    {
+                        return Ok(Some(found.clone()));
+                    }
+                    fresh = true;
+                }
             }
-            let found = by_pair
-                .get(&key)
-                .and_then(|b| pick(b, user_index, at))
-                .cloned();
-            let mut cache = self.bindings.write().unwrap_or_else(|p| p.into_inner());
-            *cache = BindingCache {
-                loaded_at: Some(Instant::now()),
-                by_pair,
-            };
-            return Ok(found);
+            if !fresh {
+                return self.reload_bindings(now, &key, user_index, at).await;
+            }
         }
         // A fresh view found nothing: it may predate a binding made by another process.
         let device_s = device.to_string();
@@ -919,9 +950,68 @@ impl Record {
         Ok(out)
     }
 
+    /// Reads every binding into the view (taken with `fingerprint`, read before the rows: a
+    /// change in between makes the next check reload again) and answers the lookup from it.
+    async fn reload_bindings(
+        &self,
+        fingerprint: BindingFingerprint,
+        key: &(GatewayId, DeviceId),
+        user_index: Option<u8>,
+        at: OffsetDateTime,
+    ) -> Result<Option<PatientKey>> {
+        let all = self.list_bindings(None).await?;
+        let mut by_pair: HashMap<(GatewayId, DeviceId), Vec<Binding>> = HashMap::new();
+        for b in all {
+            by_pair
+                .entry((b.gateway.clone(), b.device))
+                .or_default()
+                .push(b);
+        }
+        let found = by_pair
+            .get(key)
+            .and_then(|b| pick(b, user_index, at))
+            .cloned();
+        let mut cache = self.bindings.write().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        cache.checked_at = Some(now);
+        cache.loaded_at = Some(now);
+        cache.fingerprint = Some(fingerprint);
+        cache.reloads += 1;
+        cache.by_pair = by_pair;
+        Ok(found)
+    }
+
+    /// See [`BindingCache`]: one aggregate over the bindings table.
+    async fn binding_fingerprint(&self) -> Result<BindingFingerprint> {
+        Ok(with_pool!(self, read, |pool, DB| {
+            sqlx::query_as::<_, BindingFingerprint>(
+                "SELECT COUNT(*), COALESCE(MAX(binding_id), 0), COUNT(valid_to) \
+                 FROM device_bindings",
+            )
+            .fetch_one(pool)
+            .await?
+        }))
+    }
+
+    /// How many times this record has read the whole bindings table into its lookup view.
+    pub fn binding_reloads(&self) -> u64 {
+        self.bindings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .reloads
+    }
+
+    /// How long a binding lookup trusts its view before asking the record whether it changed
+    /// ([`BINDING_CACHE_TTL`] unless set). For tests and tools that must see another
+    /// process's unbinding sooner.
+    pub fn set_binding_ttl(&self, ttl: Duration) {
+        self.bindings.write().unwrap_or_else(|p| p.into_inner()).ttl = ttl;
+    }
+
     pub(super) fn invalidate_bindings(&self) {
         let mut cache = self.bindings.write().unwrap_or_else(|p| p.into_inner());
-        cache.loaded_at = None;
+        cache.checked_at = None;
+        cache.fingerprint = None;
     }
 
     // ------------------------------------------------------------------------------------
