@@ -25,13 +25,21 @@ fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+fn oximeter(patient: &str) -> &'static str {
+    match patient {
+        "pk-drop" => "eui64:0011223344556688",
+        _ => "eui64:0011223344556677",
+    }
+}
+
 fn spo2(patient: &str, at: time::OffsetDateTime, value: i64) -> Reading {
     Reading {
         id: ReadingId(Default::default()),
         seq: 0,
         gateway: GatewayId::new("gw-1").expect("valid"),
         patient: PatientKey::new(patient).expect("valid"),
-        device: DeviceIdentity::new("eui64:0011223344556677".parse().expect("valid")),
+        // One oximeter per patient: a reading's id is derived from its device, not its patient.
+        device: DeviceIdentity::new(oximeter(patient).parse().expect("valid")),
         user_index: None,
         reading_type: ReadingType::OximetrySpotCheck,
         device_time: None,
@@ -80,51 +88,37 @@ fn every_fixture_profile_checks_and_a_bad_one_is_refused_with_the_reason() {
     );
 }
 
-#[test]
-fn backtest_reports_the_alerts_a_profile_would_have_raised() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("readings.jsonl");
-    let mut out = std::fs::File::create(&file).expect("create");
+/// Two patients on SpO2 spot checks: two weeks and more of a stable 95 %, then on 2026-10-20
+/// one keeps measuring normally and the other has two lows (87 %) ten minutes apart, the
+/// last reading of all.
+fn history() -> Vec<Reading> {
     let start = datetime!(2026-10-01 08:00 UTC);
-    // Two weeks of a stable patient, then two low readings ten minutes apart on 2026-10-20.
+    let mut out = Vec::new();
     for day in 0..19 {
         for patient in ["pk-stable", "pk-drop"] {
-            let r = spo2(patient, start + time::Duration::days(day), 95);
-            writeln!(out, "{}", serde_json::to_string(&r).expect("json")).expect("write");
+            out.push(spo2(patient, start + time::Duration::days(day), 95));
         }
     }
     // The stable patient keeps measuring (a silent hub or a missed day is an alert too).
-    let today = spo2("pk-stable", datetime!(2026-10-20 08:30 UTC), 96);
-    writeln!(out, "{}", serde_json::to_string(&today).expect("json")).expect("write");
-    let low1 = spo2("pk-drop", datetime!(2026-10-20 09:00 UTC), 87);
-    let low2 = spo2("pk-drop", datetime!(2026-10-20 09:10 UTC), 87);
-    // The second one arrives inside a wire envelope: both forms are accepted.
-    let envelope = Envelope {
-        v: 1,
-        gateway: low2.gateway.clone(),
-        seq: 1,
-        sent_at: low2.received_at,
-        readings: vec![low2.clone()],
-    };
-    writeln!(out, "{}", serde_json::to_string(&low1).expect("json")).expect("write");
-    writeln!(
-        out,
-        "{}",
-        String::from_utf8(envelope.encode()).expect("utf8")
-    )
-    .expect("write");
-    drop(out);
+    out.push(spo2("pk-stable", datetime!(2026-10-20 08:30 UTC), 96));
+    out.push(spo2("pk-drop", datetime!(2026-10-20 09:00 UTC), 87));
+    out.push(spo2("pk-drop", datetime!(2026-10-20 09:10 UTC), 87));
+    out
+}
 
+/// Checks `rpm rules backtest … --json --from 2026-10-10` over [`history`]: the confirmed
+/// low raised spo2-low for the patient it happened to, with the last low as evidence, and
+/// nothing for the stable patient.
+fn check_backtest_of_history(source: &[&str]) {
+    let low2 = history().pop().expect("readings");
     let profile = fixture("profiles/copd.toml");
     let args = [
         "rules",
         "backtest",
         "--profile",
         profile.to_str().expect("utf8"),
-        "--readings",
-        file.to_str().expect("utf8"),
     ];
-    let run = rpm(&[&args[..], &["--json", "--from", "2026-10-10"]].concat());
+    let run = rpm(&[&args[..], source, &["--json", "--from", "2026-10-10"]].concat());
     assert!(run.status.success(), "{}", text(&run.stderr));
     let report: serde_json::Value = serde_json::from_slice(&run.stdout).expect("JSON report");
     assert_eq!(report["profile"], "copd@1");
@@ -152,13 +146,98 @@ fn backtest_reports_the_alerts_a_profile_would_have_raised() {
         "the stable patient raises nothing: {alerts:?}"
     );
 
-    let human = rpm(&args);
+    let human = rpm(&[&args[..], source].concat());
     assert!(human.status.success());
     assert!(
         text(&human.stdout).contains("spo2-low"),
         "{}",
         text(&human.stdout)
     );
+}
+
+#[test]
+fn backtest_reports_the_alerts_a_profile_would_have_raised() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("readings.jsonl");
+    let mut out = std::fs::File::create(&file).expect("create");
+    let mut readings = history();
+    // The last one arrives inside a wire envelope: both forms are accepted.
+    let low2 = readings.pop().expect("readings");
+    for r in &readings {
+        writeln!(out, "{}", serde_json::to_string(r).expect("json")).expect("write");
+    }
+    let envelope = Envelope {
+        v: 1,
+        gateway: low2.gateway.clone(),
+        seq: 1,
+        sent_at: low2.received_at,
+        readings: vec![low2],
+    };
+    writeln!(
+        out,
+        "{}",
+        String::from_utf8(envelope.encode()).expect("utf8")
+    )
+    .expect("write");
+    drop(out);
+    check_backtest_of_history(&["--readings", file.to_str().expect("utf8")]);
+}
+
+/// Stores [`history`] in the record at `url` (its patients and gateway registered) and
+/// backtests it from there.
+async fn backtest_of_the_record(url: &str) {
+    use ingest::record::{Audit, NewPatient, Record};
+    let audit = Audit {
+        who: "test",
+        why: "backtest set-up",
+    };
+    let record = Record::connect(url, 2).await.expect("record");
+    for key in ["pk-stable", "pk-drop"] {
+        let patient = NewPatient {
+            key: PatientKey::new(key).expect("valid"),
+            display_name: None,
+            condition: "copd".into(),
+            profile_id: None,
+            care_team: None,
+        };
+        record
+            .create_patient(&patient, &audit)
+            .await
+            .expect("patient");
+    }
+    record
+        .create_gateway(&GatewayId::new("gw-1").expect("valid"), &audit)
+        .await
+        .expect("gateway");
+    let batch: Vec<(Reading, Vec<Observed>)> = history()
+        .into_iter()
+        .map(|r| {
+            let values = r.normalized().expect("valid");
+            (r, values)
+        })
+        .collect();
+    let stored = record.insert_batch(&batch).await.expect("insert");
+    assert_eq!(stored.new_count(), 41);
+    record.close().await;
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || check_backtest_of_history(&["--database", &url]))
+        .await
+        .expect("backtest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backtest_reads_the_patient_record_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite:{}", dir.path().join("rpm.db").display());
+    backtest_of_the_record(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backtest_reads_the_patient_record_on_postgresql() {
+    let Some(db) = testkit::unavailable(testkit::PgDatabase::create().await) else {
+        return;
+    };
+    backtest_of_the_record(db.url()).await;
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The clinical scenarios produce the alerts a clinician would expect, and no others: each
 //! scenario plays on simulated devices through the real gateway device layer and queue, and
 //! its readings are replayed through the rules engine (`rules::backtest`) with the profile of
-//! the patient's condition.
+//! the patient's condition. Every shipped scenario has its test here
+//! (`every_shipped_scenario_is_checked_here`).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -18,6 +19,9 @@ async fn alerts(scenario: &str, profile: &str) -> BacktestReport {
         .await
         .expect("scenario runs");
     let mut readings = outcome.readings;
+    // What ingest rejects (a broken channel's impossible value: `out_of_range`) never
+    // reaches the engine.
+    readings.retain(|r| r.normalized().is_ok());
     readings.sort_by_key(|r| r.measured_at);
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/profiles/{profile}.toml"));
@@ -150,4 +154,106 @@ async fn a_week_away_without_the_oximeter_is_an_adherence_alert_only() {
         r.alerts
     );
     assert_eq!(worst(&r, "no-oximetry"), Some(Severity::Low));
+}
+
+#[tokio::test]
+async fn a_hypertensive_crisis_confirmed_by_a_re_measurement_is_an_emergency_at_once() {
+    let r = alerts("hypertensive_crisis_remeasured", "hypertension").await;
+    let raised = rules_raised(&r);
+    assert_eq!(
+        worst(&r, "bp-severe"),
+        Some(Severity::Emergency),
+        "{raised:?}"
+    );
+    assert!(
+        raised.is_subset(
+            &["bp-severe", "bp-stage2", "systolic-trend"]
+                .into_iter()
+                .collect()
+        ),
+        "{raised:?}"
+    );
+    // Raised by the second reading of a pair ten minutes apart, not escalated unconfirmed
+    // after the repeat window ran out.
+    let severe = r
+        .alerts
+        .iter()
+        .find(|a| a.rule == "bp-severe")
+        .expect("bp-severe");
+    let evidence: Vec<_> = severe.raised.evidence.iter().collect();
+    assert!(evidence.len() >= 2, "{evidence:?}");
+    let last = evidence[evidence.len() - 1];
+    let before = evidence[evidence.len() - 2];
+    assert_eq!(severe.raised.at, last.at, "raised by a reading");
+    assert_eq!(last.at.since(before.at), 10 * 60_000, "{evidence:?}");
+    assert!(
+        evidence
+            .iter()
+            .all(|e| e.kind != vitals::Kind::Systolic || e.value >= 180.0),
+        "{evidence:?}"
+    );
+    assert_eq!(
+        r.alerts.iter().filter(|a| a.rule == "bp-severe").count(),
+        1,
+        "one crisis, one alert"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_cuff_asks_for_a_repeat_and_raises_nothing() {
+    // The patient's pressure is normal; what is wrong is the cuff: a value the hub cannot
+    // decode, a NaN systolic while the cuff sits loose, then a pulse channel reporting
+    // ~330/min, which ingest rejects.
+    let s = Scenario::builtin("faulty_cuff")
+        .expect("shipped")
+        .expect("valid");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outcome = run(&s, &dir.path().join("queue.db"))
+        .await
+        .expect("scenario runs");
+    assert!(
+        outcome.readings.iter().any(|r| r.normalized().is_err()),
+        "the broken pulse channel's readings are rejected before the rules"
+    );
+    for profile in ["hypertension", "default"] {
+        let r = alerts("faulty_cuff", profile).await;
+        assert!(r.alerts.is_empty(), "{profile}: {:?}", rules_raised(&r));
+        assert!(
+            r.repeat_requests > 0,
+            "{profile}: the loose cuff's reading asks the patient to measure again"
+        );
+    }
+}
+
+/// The scenarios this file checks, one test each.
+const CHECKED: [&str; 9] = [
+    "copd_stable",
+    "copd_exacerbation",
+    "hypertensive_crisis",
+    "hypertensive_crisis_remeasured",
+    "hypotension",
+    "measurement_faults",
+    "clock_faults",
+    "week_away",
+    "faulty_cuff",
+];
+
+#[test]
+fn every_shipped_scenario_is_checked_here() {
+    let checked: BTreeSet<&str> = CHECKED.into_iter().collect();
+    let builtin: BTreeSet<&str> = Scenario::builtin_names().collect();
+    assert_eq!(builtin, checked, "a shipped scenario without its test here");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/scenarios");
+    let files: BTreeSet<String> = std::fs::read_dir(&dir)
+        .expect("scenarios dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .map(|p| p.file_stem().expect("stem").to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        files.iter().map(String::as_str).collect::<BTreeSet<&str>>(),
+        checked,
+        "a scenario file in {} without its test here",
+        dir.display()
+    );
 }
