@@ -158,6 +158,68 @@ fn a_bad_config_is_refused_naming_file_key_and_expectation() {
 }
 
 #[test]
+fn a_bad_ingest_config_is_refused_naming_file_key_and_expectation() {
+    const MINIMAL: &str =
+        "[broker]\nurl = \"mqtt://127.0.0.1:1883\"\n[database]\nurl = \"sqlite:rpm.db\"\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("ingest.toml");
+    let check = |toml: &str| {
+        std::fs::write(&file, toml).expect("write config");
+        let out = rpm(
+            &[
+                "config",
+                "check",
+                "ingest",
+                file.to_str().expect("utf8 path"),
+            ],
+            &[],
+        );
+        let stderr = text(&out.stderr).replace(&file.display().to_string(), "FILE");
+        (out.status.success(), stderr)
+    };
+    assert!(check(MINIMAL).0, "the minimal config is valid");
+    assert!(check(&format!("{MINIMAL}[http]\nlisten = \"[::1]:8080\"\n")).0);
+    let cases: &[(&str, &str)] = &[
+        (
+            "[http]\nlisten = \"localhost:8080\"\n",
+            "error: FILE: key `http.listen`: expected IP:PORT, like 127.0.0.1:8080 or [::1]:8080 \
+             (a host name is not resolved), found string \"localhost:8080\"",
+        ),
+        (
+            "[http]\nlisten = 8080\n",
+            "error: FILE: key `http.listen`: expected IP:PORT, like 127.0.0.1:8080",
+        ),
+        (
+            "[consumer]\nbatch_linger = 20\n",
+            "error: FILE: key `consumer.batch_linger`: expected a duration",
+        ),
+        (
+            "[notifier]\nbogus = 1\n",
+            "error: FILE: key `notifier.bogus`: unknown key; expected one of: smtp,",
+        ),
+        (
+            "[clocks]\nmax_future = \"5m\"\n",
+            "error: FILE: key `clocks`: unknown key; expected one of: broker, database,",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let toml = format!("{MINIMAL}{extra}");
+        let (ok, stderr) = check(&toml);
+        assert!(!ok, "should be refused:\n{toml}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?}\ngot {stderr:?}\nfor\n{toml}"
+        );
+    }
+    let (ok, stderr) = check(&MINIMAL.replace("sqlite:rpm.db", "mysql://db/rpm"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("error: FILE: key `database.url`: expected sqlite:PATH or postgres://"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn environment_variables_override_the_file_and_are_named_when_wrong() {
     let (ok, out, _) = check_gateway(
         MINIMAL,

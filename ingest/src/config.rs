@@ -87,7 +87,8 @@ impl Default for ConsumerConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Listen address; port 0 takes a free port.
+    /// Listen address, `IP:PORT`; port 0 takes a free port.
+    #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     /// The address staff reach the console at, for links in notifications.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -101,6 +102,25 @@ impl Default for HttpConfig {
             public_url: None,
         }
     }
+}
+
+/// A listen address, refused with the form it must take (the standard library says only
+/// "invalid socket address syntax").
+fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    struct Listen;
+    impl serde::de::Visitor<'_> for Listen {
+        type Value = SocketAddr;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("IP:PORT, like 127.0.0.1:8080 or [::1]:8080 (a host name is not resolved)")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SocketAddr, E> {
+            v.parse()
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+        }
+    }
+    d.deserialize_str(Listen)
 }
 
 /// `[clock]`.
