@@ -92,7 +92,9 @@ fn row(
 /// The outbox rows for `notice` at escalation `step`, at `now`.
 ///
 /// - Staff on duty in the step's tier get it on every contact point, after `group_wait`
-///   unless the alert is at or above `immediate_from`. Quiet hours never apply to them.
+///   unless the alert is at or above `immediate_from`. Quiet hours never apply to them. A
+///   tier with nobody on duty is covered by the nearest tier with someone
+///   ([`Directory::covering_routes`]): a hole in the rota never leaves an alert unsent.
 /// - The patient gets it only on the first step, when the audience includes them, the rule
 ///   has patient wording and the alert is not a resolution; non-urgent messages wait for the
 ///   end of their quiet hours.
@@ -114,7 +116,12 @@ pub fn plan(
         } else {
             add(now, policy.group_wait)
         };
-        for route in directory.staff_routes(&notice.patient, step.tier, now) {
+        let routes = directory.covering_routes(&notice.patient, step.tier, now);
+        if routes.is_empty() {
+            // An alert id names no person; the console shows the alert as not notified.
+            tracing::warn!(alert = %notice.alert, tier = step.tier, "no staff on duty in any tier of the patient's team (or no team covers the patient): nobody on the care team is told");
+        }
+        for route in routes {
             rows.push(row(notice, route, step, at, None));
         }
     }
@@ -245,6 +252,45 @@ mod tests {
             rows.iter()
                 .all(|r| matches!(r.recipient, Recipient::Staff { .. }))
         );
+    }
+
+    #[test]
+    fn an_alert_in_a_hole_in_the_rota_reaches_the_next_tier_at_once() {
+        let config: DirectoryConfig = toml::from_str(
+            r#"
+            [[people]]
+            id = "ann"
+            name = "Ann"
+            contacts = [{ channel = "email", address = "ann@ward.test" }]
+            [[people]]
+            id = "cal"
+            name = "Cal"
+            contacts = [{ channel = "sms", address = "+447700900333" }]
+            [[teams]]
+            id = "t"
+            patients = ["pt-1"]
+            [[teams.tiers]]
+            time_zone = "Europe/London"
+            weekly = [{ days = ["mon","tue","wed","thu","fri"], start = "08:00", end = "20:00", person = "ann" }]
+            [[teams.tiers]]
+            time_zone = "Europe/London"
+            weekly = [{ days = ["mon","tue","wed","thu","fri","sat","sun"], start = "00:00", end = "00:00", person = "cal" }]
+            "#,
+        )
+        .expect("directory toml");
+        let d = Directory::build(config).expect("directory");
+        // Saturday 10 January 2026, 23:30 in London: nobody on tier 0.
+        let now: Timestamp = "2026-01-10T23:30:00Z".parse().expect("t");
+        let mut n = notice(Severity::Emergency, now);
+        n.audience = Audience::Nurse;
+        let rows = plan(&n, &d, &PlanPolicy::default(), Step::FIRST, now);
+        assert_eq!(rows.len(), 1, "tier 1 covers the hole");
+        assert_eq!(rows[0].address, "+447700900333");
+        assert_eq!(rows[0].not_before, now, "at once, not after ack_within");
+        assert!(matches!(
+            &rows[0].recipient,
+            Recipient::Staff { person, tier: 0 } if person.as_str() == "cal"
+        ));
     }
 
     #[test]

@@ -499,6 +499,33 @@ impl Directory {
             .collect()
     }
 
+    /// Staff destinations for escalation tier `tier` at `now`, never empty while anyone on
+    /// the patient's team is on duty: when nobody in `tier` is (a hole in the rota), the
+    /// nearest tier with someone on duty covers it, later tiers first (they are the ones an
+    /// unanswered alert would reach next), then earlier ones. The routes keep `tier` as the
+    /// tier they are notified for. Empty only when no tier has anyone on duty, or no team
+    /// covers the patient.
+    pub fn covering_routes(&self, patient: &PatientKey, tier: usize, now: Timestamp) -> Vec<Route> {
+        let tiers = self.tiers(patient);
+        let label = u8::try_from(tier).unwrap_or(u8::MAX);
+        (tier..tiers)
+            .chain((0..tier.min(tiers)).rev())
+            .map(|t| self.staff_routes(patient, t, now))
+            .find(|routes| !routes.is_empty())
+            .map(|routes| {
+                routes
+                    .into_iter()
+                    .map(|mut r| {
+                        if let Recipient::Staff { tier, .. } = &mut r.recipient {
+                            *tier = label;
+                        }
+                        r
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Patient destinations at `now`, with the end of quiet hours when they are in them.
     pub fn patient_routes(&self, patient: &PatientKey, now: Timestamp) -> Vec<Route> {
         let Some((p, tz)) = self.patients.get(patient) else {
@@ -649,6 +676,42 @@ mod tests {
         let d = directory();
         assert_eq!(duty(&d, 0, "2026-03-04T12:30:00Z"), ["cover"]);
         assert_eq!(duty(&d, 0, "2026-03-04T14:00:00Z"), ["day"]);
+    }
+
+    #[test]
+    fn a_hole_in_the_rota_is_covered_by_the_nearest_tier_with_someone_on_duty() {
+        let d = directory();
+        let pk = PatientKey::new("pt-1").expect("test key");
+        let who = |routes: Vec<Route>| -> Vec<(String, u8)> {
+            routes
+                .into_iter()
+                .filter_map(|r| match r.recipient {
+                    Recipient::Staff { person, tier } => Some((person.to_string(), tier)),
+                    Recipient::Patient { .. } => None,
+                })
+                .collect()
+        };
+        // Saturday night: nobody on tier 0, so the always-on tier 1 covers it, notified for
+        // tier 0.
+        let saturday_night = ts("2026-03-07T23:00:00Z");
+        assert!(d.staff_routes(&pk, 0, saturday_night).is_empty());
+        assert_eq!(
+            who(d.covering_routes(&pk, 0, saturday_night)),
+            [("lead".to_owned(), 0)]
+        );
+        // A staffed tier is its own cover.
+        let wednesday = ts("2026-03-04T09:00:00Z");
+        assert_eq!(
+            who(d.covering_routes(&pk, 0, wednesday)),
+            [("day".to_owned(), 0)]
+        );
+        // Past the last tier nothing is invented; an unknown patient has nobody.
+        assert_eq!(
+            who(d.covering_routes(&pk, 1, saturday_night)),
+            [("lead".to_owned(), 1)]
+        );
+        let stranger = PatientKey::new("pt-2").expect("test key");
+        assert!(d.covering_routes(&stranger, 0, wednesday).is_empty());
     }
 
     #[test]
