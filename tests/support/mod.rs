@@ -1,7 +1,7 @@
 //! What the end-to-end tests share: registering a scenario's patient, writing configs, an
 //! independent MQTT observer, a bare HTTP client, and [`Chain`], the whole system as separate
-//! processes (simulated devices → `rpm gateway` → Mosquitto → `rpm ingest` on PostgreSQL →
-//! notifier → a real SMTP server) with the two checks every fault test ends with:
+//! processes (simulated devices → `rpm gateway` → Mosquitto → `rpm ingest` on PostgreSQL or
+//! SQLite → notifier → a real SMTP server) with the two checks every fault test ends with:
 //! [`Chain::check_readings`] (every reading the simulators emitted is in the record exactly
 //! once, compared by id) and [`Chain::check_alerts`] (every alert the scenario must raise is in
 //! the record once and reached each recipient by email once).
@@ -261,11 +261,45 @@ pub fn exacerbation_scenario(continuous_secs: u32, extra: &str) -> String {
     format!("{head}{continuous}{extra}")
 }
 
-/// Where the record lives: a fresh database on the machine's server, or a private server a
-/// test may crash and restart.
+/// Where the record lives: a fresh database on the machine's server, a private server a
+/// test may crash and restart, or an SQLite file in the chain's directory (the embedded
+/// default).
 enum Database {
     Shared(PgDatabase),
     Private(PgServer),
+    Sqlite,
+}
+
+/// Which [`Database`] a [`Chain`] starts with.
+enum Backend {
+    SharedPg,
+    PrivatePg,
+    Sqlite,
+}
+
+/// The rows `sql` selects from the record at `url`, PostgreSQL or SQLite.
+async fn fetch_rows<T>(url: &str, sql: &str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + Send
+        + Unpin,
+{
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url)
+            .await
+            .expect("connect to the record");
+        let rows = sqlx::query_as(sql).fetch_all(&pool).await.expect(sql);
+        pool.close().await;
+        rows
+    } else {
+        let pool = sqlx::PgPool::connect(url)
+            .await
+            .expect("connect to the record");
+        let rows = sqlx::query_as(sql).fetch_all(&pool).await.expect(sql);
+        pool.close().await;
+        rows
+    }
 }
 
 /// The whole system as separate processes for one home (one gateway, one patient). Services
@@ -294,21 +328,42 @@ impl Chain {
     /// the SMTP server, and registers the scenario's home. `None` when a service is missing
     /// and not under CI (where that fails the test).
     pub async fn start(scenario_toml: String, private_pg: bool) -> Option<Chain> {
+        let backend = if private_pg {
+            Backend::PrivatePg
+        } else {
+            Backend::SharedPg
+        };
+        Self::start_on(scenario_toml, backend).await
+    }
+
+    /// [`Chain::start`] with the record in an SQLite file (`rpm ingest`'s embedded default).
+    pub async fn start_sqlite(scenario_toml: String) -> Option<Chain> {
+        Self::start_on(scenario_toml, Backend::Sqlite).await
+    }
+
+    async fn start_on(scenario_toml: String, backend: Backend) -> Option<Chain> {
         let broker = unavailable(Mosquitto::start())?;
         let smtp = unavailable(SmtpSink::start())?;
-        let (database, db_url) = if private_pg {
-            let pg = unavailable(PgServer::start())?;
-            let url = pg.url("postgres");
-            (Database::Private(pg), url)
-        } else {
-            let db = unavailable(PgDatabase::create().await)?;
-            let url = db.url().to_owned();
-            (Database::Shared(db), url)
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (database, db_url) = match backend {
+            Backend::SharedPg => {
+                let db = unavailable(PgDatabase::create().await)?;
+                let url = db.url().to_owned();
+                (Database::Shared(db), url)
+            }
+            Backend::PrivatePg => {
+                let pg = unavailable(PgServer::start())?;
+                let url = pg.url("postgres");
+                (Database::Private(pg), url)
+            }
+            Backend::Sqlite => {
+                let url = format!("sqlite:{}", dir.path().join("record.db").display());
+                (Database::Sqlite, url)
+            }
         };
         let record = Record::connect(&db_url, 4).await.expect("record");
         let scenario =
             Scenario::from_toml("fault suite scenario", &scenario_toml).expect("valid scenario");
-        let dir = tempfile::tempdir().expect("tempdir");
         let scenario_path = write(dir.path(), "scenario.toml", scenario_toml);
         let gateway = GatewayId::new("gw-faults").expect("valid");
         register(&record, &scenario, &gateway).await;
@@ -331,7 +386,9 @@ impl Chain {
     pub fn pg_server(&mut self) -> &mut PgServer {
         match &mut self.database {
             Database::Private(pg) => pg,
-            Database::Shared(_) => panic!("started without a private PostgreSQL server"),
+            Database::Shared(_) | Database::Sqlite => {
+                panic!("started without a private PostgreSQL server")
+            }
         }
     }
 
@@ -454,15 +511,11 @@ impl Chain {
 
     /// The reading ids in the record (the table's key is the reading id).
     pub async fn record_ids(&self) -> Vec<String> {
-        let pool = sqlx::PgPool::connect(&self.db_url)
+        fetch_rows::<(String,)>(&self.db_url, "SELECT reading_id FROM readings")
             .await
-            .expect("connect to the record");
-        let ids: Vec<String> = sqlx::query_scalar("SELECT reading_id FROM readings")
-            .fetch_all(&pool)
-            .await
-            .expect("reading ids");
-        pool.close().await;
-        ids
+            .into_iter()
+            .map(|(id,)| id)
+            .collect()
     }
 
     /// Every reading the simulators emitted is in the record exactly once, and nothing else
@@ -671,20 +724,16 @@ impl Chain {
 
     /// Waits until every outbox row is sent (none pending, none failed); how many rows.
     pub async fn wait_outbox_sent(&self, context: &dyn Fn() -> String) -> i64 {
-        let pool = sqlx::PgPool::connect(&self.db_url)
-            .await
-            .expect("connect to the record");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let rows: Vec<(String, i64)> =
-                sqlx::query_as("SELECT status, count(*) FROM notifier_outbox GROUP BY status")
-                    .fetch_all(&pool)
-                    .await
-                    .expect("outbox");
+            let rows: Vec<(String, i64)> = fetch_rows(
+                &self.db_url,
+                "SELECT status, count(*) FROM notifier_outbox GROUP BY status",
+            )
+            .await;
             let by: BTreeMap<String, i64> = rows.into_iter().collect();
             let sent = by.get("sent").copied().unwrap_or(0);
             if by.len() == 1 && sent > 0 {
-                pool.close().await;
                 return sent;
             }
             assert!(
