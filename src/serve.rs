@@ -205,7 +205,13 @@ pub async fn gateway(
     let wake = Arc::new(tokio::sync::Notify::new());
     let stats = Arc::new(ForwarderStats::default());
     let (devices_tx, device_statuses) = tokio::sync::watch::channel(Vec::new());
-    let (config_tx, config_rx) = tokio::sync::watch::channel(None);
+    // The server's last good configuration stays in force, and in the status, until the server
+    // sends a newer valid one: across restarts, and whatever is retained on the broker.
+    let (config_tx, config_rx) = tokio::sync::watch::channel(saved_server_config(&config));
+    let keeper = tokio::spawn(keep_server_configs(
+        config.gateway.data_dir.clone(),
+        config_rx.clone(),
+    ));
     let forwarder = Forwarder {
         settings: ForwarderSettings {
             gateway: id.clone(),
@@ -256,6 +262,10 @@ pub async fn gateway(
         shutdown.cancelled().await;
     }
     forwarding.await??;
+    // The forwarder is gone, and with it the sender: the keeper has saved the last config.
+    if let Err(e) = keeper.await {
+        tracing::warn!(error = %e, "the configuration keeper failed");
+    }
     tracing::info!(
         readings_acked = stats.readings_acked.load(Ordering::Relaxed),
         messages = stats.messages_sent.load(Ordering::Relaxed),
@@ -310,23 +320,52 @@ fn device_statuses(stats: &[gateway::device::SessionStats]) -> Vec<vitals::Devic
         .collect()
 }
 
-/// The allowlist the hub works with: the server's last good config if it sent one (kept in
-/// the data directory), else the configuration file's `[[devices]]`.
-fn allowlist(config: &gateway::config::GatewayConfig) -> Vec<vitals::DeviceBinding> {
-    let saved = config.gateway.data_dir.join("server-config.json");
-    match std::fs::read(&saved)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<vitals::GatewayConfig>(&b).ok())
-    {
-        Some(c) if c.gateway == config.gateway.id => {
+/// The server's last good config, kept in the data directory, checked as when it arrived.
+fn saved_server_config(config: &gateway::config::GatewayConfig) -> Option<vitals::GatewayConfig> {
+    let path = config.gateway.data_dir.join(SERVER_CONFIG);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "cannot read the server's last configuration");
+            return None;
+        }
+    };
+    match gateway::publish::accept_config(&config.gateway.id, &bytes, None) {
+        Ok(Some(c)) => {
             tracing::info!(
                 version = c.version,
                 devices = c.devices.len(),
                 "using the server's last good configuration"
             );
-            c.devices
+            Some(c)
         }
-        _ => config.devices.clone(),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "ignoring the saved server configuration");
+            None
+        }
+    }
+}
+
+/// Where the server's last good config is kept, in the data directory.
+const SERVER_CONFIG: &str = "server-config.json";
+
+/// Saves every configuration the forwarder takes from the server, until the forwarder stops.
+async fn keep_server_configs(
+    dir: std::path::PathBuf,
+    mut configs: tokio::sync::watch::Receiver<Option<vitals::GatewayConfig>>,
+) {
+    while configs.changed().await.is_ok() {
+        let Some(c) = configs.borrow_and_update().clone() else {
+            continue;
+        };
+        match save_server_config(&dir, &c) {
+            Ok(()) => tracing::debug!(version = c.version, "kept the server's configuration"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not keep the server's configuration on disk")
+            }
+        }
     }
 }
 
@@ -337,7 +376,9 @@ fn save_server_config(dir: &std::path::Path, c: &vitals::GatewayConfig) -> std::
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&serde_json::to_vec(c).map_err(std::io::Error::other)?)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, dir.join("server-config.json"))
+    std::fs::rename(&tmp, dir.join(SERVER_CONFIG))?;
+    // The rename is durable once the directory is.
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Real devices through BlueZ: scans for health-service advertisers and keeps one device
@@ -358,7 +399,11 @@ async fn bluetooth(
 
     const RETRY_REFUSED: Duration = Duration::from_secs(600);
     let source = Arc::new(BluezSource::new(BluezConfig::from_ble(&config.ble)).await?);
-    let mut bindings: Arc<[vitals::DeviceBinding]> = allowlist(config).into();
+    // The server's last good config if it sent one, else the file's `[[devices]]`.
+    let mut bindings: Arc<[vitals::DeviceBinding]> = match server_config.borrow().as_ref() {
+        Some(c) => c.devices.clone().into(),
+        None => config.devices.clone().into(),
+    };
     let mut sessions: HashMap<Address, gateway::device::session::SessionHandle> = HashMap::new();
     let mut refused: HashMap<Address, tokio::time::Instant> = HashMap::new();
     let mut failures = 0u32;
@@ -429,9 +474,6 @@ async fn bluetooth(
                     continue;
                 }
                 let Some(c) = server_config.borrow_and_update().clone() else { continue };
-                if let Err(e) = save_server_config(&config.gateway.data_dir, &c) {
-                    tracing::error!(error = %e, "could not keep the server's configuration on disk");
-                }
                 tracing::info!(version = c.version, devices = c.devices.len(), "new allowlist: restarting device sessions");
                 bindings = c.devices.into();
                 sessions.clear();

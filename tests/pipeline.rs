@@ -9,6 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use ingest::record::Record;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use simulators::scenario::Scenario;
 use support::{BIN, acked, drain, http_addr, http_get, register, subscriber, wait_record, write};
 use testkit::{Mosquitto, PgDatabase, RpmProcess, unavailable};
@@ -390,4 +393,226 @@ async fn an_exacerbation_at_home_reaches_the_nurse_on_duty_by_email() {
             .is_empty()
     );
     ingest.kill().expect("stop ingest");
+}
+
+/// Every status `gw-e2e` publishes, as the server sees it.
+async fn status_watcher(port: u16) -> mpsc::UnboundedReceiver<GatewayStatus> {
+    let (client, mut events) =
+        AsyncClient::new(MqttOptions::new("e2e-status", "127.0.0.1", port), 10);
+    client
+        .subscribe("rpm/v1/gw/gw-e2e/status", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut ready_tx = Some(ready_tx);
+    tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready_tx.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(serde_json::from_slice(&p.payload).expect("a valid status"));
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    ready_rx.await.expect("subscribed");
+    rx
+}
+
+/// The next status that `wanted` accepts (at most 30 s away).
+async fn status_where(
+    statuses: &mut mpsc::UnboundedReceiver<GatewayStatus>,
+    what: &str,
+    gw: &RpmProcess,
+    wanted: impl Fn(&GatewayStatus) -> bool,
+) -> GatewayStatus {
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let s = statuses.recv().await.expect("watcher alive");
+            if wanted(&s) {
+                return s;
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no status: {what}\n{}", gw.stderr()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_config_update_is_refused_and_reported_and_the_last_good_one_kept_across_a_restart() {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = gateway_config(dir.path(), broker.port());
+    let topic = Topic::new(GatewayId::new("gw-e2e").expect("valid"), Channel::Config).to_string();
+    let (server, mut server_events) = AsyncClient::new(
+        MqttOptions::new("e2e-server", "127.0.0.1", broker.port()),
+        10,
+    );
+    tokio::spawn(async move { while server_events.poll().await.is_ok() {} });
+    let config = |version: u64, users: &str| {
+        format!(
+            r#"{{"v":1,"gateway":"gw-e2e","version":{version},"devices":[{{"id":"bdaddr:c0:ff:ee:00:02:01","users":[{users}]}}]}}"#
+        )
+        .into_bytes()
+    };
+    let mut statuses = status_watcher(broker.port()).await;
+    server
+        .publish(
+            &topic,
+            QoS::AtLeastOnce,
+            true,
+            config(7, r#"{"user":1,"patient":"pk-a"}"#),
+        )
+        .await
+        .expect("publish");
+    let args = ["gateway", "--config", &cfg, "--simulate", "copd_stable"];
+    let mut gw = RpmProcess::spawn(BIN, &args, &[("RUST_LOG", "info")]).expect("spawn gateway");
+    status_where(&mut statuses, "config 7 in force", &gw, |s| {
+        s.state == GatewayState::Online
+            && s.config_version == Some(7)
+            && s.config_rejected.is_none()
+    })
+    .await;
+
+    // Cut-off JSON, then a config that gives a cuff's user slot to two patients.
+    let bad = [
+        (br#"{"v":1,"gateway":"gw-e2e""#.to_vec(), "malformed"),
+        (
+            config(
+                8,
+                r#"{"user":1,"patient":"pk-a"},{"user":1,"patient":"pk-b"}"#,
+            ),
+            "invalid_binding",
+        ),
+    ];
+    for (payload, why) in bad {
+        server
+            .publish(&topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .expect("publish");
+        let s = status_where(&mut statuses, why, &gw, |s| {
+            s.config_rejected.as_deref() == Some(why)
+        })
+        .await;
+        assert_eq!(
+            s.config_version,
+            Some(7),
+            "{why}: the last good config stays"
+        );
+    }
+    assert!(
+        gw.stderr()
+            .contains("rejected a configuration from the server"),
+        "each refusal is logged: {}",
+        gw.stderr()
+    );
+
+    // The hub loses power and comes back with the invalid config still retained on the
+    // broker: it starts from the last good one it kept.
+    gw.kill().expect("SIGKILL");
+    status_where(&mut statuses, "the last will", &gw, |s| {
+        s.state == GatewayState::Offline
+    })
+    .await;
+    let mut gw = RpmProcess::spawn(BIN, &args, &[("RUST_LOG", "info")]).expect("spawn gateway");
+    let s = status_where(&mut statuses, "the retained bad config refused", &gw, |s| {
+        s.state == GatewayState::Online && s.config_rejected.is_some()
+    })
+    .await;
+    assert_eq!(
+        s.config_version,
+        Some(7),
+        "after a restart the last good config is in force"
+    );
+
+    // A newer valid config is taken, and kept.
+    server
+        .publish(
+            &topic,
+            QoS::AtLeastOnce,
+            true,
+            config(9, r#"{"user":2,"patient":"pk-b"}"#),
+        )
+        .await
+        .expect("publish");
+    status_where(&mut statuses, "config 9 in force", &gw, |s| {
+        s.config_version == Some(9) && s.config_rejected.is_none()
+    })
+    .await;
+    let kept = dir.path().join("gw-data/server-config.json");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let version = std::fs::read(&kept)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<GatewayConfig>(&b).ok())
+            .map(|c| c.version);
+        if version == Some(9) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hub keeps the config it took: {version:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.kill().expect("stop the gateway");
+}
+
+/// A device that sends its stored records again on every connection (here every device of
+/// the scenario, when the hub starts again on the same data directory and the devices replay
+/// their week): what the hub already forwarded is not forwarded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_a_device_sends_again_on_every_connection_are_forwarded_once() {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let mut observed = subscriber(broker.port()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = gateway_config(dir.path(), broker.port());
+    let args = [
+        "--log-format",
+        "json",
+        "gateway",
+        "--config",
+        &cfg,
+        "--simulate",
+        "week_away",
+        "--exit-when-drained",
+    ];
+    let mut forwarded = Vec::new();
+    for _ in 0..3 {
+        let mut gw = RpmProcess::spawn(BIN, &args, &[("RUST_LOG", "info")]).expect("spawn");
+        let status = gw
+            .wait_timeout(Duration::from_secs(60))
+            .expect("gateway exits");
+        assert!(status.success(), "{}", gw.stderr());
+        forwarded.push(acked(&gw.stderr()));
+    }
+    assert!(
+        forwarded[0] >= 20,
+        "the first run forwards the week's readings: {forwarded:?}"
+    );
+    assert_eq!(
+        &forwarded[1..],
+        [0, 0],
+        "the records sent again are not forwarded again"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut seen = HashMap::new();
+    drain(&mut observed, &mut seen);
+    assert_eq!(seen.len() as u64, forwarded[0]);
+    assert!(
+        seen.values().all(|c| *c == 1),
+        "a reading reached the broker twice"
+    );
 }

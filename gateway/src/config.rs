@@ -131,28 +131,50 @@ impl GatewayConfig {
         if self.forward.max_inflight == 0 {
             return Err(("forward.max_inflight", "must be at least 1".into()));
         }
-        let mut seen = std::collections::HashSet::new();
-        for d in &self.devices {
-            if !seen.insert(d.id) {
-                return Err(("devices", format!("device {} is listed twice", d.id)));
-            }
-            if d.patient.is_none() && d.users.is_empty() {
+        check_bindings(&self.devices)
+    }
+}
+
+/// Checks an allowlist, the file's `[[devices]]` or one the server sent: each device listed
+/// once and bound to a patient, each user slot of a device bound once, and never slot 255
+/// (the Blood Pressure Service's "unknown user", whose readings belong to nobody's slot).
+/// Returns the dotted key and the problem.
+pub fn check_bindings(devices: &[DeviceBinding]) -> Result<(), (&'static str, String)> {
+    let mut seen = std::collections::HashSet::new();
+    for d in devices {
+        if !seen.insert(d.id) {
+            return Err(("devices", format!("device {} is listed twice", d.id)));
+        }
+        if d.patient.is_none() && d.users.is_empty() {
+            return Err((
+                "devices",
+                format!(
+                    "device {} is bound to no patient (give `patient` or `users`)",
+                    d.id
+                ),
+            ));
+        }
+        let mut users = std::collections::HashSet::new();
+        for u in &d.users {
+            if u.user == UNKNOWN_USER {
                 return Err((
-                    "devices",
+                    "devices.users",
                     format!(
-                        "device {} is bound to no patient (give `patient` or `users`)",
+                        "device {} binds user {UNKNOWN_USER}, the \"unknown user\" slot",
                         d.id
                     ),
                 ));
             }
-            let mut users = std::collections::HashSet::new();
-            if let Some(u) = d.users.iter().find(|u| !users.insert(u.user)) {
+            if !users.insert(u.user) {
                 return Err((
                     "devices.users",
                     format!("device {} binds user {} twice", d.id, u.user),
                 ));
             }
         }
-        Ok(())
     }
+    Ok(())
 }
+
+/// The Blood Pressure Service's user index for "unknown user".
+const UNKNOWN_USER: u8 = 0xFF;

@@ -37,6 +37,11 @@ pub struct GatewayStatus {
     /// The config version in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_version: Option<u64>,
+    /// Why the latest config the server sent was refused — `malformed`, `other_gateway` or
+    /// `invalid_binding`, details in the gateway's log — while the one in force
+    /// (`config_version`) is kept; absent when the latest one was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_rejected: Option<String>,
     /// Software version string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub software: Option<String>,
@@ -164,6 +169,7 @@ mod tests {
             queue: None,
             devices: vec![],
             config_version: None,
+            config_rejected: None,
             software: None,
         };
         let json = serde_json::to_string(&will).expect("json");

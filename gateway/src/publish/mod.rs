@@ -192,6 +192,9 @@ impl Forwarder {
         let mut failures: u32 = 0;
         let mut next_status = Instant::now();
         let mut current_config_version = config_out.borrow().as_ref().map(|c| c.version);
+        // Why the server's latest config was refused, for the status (the server has no other
+        // way to learn that its update did not take).
+        let mut config_rejected: Option<String> = None;
 
         loop {
             if state.connected {
@@ -207,8 +210,14 @@ impl Forwarder {
                 if Instant::now() >= next_status
                     && state.in_flight() < usize::from(settings.forward.max_inflight) + 1
                 {
-                    let status =
-                        status_message(&settings, &queue, &devices, current_config_version).await?;
+                    let status = status_message(
+                        &settings,
+                        &queue,
+                        &devices,
+                        current_config_version,
+                        config_rejected.as_deref(),
+                    )
+                    .await?;
                     if client
                         .try_publish(&status_topic, QoS::AtLeastOnce, true, status)
                         .is_ok()
@@ -292,6 +301,7 @@ impl Forwarder {
                                 Ok(Some(config)) => {
                                     tracing::info!(version = config.version, devices = config.devices.len(), "new configuration from the server");
                                     current_config_version = Some(config.version);
+                                    config_rejected = None;
                                     let _ = config_out.send(Some(config));
                                     next_status = Instant::now();
                                 }
@@ -299,6 +309,8 @@ impl Forwarder {
                                 Err(why) => {
                                     stats.configs_rejected.fetch_add(1, Ordering::Relaxed);
                                     tracing::warn!(error = %why, "rejected a configuration from the server; keeping the last good one");
+                                    config_rejected = Some(why.label().to_owned());
+                                    next_status = Instant::now();
                                 }
                             }
                         }
@@ -444,6 +456,7 @@ async fn status_message(
     queue: &Queue,
     devices: &DeviceStatuses,
     config_version: Option<u64>,
+    config_rejected: Option<&str>,
 ) -> Result<Vec<u8>, QueueError> {
     let depth = queue.depth().await?;
     let free = queue.disk_free_bytes();
@@ -467,6 +480,7 @@ async fn status_message(
         }),
         devices: devices.borrow().clone(),
         config_version,
+        config_rejected: config_rejected.map(str::to_owned),
         software: Some(concat!("rpm ", env!("CARGO_PKG_VERSION")).to_owned()),
     };
     Ok(serde_json::to_vec(&status).unwrap_or_default())
@@ -482,6 +496,7 @@ pub fn offline_status(gateway: &GatewayId) -> Result<Vec<u8>, serde_json::Error>
         queue: None,
         devices: vec![],
         config_version: None,
+        config_rejected: None,
         software: None,
     })
 }
@@ -495,9 +510,21 @@ pub enum ConfigRejection {
     /// For another gateway.
     #[error("configuration is for gateway `{0}`")]
     OtherGateway(GatewayId),
-    /// A device listed twice, or bound to nobody.
+    /// A device listed twice or bound to nobody, or a user slot bound twice.
     #[error("invalid binding: {0}")]
     Binding(String),
+}
+
+impl ConfigRejection {
+    /// The reason as the status reports it; the details (which may quote the payload) stay in
+    /// the hub's log.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ConfigRejection::Malformed(_) => "malformed",
+            ConfigRejection::OtherGateway(_) => "other_gateway",
+            ConfigRejection::Binding(_) => "invalid_binding",
+        }
+    }
 }
 
 /// Validates a configuration from the server. `Ok(None)` means it is not newer than the one in
@@ -524,21 +551,8 @@ pub fn accept_config(
     if &config.gateway != gateway {
         return Err(ConfigRejection::OtherGateway(config.gateway));
     }
-    let mut seen = std::collections::HashSet::new();
-    for d in &config.devices {
-        if !seen.insert(d.id) {
-            return Err(ConfigRejection::Binding(format!(
-                "device {} is listed twice",
-                d.id
-            )));
-        }
-        if d.patient.is_none() && d.users.is_empty() {
-            return Err(ConfigRejection::Binding(format!(
-                "device {} is bound to no patient",
-                d.id
-            )));
-        }
-    }
+    crate::config::check_bindings(&config.devices)
+        .map_err(|(_, why)| ConfigRejection::Binding(why))?;
     if current.is_some_and(|v| config.version <= v) {
         return Ok(None);
     }
@@ -578,6 +592,17 @@ mod tests {
             br#"{"v":1,"gateway":"gw-1","version":4,"devices":[{"id":"eui64:0011223344556677"}]}"#;
         assert!(matches!(
             accept_config(&gw, unbound, None),
+            Err(ConfigRejection::Binding(_))
+        ));
+        // A cuff's user slot belongs to one patient: the same checks as the file's allowlist.
+        let slot_twice = br#"{"v":1,"gateway":"gw-1","version":5,"devices":[{"id":"bdaddr:00:11:22:33:44:55","users":[{"user":1,"patient":"pk-a"},{"user":1,"patient":"pk-b"}]}]}"#;
+        assert!(matches!(
+            accept_config(&gw, slot_twice, None),
+            Err(ConfigRejection::Binding(_))
+        ));
+        let unknown_slot = br#"{"v":1,"gateway":"gw-1","version":5,"devices":[{"id":"bdaddr:00:11:22:33:44:55","users":[{"user":255,"patient":"pk-a"}]}]}"#;
+        assert!(matches!(
+            accept_config(&gw, unknown_slot, None),
             Err(ConfigRejection::Binding(_))
         ));
         for junk in [&b"{"[..], b"null", b"\xff", br#"{"v":1}"#] {
