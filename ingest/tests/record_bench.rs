@@ -59,6 +59,89 @@ async fn insert_rate_postgres() {
     probe("postgres", &record).await;
 }
 
+/// What a binding lookup costs once its view is old, at 100 000 bindings: reading the whole
+/// table again (what every lookup after the TTL did before the fingerprint) against asking
+/// for the fingerprint and finding it unchanged. Prints medians of 5; asserts only that the
+/// unchanged view was not read again.
+async fn binding_probe(name: &str, record: &Record) {
+    const BINDINGS: usize = 100_000;
+    let fleet = BenchFleet::setup(record, BINDINGS).await.expect("fleet");
+    let (gateway, device) = (&fleet.gateway, &fleet.devices[0]);
+    let at = fleet.start;
+    record.set_binding_ttl(std::time::Duration::ZERO);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut full = Vec::new();
+    for i in 1..=5 {
+        // A change (an unbinding) makes the next lookup read the whole table.
+        record
+            .unbind(
+                gateway,
+                &fleet.devices[i],
+                None,
+                at + std::time::Duration::from_secs(3600),
+                &ingest::record::Audit {
+                    who: "probe",
+                    why: "a change to the bindings",
+                },
+            )
+            .await
+            .expect("unbind");
+        let before = record.binding_reloads();
+        let started = Instant::now();
+        record
+            .binding_for(gateway, device, None, at)
+            .await
+            .expect("lookup")
+            .expect("bound");
+        full.push(started.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(record.binding_reloads(), before + 1, "changed: read again");
+    }
+    let reloads = record.binding_reloads();
+    let mut checked = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        record
+            .binding_for(gateway, device, None, at)
+            .await
+            .expect("lookup")
+            .expect("bound");
+        checked.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    assert_eq!(
+        record.binding_reloads(),
+        reloads,
+        "unchanged: not read again"
+    );
+    println!(
+        "{name}: stale binding lookup at {BINDINGS} bindings: full reload {:.1} ms, \
+         fingerprint unchanged {:.2} ms (medians of 5)",
+        median(full),
+        median(checked)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test: run with --ignored --nocapture"]
+async fn binding_lookup_sqlite() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite:{}", dir.path().join("rpm.db").display());
+    let record = Record::connect(&url, 2).await.expect("open");
+    binding_probe("sqlite", &record).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test: run with --ignored --nocapture"]
+async fn binding_lookup_postgres() {
+    let Some(db) = testkit::unavailable(testkit::PgDatabase::create().await) else {
+        return;
+    };
+    let record = Record::connect(db.url(), 2).await.expect("open");
+    binding_probe("postgres", &record).await;
+}
+
 /// Both baselines run on both backends, insert what they say, and leave the record alone
 /// (their scratch tables are dropped, so a second run starts clean).
 async fn baselines_insert_their_rows_and_leave_the_record_alone(record: Record) {
