@@ -84,6 +84,9 @@ pub fn run(command: RulesCommand) -> anyhow::Result<ExitCode> {
                 (None, Some(url)) => crate::runtime()?.block_on(read_readings_database(&url))?,
                 (None, None) => bail!("give --readings FILE or --database URL"),
             };
+            if all.is_empty() {
+                bail!("there are no readings to replay (the file or record holds none)");
+            }
             all.sort_by_key(|r| r.measured_at);
             let first = all.first().map(|r| r.measured_at);
             let last = all.last().map(|r| r.measured_at);

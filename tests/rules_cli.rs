@@ -265,6 +265,28 @@ fn backtest_refuses_a_bad_readings_file_naming_the_line() {
 }
 
 #[test]
+fn backtest_of_nothing_says_there_is_nothing_to_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("empty.jsonl");
+    std::fs::write(&file, "").expect("write");
+    let profile = fixture("profiles/copd.toml");
+    let out = rpm(&[
+        "rules",
+        "backtest",
+        "--profile",
+        profile.to_str().expect("utf8"),
+        "--readings",
+        file.to_str().expect("utf8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no readings to replay"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn bench_rules_prints_figures_beside_their_baselines() {
     let out = rpm(&[
         "bench",
