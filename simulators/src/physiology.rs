@@ -201,4 +201,34 @@ mod tests {
         let mean: f64 = (0..200).map(|_| a.sample(later).spo2).sum::<f64>() / 200.0;
         assert!((mean - 87.0).abs() < 1.0, "{mean}");
     }
+
+    /// Mean and standard deviation of `n` samples of one value at `t`.
+    fn spread(p: &mut Physiology, t: OffsetDateTime, f: fn(&Vitals) -> f64) -> (f64, f64) {
+        let xs: Vec<f64> = (0..400).map(|_| f(&p.sample(t))).collect();
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+        (mean, var.sqrt())
+    }
+
+    #[test]
+    fn blood_pressure_peaks_mid_morning_peak_flow_dips_early_and_every_sample_is_noisy() {
+        let start = time::macros::datetime!(2025-03-01 00:00 UTC);
+        let mut p = Physiology::new(baseline(), vec![], start, 5);
+        let at = |h: i64| start + time::Duration::days(2) + time::Duration::hours(h);
+        let (sys_morning, sys_sd) = spread(&mut p, at(10), |v| v.systolic);
+        let (sys_night, _) = spread(&mut p, at(22), |v| v.systolic);
+        // ±6 mmHg around the baseline, twelve hours apart.
+        assert!((sys_morning - 136.0).abs() < 1.0, "{sys_morning}");
+        assert!((sys_night - 124.0).abs() < 1.0, "{sys_night}");
+        // Peak flow is best in the afternoon and lowest twelve hours earlier.
+        let (pef_afternoon, pef_sd) = spread(&mut p, at(16), |v| v.pef);
+        let (pef_early, _) = spread(&mut p, at(4), |v| v.pef);
+        assert!(
+            pef_afternoon - pef_early > 15.0,
+            "{pef_afternoon} vs {pef_early}"
+        );
+        // Measurement noise: repeated samples at one instant differ.
+        assert!((3.0..5.0).contains(&sys_sd), "{sys_sd}");
+        assert!((8.0..12.0).contains(&pef_sd), "{pef_sd}");
+    }
 }
