@@ -172,15 +172,25 @@ fn read_readings_file(path: &Path) -> anyhow::Result<Vec<Reading>> {
     Ok(out)
 }
 
+/// Every reading in the record, patient by patient, with a counter on stderr (when it is a
+/// terminal): on a long run, reading the record is most of the wait.
 async fn read_readings_database(url: &str) -> anyhow::Result<Vec<Reading>> {
     let record = ingest::record::Record::connect(url, 2).await?;
     let mut out = Vec::new();
+    let counter = indicatif::ProgressBar::new_spinner();
+    counter.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} reading the record: {pos} readings ({per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
     for patient in record.list_patients().await? {
         let mut page = ingest::record::Page::first(1000);
         loop {
             let got = record
                 .readings_for_patient(&patient.key, OffsetDateTime::UNIX_EPOCH, far_future(), page)
                 .await?;
+            counter.inc(got.readings.len() as u64);
             out.extend(got.readings.into_iter().map(|s| Reading {
                 id: s.id,
                 seq: s.gateway_seq,
@@ -201,6 +211,7 @@ async fn read_readings_database(url: &str) -> anyhow::Result<Vec<Reading>> {
             }
         }
     }
+    counter.finish_and_clear();
     record.close().await;
     Ok(out)
 }
