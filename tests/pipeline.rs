@@ -616,3 +616,38 @@ async fn records_a_device_sends_again_on_every_connection_are_forwarded_once() {
         "a reading reached the broker twice"
     );
 }
+
+/// A hub cut off from the broker while its disk fills says so in its log (its status cannot
+/// reach anyone), and keeps what its devices send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_offline_with_its_disk_nearly_full_says_so_in_its_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Nothing listens there: the link is down for the whole test.
+    let port = testkit::free_port().expect("a free port");
+    let cfg = write(
+        dir.path(),
+        "gateway.toml",
+        format!(
+            "[gateway]\nid = \"gw-e2e\"\ndata_dir = \"{}\"\n[broker]\nurl = \"mqtt://127.0.0.1:{port}\"\n\
+             [queue]\ndisk_low_bytes = {}\n",
+            dir.path().join("gw-data").display(),
+            i64::MAX
+        ),
+    );
+    let args = ["gateway", "--config", &cfg, "--simulate", "copd_stable"];
+    let mut gw = RpmProcess::spawn(BIN, &args, &[("RUST_LOG", "info")]).expect("spawn gateway");
+    gw.wait_for_output("scenario played", Duration::from_secs(60))
+        .expect("the scenario plays offline");
+    let warned = gw.wait_for_output("disk space is low", Duration::from_secs(30));
+    let log = gw.stderr();
+    gw.kill().expect("stop the gateway");
+    assert!(warned.is_ok(), "no warning about the disk:\n{log}");
+    let queue = gateway::queue::Queue::open(dir.path().join("gw-data/queue.db"))
+        .await
+        .expect("queue");
+    assert!(
+        queue.depth().await.expect("depth").readings > 0,
+        "the readings are kept"
+    );
+    queue.close().await;
+}

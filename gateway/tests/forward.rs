@@ -626,3 +626,54 @@ async fn a_new_reading_is_not_stuck_behind_a_week_of_backlog_and_a_full_disk_is_
     run.shutdown.cancel();
     let _ = run.task.await;
 }
+
+/// Capacity: more than a week at 1 Hz continuous oximetry (604 800) queued while offline, then
+/// forwarded oldest first with nothing lost or doubled. Minutes in a debug build, so not part
+/// of the default run: `cargo test -p gateway --test forward -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a million readings: minutes in a debug build"]
+async fn a_million_queued_readings_are_forwarded_in_order_once() {
+    const N: u32 = 1_050_000;
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = Queue::open(dir.path().join("q.db")).await.expect("queue");
+    let started = std::time::Instant::now();
+    for first in (0..N).step_by(10_000) {
+        let chunk: Vec<Reading> = (first..(first + 10_000).min(N)).map(reading).collect();
+        queue.push(&chunk).await.expect("push");
+    }
+    let filled = started.elapsed();
+    assert_eq!(queue.depth().await.expect("depth").readings, u64::from(N));
+    let bytes = std::fs::metadata(dir.path().join("q.db")).map_or(0, |m| m.len())
+        + std::fs::metadata(dir.path().join("q.db-wal")).map_or(0, |m| m.len());
+    let mut seen = subscriber(broker.port()).await;
+    let started = std::time::Instant::now();
+    let run = start_tuned(broker.port(), queue.clone(), 200, 16, 1);
+    let mut order = Vec::with_capacity(N as usize);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1800);
+    while order.len() < N as usize {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {N} arrived in 30 minutes",
+            order.len()
+        );
+        arrival_order(&mut seen, &mut order);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let forwarded = started.elapsed();
+    assert_eq!(wait_until_empty(&queue, Duration::from_secs(30)).await, 0);
+    eprintln!(
+        "{N} readings: queued in {filled:?} ({} MB on disk), forwarded in {forwarded:?} ({:.0}/s)",
+        bytes / 1_000_000,
+        f64::from(N) / forwarded.as_secs_f64()
+    );
+    assert_eq!(order.len(), N as usize, "nothing doubled");
+    assert!(
+        order.iter().zip(0..N).all(|(id, n)| *id == reading(n).id),
+        "in the order they were queued"
+    );
+    run.shutdown.cancel();
+    let _ = run.task.await;
+}

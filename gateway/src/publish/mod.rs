@@ -195,8 +195,14 @@ impl Forwarder {
         // Why the server's latest config was refused, for the status (the server has no other
         // way to learn that its update did not take).
         let mut config_rejected: Option<String> = None;
+        // The disk is watched connected or not: a hub offline for days is the one filling it.
+        let mut next_disk_check = Instant::now();
 
         loop {
+            if Instant::now() >= next_disk_check {
+                warn_if_disk_low(&settings, &queue);
+                next_disk_check = Instant::now() + settings.status_interval;
+            }
             if state.connected {
                 fill_window(
                     &settings,
@@ -461,12 +467,6 @@ async fn status_message(
     let depth = queue.depth().await?;
     let free = queue.disk_free_bytes();
     let disk_low = free.is_some_and(|f| f < settings.disk_low_bytes);
-    if disk_low {
-        tracing::warn!(
-            free_bytes = free,
-            "disk space is low on the gateway; readings are kept, but the hub needs attention"
-        );
-    }
     let status = GatewayStatus {
         v: 1,
         gateway: settings.gateway.clone(),
@@ -484,6 +484,19 @@ async fn status_message(
         software: Some(concat!("rpm ", env!("CARGO_PKG_VERSION")).to_owned()),
     };
     Ok(serde_json::to_vec(&status).unwrap_or_default())
+}
+
+/// Logs a warning when the queue's disk has less free space than the configured floor.
+fn warn_if_disk_low(settings: &ForwarderSettings, queue: &Queue) {
+    if let Some(free) = queue
+        .disk_free_bytes()
+        .filter(|f| *f < settings.disk_low_bytes)
+    {
+        tracing::warn!(
+            free_bytes = free,
+            "disk space is low on the gateway; readings are kept, but the hub needs attention"
+        );
+    }
 }
 
 /// The retained status that says "offline": the last will, and the clean goodbye.
