@@ -677,3 +677,55 @@ async fn a_million_queued_readings_are_forwarded_in_order_once() {
     run.shutdown.cancel();
     let _ = run.task.await;
 }
+
+/// A re-sendable reading (it carries the device's time stamp) measured `days_ago`.
+fn stamped(days_ago: i64) -> Reading {
+    let at = time::OffsetDateTime::now_utc() - time::Duration::days(days_ago);
+    let mut r = reading(0);
+    r.measured_at = at;
+    r.received_at = at;
+    r.device_time = Some(time::PrimitiveDateTime::new(at.date(), at.time()));
+    r.with_computed_id()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_ids_are_forgotten_after_the_retention_window_and_kept_within_it() {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = Queue::open(dir.path().join("q.db")).await.expect("queue");
+    let old = stamped(publish::FORWARDED_RETENTION.whole_days() + 30);
+    let recent = stamped(2);
+    queue
+        .push(&[old.clone(), recent.clone()])
+        .await
+        .expect("push");
+    let mut seen = subscriber(broker.port()).await;
+    let run = start(broker.port(), queue.clone(), 100);
+    seen.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(wait_until_empty(&queue, Duration::from_secs(10)).await, 0);
+    assert!(
+        queue.knows(old.id).await.expect("knows"),
+        "remembered once forwarded"
+    );
+    run.shutdown.cancel();
+    run.task.await.expect("joined").expect("clean stop");
+
+    // The next start forgets what is past the window, and only that.
+    let run = start(broker.port(), queue.clone(), 100);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while queue.knows(old.id).await.expect("knows") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a reading measured past the retention window is still remembered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        queue.knows(recent.id).await.expect("knows"),
+        "a recent one is remembered, so a device sending it again is not forwarded twice"
+    );
+    run.shutdown.cancel();
+    let _ = run.task.await;
+}

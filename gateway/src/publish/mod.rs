@@ -41,6 +41,14 @@ pub use mqtt::{OptionsError, client_options as mqtt_options};
 use crate::config::ForwardConfig;
 use crate::queue::{Queue, QueueError};
 
+/// How long the ids of forwarded readings a device could send again are remembered: longer
+/// than a device keeps its records, so a record sent again is recognised and not forwarded.
+/// (One the hub has forgotten would be forwarded again and dropped by the server by its id.)
+pub const FORWARDED_RETENTION: time::Duration = time::Duration::days(400);
+
+/// How often ids past [`FORWARDED_RETENTION`] are forgotten (and once at start).
+const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
+
 /// What the forwarder needs to know.
 #[derive(Clone, Debug)]
 pub struct ForwarderSettings {
@@ -197,11 +205,23 @@ impl Forwarder {
         let mut config_rejected: Option<String> = None;
         // The disk is watched connected or not: a hub offline for days is the one filling it.
         let mut next_disk_check = Instant::now();
+        let mut next_prune = Instant::now();
 
         loop {
             if Instant::now() >= next_disk_check {
                 warn_if_disk_low(&settings, &queue);
                 next_disk_check = Instant::now() + settings.status_interval;
+            }
+            if Instant::now() >= next_prune {
+                let cutoff = OffsetDateTime::now_utc() - FORWARDED_RETENTION;
+                let forgotten = queue.prune_forwarded(cutoff).await?;
+                if forgotten > 0 {
+                    tracing::info!(
+                        forgotten,
+                        "forgot forwarded readings past the retention window"
+                    );
+                }
+                next_prune = Instant::now() + PRUNE_EVERY;
             }
             if state.connected {
                 fill_window(

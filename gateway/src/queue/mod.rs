@@ -11,7 +11,8 @@
 //!   `AUTOINCREMENT`, so it is strictly increasing and never reused, even after the table
 //!   empties; it is the reading's `seq` on the wire and the order of forwarding.
 //! - `forwarded(reading_id, measured_at)`: readings the broker acknowledged that a device can
-//!   send again (they carry a device timestamp). Pruned after the retention window.
+//!   send again (they carry a device timestamp). The forwarder forgets those measured more
+//!   than its retention window ago, at start and daily (`publish::FORWARDED_RETENTION`).
 //! - `meta(key, value)`: `next_envelope_seq`, the MQTT message counter.
 //!
 //! # What each step makes durable, and what a crash leaves
