@@ -1805,6 +1805,7 @@ fn check(
         (
             Check::News2 {
                 scale,
+                on_oxygen: prescribed,
                 fresh,
                 min_response,
             },
@@ -1831,7 +1832,7 @@ fn check(
                 }
             }
             let [a, b, c, d] = fresh_vals;
-            let score = news2::score(a, b, c, d, *scale, on_oxygen);
+            let score = news2::score(a, b, c, d, *scale, on_oxygen || *prescribed);
             if score.response >= *min_response {
                 let mut evidence = Evidence::default();
                 for (i, v) in fresh_vals.iter().enumerate() {

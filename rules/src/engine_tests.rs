@@ -682,6 +682,35 @@ fn news2_scale_2_on_oxygen_scores_over_oxygenation() {
 }
 
 #[test]
+fn news2_on_oxygen_from_the_profile_scores_like_the_engine_flag() {
+    // The patient's prescription written in their (override) profile, no engine call: the
+    // same scores as `set_on_oxygen`.
+    let mut r = rig(&NEWS2.replace("scale = 2", "scale = 2\non_oxygen = true"));
+    let a = *raised(&r.at(0, &spo2(97.0)));
+    let Context::News2(s) = a.context else {
+        panic!("news2 context")
+    };
+    assert_eq!(
+        (s.total, s.spo2, s.oxygen, s.on_oxygen),
+        (5, Some(3), 2, true)
+    );
+    assert_eq!(a.severity, Severity::High);
+    // Off oxygen (the same profile with the flag off): 97 % on scale 2 scores nothing.
+    let mut air = rig(&NEWS2.replace("scale = 2", "scale = 2\non_oxygen = false"));
+    assert!(air.at(0, &spo2(97.0)).is_empty());
+    // The field belongs to NEWS2 rules only.
+    let err = Profile::from_toml(
+        "id = \"t\"\nversion = 1\n[[rule]]\nid = \"low\"\nkind = \"below\"\n\
+         measure = \"spo2\"\nraise = 90\nclear = 92\nseverity = \"high\"\n\
+         nurse = \"x\"\non_oxygen = true\n",
+    )
+    .expect("parses")
+    .build()
+    .expect_err("on_oxygen on a threshold rule");
+    assert!(err.to_string().contains("on_oxygen"), "{err}");
+}
+
+#[test]
 fn news2_scale_2_on_air_at_target_is_quiet_and_single_three_is_low_medium() {
     let mut r = rig(NEWS2);
     assert!(

@@ -234,6 +234,9 @@ rule_spec! {
     fresh: Duration, with = "humantime_serde";
     /// NEWS2: SpO2 scale, 1 or 2.
     scale: u8;
+    /// NEWS2: the patient is on supplemental oxygen (scores 2, and on scale 2 an SpO2 of
+    /// 93 % and above scores too). Set per patient in an override.
+    on_oxygen: bool;
     /// NEWS2: the lowest response band that raises.
     min_response: Response;
     /// Confirm-by-repeat.
@@ -665,6 +668,8 @@ pub enum Check {
     News2 {
         /// SpO2 scale.
         scale: Spo2Scale,
+        /// Scored as on supplemental oxygen.
+        on_oxygen: bool,
         /// Freshness window (ms).
         fresh: i64,
         /// Lowest response that raises.
@@ -781,7 +786,7 @@ fn allowed(kind: RuleKind) -> &'static [&'static str] {
         ],
         RuleKind::Missing => &["measure", "within"],
         RuleKind::SilentGateway => &["within"],
-        RuleKind::News2 => &["fresh", "scale", "min_response"],
+        RuleKind::News2 => &["fresh", "scale", "on_oxygen", "min_response"],
     }
 }
 
@@ -1142,6 +1147,7 @@ fn build_rule(s: &RuleSpec) -> Result<Rule, ProfileError> {
             }
             Check::News2 {
                 scale,
+                on_oxygen: s.on_oxygen.unwrap_or(false),
                 fresh,
                 min_response,
             }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rules::{Profile, ProfileOverride, Ruleset};
+use rules::{Check, Profile, ProfileOverride, Ruleset};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/profiles")
@@ -91,4 +91,20 @@ fn every_override_applies_to_its_base_profile() {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(set.overlay, Some((o.id.clone(), o.version)));
     }
+}
+
+#[test]
+fn the_example_oxygen_override_scores_news2_as_on_oxygen() {
+    let text = std::fs::read_to_string(dir().join("overrides/example-copd-on-oxygen.toml"))
+        .expect("readable");
+    let o = ProfileOverride::from_toml(&text).expect("parses");
+    let (base, _) = load(&dir().join("copd.toml"));
+    let on_oxygen = |set: &Ruleset| {
+        set.rules.iter().find_map(|r| match r.check {
+            Check::News2 { on_oxygen, .. } => Some(on_oxygen),
+            _ => None,
+        })
+    };
+    assert_eq!(on_oxygen(&base.build().expect("base")), Some(false));
+    assert_eq!(on_oxygen(&base.build_with(&o).expect("merged")), Some(true));
 }

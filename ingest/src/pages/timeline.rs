@@ -183,6 +183,7 @@ fn response_score(r: &str) -> f64 {
 fn news2_points(
     readings: &[StoredReading],
     scale: rules::news2::Spo2Scale,
+    on_oxygen: bool,
     fresh: Duration,
 ) -> Vec<Point> {
     let mut last: BTreeMap<&'static str, (OffsetDateTime, f64, bool)> = BTreeMap::new();
@@ -219,7 +220,7 @@ fn news2_points(
             get("pulse"),
             None,
             scale,
-            false,
+            on_oxygen,
         );
         out.push(Point {
             at,
@@ -318,6 +319,7 @@ pub fn charts(
         Some(2) => rules::news2::Spo2Scale::Two,
         _ => rules::news2::Spo2Scale::One,
     };
+    let on_oxygen = news2_rule.and_then(|r| r.on_oxygen).unwrap_or(false);
     let fresh = news2_rule
         .and_then(|r| r.fresh)
         .and_then(|d| Duration::try_from(d).ok())
@@ -331,7 +333,7 @@ pub fn charts(
             if panel == Panel::News2 {
                 c.series.push(Series {
                     label: "NEWS2".into(),
-                    points: news2_points(readings, scale, fresh),
+                    points: news2_points(readings, scale, on_oxygen, fresh),
                 });
             }
             for (kind, label) in panel.kinds() {
