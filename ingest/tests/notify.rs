@@ -967,6 +967,192 @@ async fn a_notification_given_up_on_is_kept_and_shown_in_the_console(db: Db) {
     running.join().await;
 }
 
+/// No email configured (attempts fail for good, which is all these tests need to see that a
+/// row was dispatched) and escalation of `high` alerts after `ack_within`, `repeats` times.
+fn escalating_runtime(ack_within: &str, repeats: u32, group_wait: Duration) -> notifier::Runtime {
+    let mut config = notifier_config(1, false);
+    config.smtp = None;
+    config.escalation = serde_json::from_str(&format!(
+        r#"{{ "high": {{ "ack_within": "{ack_within}", "repeats": {repeats} }} }}"#
+    ))
+    .expect("escalation policy");
+    config.grouping.group_wait = group_wait;
+    config.build().expect("config builds")
+}
+
+/// Waits until the alert's outbox rows satisfy `done`, and returns them.
+async fn rows_when(
+    record: &Record,
+    uid: &str,
+    what: &str,
+    done: impl Fn(&[notifier::Notification]) -> bool,
+) -> Vec<notifier::Notification> {
+    let outbox = record.outbox().await.expect("outbox");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let rows = outbox.for_alert(uid).await.expect("rows");
+        if done(&rows) {
+            return rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn has_step(rows: &[notifier::Notification], tier: usize, round: u32) -> bool {
+    rows.iter()
+        .any(|n| n.row.step == notifier::Step { tier, round })
+}
+
+async fn escalation_resumes_after_a_restart_without_repeating_a_step(db: Db) {
+    // Tier 1 three seconds after the raise, once more three seconds later, then stop.
+    let ack_within = Duration::from_secs(3);
+    let runtime = escalating_runtime("3s", 1, Duration::from_millis(200));
+    let record = db.open(&runtime).await;
+    registry(&record).await;
+    let shutdown = CancellationToken::new();
+    let running = notify::start(&record, &runtime, shutdown.clone())
+        .await
+        .expect("notifier starts");
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).expect("t");
+    let written = record.write_alerts(&[raise(now)]).await.expect("written");
+    let uid = written[0].alert_uid.clone().expect("uid");
+    rows_when(&record, &uid, "tier 1 told", |rows| has_step(rows, 1, 0)).await;
+    // The process stops once tier 1 has been told, and is down for a second.
+    shutdown.cancel();
+    running.join().await;
+    record.close().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let record = db.open(&runtime).await;
+    let shutdown = CancellationToken::new();
+    let running = notify::start(&record, &runtime, shutdown.clone())
+        .await
+        .expect("notifier starts");
+    assert_eq!(running.retracked, 1);
+    rows_when(&record, &uid, "the repeat", |rows| has_step(rows, 1, 1)).await;
+    // Anything doubled, or a repeat counted afresh, would come within another ack_within.
+    tokio::time::sleep(ack_within + Duration::from_secs(1)).await;
+    let rows = record
+        .outbox()
+        .await
+        .expect("outbox")
+        .for_alert(&uid)
+        .await
+        .expect("rows");
+    let steps: Vec<(notifier::Step, &str)> = rows
+        .iter()
+        .map(|n| (n.row.step, n.row.address.as_str()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (notifier::Step::FIRST, NURSE),
+            (notifier::Step { tier: 1, round: 0 }, CHARGE),
+            (notifier::Step { tier: 1, round: 1 }, CHARGE),
+        ],
+        "each step enqueued once across the restart"
+    );
+    // The repeat came ack_within after tier 1 was told, as without the restart (the second
+    // of downtime would put it at least a second later if timed from the restart).
+    let gap = rows[2]
+        .row
+        .planned_at
+        .duration_since(rows[1].row.planned_at);
+    let gap = Duration::try_from(gap).expect("the repeat is later");
+    assert!(
+        gap >= ack_within && gap < ack_within + Duration::from_millis(600),
+        "repeat {gap:?} after tier 1"
+    );
+    shutdown.cancel();
+    running.join().await;
+}
+
+async fn an_acknowledged_alerts_escalation_still_waiting_is_cancelled_not_sent(db: Db) {
+    // Tier 1 a second after the raise; every nurse message waits 3 s for more alerts.
+    let runtime = escalating_runtime("1s", 0, Duration::from_secs(3));
+    let record = db.open(&runtime).await;
+    registry(&record).await;
+    let shutdown = CancellationToken::new();
+    let running = notify::start(&record, &runtime, shutdown.clone())
+        .await
+        .expect("notifier starts");
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).expect("t");
+    let written = record.write_alerts(&[raise(now)]).await.expect("written");
+    let uid = written[0].alert_uid.clone().expect("uid");
+    let rows = rows_when(&record, &uid, "tier 1 planned", |rows| has_step(rows, 1, 0)).await;
+    assert!(
+        rows.iter()
+            .all(|n| n.status == NotificationStatus::Pending && n.attempts == 0),
+        "both still waiting out group_wait: {rows:?}"
+    );
+    // The charge nurse's row waits; the day nurse acknowledges in the console.
+    let stopped = running
+        .escalator
+        .acknowledge(notifier::Acknowledgement {
+            alert: AlertId::new(uid.clone()).expect("id"),
+            by: notifier::AckSource::Console {
+                user: "nurse.dee".into(),
+            },
+            at: Timestamp::now(),
+        })
+        .await
+        .expect("acknowledged");
+    assert!(stopped);
+
+    // Past every group_wait: the raise went out (here: was attempted), the escalation not.
+    let rows = rows_when(&record, &uid, "the raise attempted", |rows| {
+        rows.iter()
+            .any(|n| n.row.step == notifier::Step::FIRST && n.attempts > 0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let outbox = record.outbox().await.expect("outbox");
+    let charge = rows
+        .iter()
+        .find(|n| n.row.address == CHARGE)
+        .expect("the charge nurse's row");
+    let charge = outbox
+        .get(charge.row.id)
+        .await
+        .expect("get")
+        .expect("kept, not deleted");
+    assert_eq!(charge.status, NotificationStatus::Cancelled, "{charge:?}");
+    assert_eq!(
+        charge.last_error.as_deref(),
+        Some("cancelled: alert acknowledged")
+    );
+    assert!(
+        outbox
+            .attempts(charge.row.id)
+            .await
+            .expect("attempts")
+            .is_empty(),
+        "never dispatched"
+    );
+    // The console shows what happened to it.
+    let alert = record
+        .inbox_alert(&uid)
+        .await
+        .expect("inbox")
+        .expect("the alert");
+    let shown = alert
+        .notifications
+        .iter()
+        .find(|n| n.id == charge.row.id.to_string())
+        .expect("listed on the alert");
+    assert_eq!(shown.status, "cancelled");
+    assert_eq!(
+        shown.last_error.as_deref(),
+        Some("cancelled: alert acknowledged")
+    );
+    shutdown.cancel();
+    running.join().await;
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -989,4 +1175,6 @@ both!(
     a_crash_between_commit_and_send_sends_exactly_once_after_restart,
     the_signed_link_acknowledges_is_audited_and_stops_escalation,
     a_notification_given_up_on_is_kept_and_shown_in_the_console,
+    escalation_resumes_after_a_restart_without_repeating_a_step,
+    an_acknowledged_alerts_escalation_still_waiting_is_cancelled_not_sent,
 );

@@ -6,8 +6,18 @@
 //! one owned task holding the open alerts, fed through a bounded channel
 //! ([`EscalatorHandle`]), sleeping until the earliest deadline on tokio's clock (so tests
 //! drive it with `tokio::time::pause()` and `advance()`), and enqueueing each step's
-//! notifications in the outbox. Its state is in memory: after a restart ingest tracks its
-//! open, unacknowledged alerts again, and deadlines already past fire at once.
+//! notifications in the outbox.
+//!
+//! Its state is in memory, its progress in the outbox: every row records its [`Step`] and
+//! when it was planned. After a restart, ingest hands each open, unacknowledged alert to
+//! [`EscalatorHandle::resume`], which picks up from the furthest step already enqueued
+//! ([`OutboxStore::last_step`]) on that step's own timing: no step is enqueued twice, the
+//! bounded repeats are not counted afresh, and a deadline that passed while the process was
+//! down fires at once.
+//!
+//! Stopping also reaches the outbox: an acknowledgement or a resolution cancels the alert's
+//! escalation rows still waiting there (their `group_wait`, or a retry), see
+//! [`OutboxStore::cancel_escalation`]; the alert's first notifications are left alone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -22,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::{AckError, AckSigner, Acknowledgement};
 use crate::clock::{Clock, TokioClock};
 use crate::notice::{AlertId, AlertNotice, NoticeKind, Severity};
-use crate::outbox::{OutboxStore, add};
+use crate::outbox::{CancelReason, OutboxStore, add};
 use crate::plan::{PlanPolicy, Step, plan};
 use crate::routing::Directory;
 
@@ -94,6 +104,7 @@ pub enum EscalationError {
 
 enum Command {
     Track(Box<AlertNotice>),
+    Resume(Box<AlertNotice>),
     Ack(Acknowledgement, oneshot::Sender<bool>),
 }
 
@@ -120,7 +131,20 @@ impl EscalatorHandle {
             .map_err(|_| EscalationError::Stopped)
     }
 
-    /// Records an acknowledgement; `true` when it stopped a running escalation.
+    /// Follows an open, unacknowledged alert again after a restart (`notice` as a raise at
+    /// its last change): from the furthest step the outbox holds for it, timed from when
+    /// that step fired (or from the last change, if later), so a step already enqueued is
+    /// not enqueued again. Without rows past the first step it is [`Self::track`]. An alert
+    /// already followed since the start is left as it is.
+    pub async fn resume(&self, notice: AlertNotice) -> Result<(), EscalationError> {
+        self.tx
+            .send(Command::Resume(Box::new(notice)))
+            .await
+            .map_err(|_| EscalationError::Stopped)
+    }
+
+    /// Records an acknowledgement and cancels the alert's escalation rows still waiting in
+    /// the outbox; `true` when it stopped a running escalation.
     pub async fn acknowledge(&self, ack: Acknowledgement) -> Result<bool, EscalationError> {
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -215,12 +239,27 @@ impl<S: OutboxStore> Escalator<S> {
             .map(|(wait, step)| (add(from, wait), step))
     }
 
-    fn on_track(&mut self, notice: AlertNotice) {
+    /// Cancels what the outbox still holds of the alert's escalation. A failure is logged:
+    /// the escalation itself has stopped either way.
+    async fn cancel_pending(&self, alert: &AlertId, reason: CancelReason) {
+        match self.store.cancel_escalation(alert, reason).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(%alert, rows = n, reason = reason.as_str(), "pending escalation notifications cancelled");
+            }
+            Err(e) => {
+                tracing::error!(%alert, error = %e, reason = reason.as_str(), "pending escalation notifications could not be cancelled and may still be sent");
+            }
+        }
+    }
+
+    async fn on_track(&mut self, notice: AlertNotice) {
         let id = notice.alert.clone();
         match notice.kind {
             NoticeKind::Resolved => {
                 self.open.remove(&id);
                 self.acked.remove(&id);
+                self.cancel_pending(&id, CancelReason::Resolved).await;
             }
             NoticeKind::Raised | NoticeKind::Updated => {
                 if let Some((_, severity)) = self.acked.get(&id) {
@@ -253,7 +292,28 @@ impl<S: OutboxStore> Escalator<S> {
         }
     }
 
-    fn on_ack(&mut self, ack: Acknowledgement) -> bool {
+    async fn on_resume(&mut self, notice: AlertNotice) {
+        let id = notice.alert.clone();
+        if self.open.contains_key(&id) || self.acked.contains_key(&id) {
+            return;
+        }
+        let (step, from) = match self.store.last_step(&id).await {
+            Ok(Some((step, at))) if step.is_escalation() => (step, at.max(notice.at)),
+            Ok(_) => (Step::FIRST, notice.at),
+            Err(e) => {
+                // Escalating again beats never escalating: the old behaviour, logged.
+                tracing::error!(alert = %id, error = %e, "escalation progress unreadable; following the alert from its first step");
+                (Step::FIRST, notice.at)
+            }
+        };
+        let next = self.schedule(&notice, step, from);
+        tracing::info!(alert = %id, tier = step.tier, round = step.round, "escalation resumed");
+        self.open.insert(id, Open { notice, step, next });
+    }
+
+    async fn on_ack(&mut self, ack: Acknowledgement) -> bool {
+        self.cancel_pending(&ack.alert, CancelReason::Acknowledged)
+            .await;
         let Some(open) = self.open.remove(&ack.alert) else {
             return false;
         };
@@ -324,9 +384,10 @@ impl<S: OutboxStore> Escalator<S> {
                 () = shutdown.cancelled() => break,
                 cmd = rx.recv() => match cmd {
                     None => break,
-                    Some(Command::Track(notice)) => self.on_track(*notice),
+                    Some(Command::Track(notice)) => self.on_track(*notice).await,
+                    Some(Command::Resume(notice)) => self.on_resume(*notice).await,
                     Some(Command::Ack(ack, reply)) => {
-                        let stopped = self.on_ack(ack);
+                        let stopped = self.on_ack(ack).await;
                         let _ = reply.send(stopped);
                     }
                 },

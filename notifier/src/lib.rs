@@ -63,8 +63,8 @@ pub use escalation::{EscalationPolicy, EscalationStep, Escalator, EscalatorHandl
 pub use jiff::Timestamp;
 pub use notice::{AlertId, AlertNotice, Audience, EvidenceLine, NoticeError, NoticeKind, Severity};
 pub use outbox::{
-    Attempt, AttemptOutcome, Disposition, GroupKey, MemoryOutbox, NewNotification, Notification,
-    NotificationId, NotificationStatus, OutboxStore, SqliteOutbox, StoreError,
+    Attempt, AttemptOutcome, CancelReason, Disposition, GroupKey, MemoryOutbox, NewNotification,
+    Notification, NotificationId, NotificationStatus, OutboxStore, SqliteOutbox, StoreError,
 };
 pub use plan::{PlanPolicy, Step, plan};
 pub use routing::{ChannelKind, Contact, Directory, PersonId, Recipient};

@@ -38,8 +38,11 @@ impl Default for PlanPolicy {
 }
 
 /// Which escalation step a plan is for: the tier notified and, once past the last tier,
-/// which repeat of it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// which repeat of it. Ordered as escalation proceeds (tier, then round); the default is
+/// [`Step::FIRST`].
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct Step {
     /// The escalation tier (0: the nurse on duty).
     pub tier: usize,
@@ -50,6 +53,11 @@ pub struct Step {
 impl Step {
     /// The first notification, at raise time.
     pub const FIRST: Step = Step { tier: 0, round: 0 };
+
+    /// Whether this is an escalation (a later tier or a repeat), not the first notification.
+    pub fn is_escalation(self) -> bool {
+        self != Step::FIRST
+    }
 
     fn number(self) -> u32 {
         u32::try_from(self.tier)
@@ -64,6 +72,7 @@ fn row(
     step: Step,
     not_before: Timestamp,
     plan: Option<String>,
+    now: Timestamp,
 ) -> NewNotification {
     NewNotification {
         id: NotificationId::derive(
@@ -86,6 +95,8 @@ fn row(
         name: route.name,
         action_plan: plan,
         not_before,
+        step,
+        planned_at: now,
     }
 }
 
@@ -122,7 +133,7 @@ pub fn plan(
             tracing::warn!(alert = %notice.alert, tier = step.tier, "no staff on duty in any tier of the patient's team (or no team covers the patient): nobody on the care team is told");
         }
         for route in routes {
-            rows.push(row(notice, route, step, at, None));
+            rows.push(row(notice, route, step, at, None, now));
         }
     }
     let tells_patient = step == Step::FIRST
@@ -140,7 +151,7 @@ pub fn plan(
                 let waited = add(now, policy.group_wait);
                 route.quiet_until.map_or(waited, |q| q.max(waited))
             };
-            rows.push(row(notice, route, step, at, action_plan.clone()));
+            rows.push(row(notice, route, step, at, action_plan.clone(), now));
         }
     }
     rows

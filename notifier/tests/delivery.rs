@@ -444,6 +444,21 @@ impl OutboxStore for OutboxAway {
     ) -> Result<Vec<notifier::Attempt>, notifier::StoreError> {
         self.inner.attempts(id).await
     }
+
+    async fn last_step(
+        &self,
+        alert: &notifier::AlertId,
+    ) -> Result<Option<(notifier::Step, Timestamp)>, notifier::StoreError> {
+        self.inner.last_step(alert).await
+    }
+
+    async fn cancel_escalation(
+        &self,
+        alert: &notifier::AlertId,
+        reason: notifier::CancelReason,
+    ) -> Result<usize, notifier::StoreError> {
+        self.inner.cancel_escalation(alert, reason).await
+    }
 }
 
 #[tokio::test]

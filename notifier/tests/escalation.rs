@@ -5,8 +5,9 @@ mod support;
 
 use notifier::escalation::EscalationError;
 use notifier::{
-    AckError, AckSource, Acknowledgement, EscalationStep, Escalator, EscalatorHandle, MemoryOutbox,
-    NoticeKind, OutboxStore, Recipient, Runtime, Severity, Step, Timestamp, TokioClock, plan,
+    AckError, AckSource, Acknowledgement, CancelReason, EscalationStep, Escalator, EscalatorHandle,
+    MemoryOutbox, NoticeKind, NotificationStatus, OutboxStore, Recipient, Runtime, Severity, Step,
+    Timestamp, TokioClock, plan,
 };
 use notifier::{Clock, PersonId};
 use std::time::Duration;
@@ -28,11 +29,15 @@ struct Rig {
 
 impl Rig {
     fn start() -> Rig {
+        Rig::start_on(MemoryOutbox::new(), t0())
+    }
+
+    /// An escalator over `store` whose clock reads `now` (a restart: the outbox outlives it).
+    fn start_on(store: MemoryOutbox, now: Timestamp) -> Rig {
         let runtime = config(1, "http://127.0.0.1:1", "")
             .build()
             .expect("config builds");
-        let clock = TokioClock::anchored("2026-03-04T02:00:00Z".parse().expect("instant"));
-        let store = MemoryOutbox::new();
+        let clock = TokioClock::anchored(now);
         let (tx, steps) = mpsc::channel(64);
         let shutdown = CancellationToken::new();
         let (handle, task) = Escalator::new(
@@ -306,5 +311,163 @@ async fn a_tampered_or_expired_link_is_refused_and_escalation_goes_on() {
 
     advance(5 * MIN).await;
     assert_eq!(rig.steps().len(), 1, "escalation went on");
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn escalation_resumes_after_a_restart_from_the_step_reached_on_its_original_time() {
+    // Emergency: tier 1 after 5 minutes, then two repeats 5 minutes apart, then stop.
+    let mut first = Rig::start();
+    let raised = first.raise("al-7", Severity::Emergency).await;
+    advance(5 * MIN).await;
+    advance(2 * MIN).await;
+    let mut steps = first.steps();
+    let store = first.store.clone();
+    first.stop().await;
+
+    // Restarted twice, each time handed the open alert as ingest hands it over: a raise at
+    // its last change.
+    let mut second = Rig::start_on(store.clone(), t0() + 7 * MIN);
+    second.handle.resume(raised.clone()).await.expect("resume");
+    settle().await;
+    advance(3 * MIN).await;
+    advance(MIN).await;
+    steps.extend(second.steps());
+    second.stop().await;
+
+    let mut third = Rig::start_on(store.clone(), t0() + 11 * MIN);
+    third.handle.resume(raised).await.expect("resume");
+    settle().await;
+    advance(4 * MIN).await;
+    for _ in 0..12 {
+        advance(5 * MIN).await;
+    }
+    steps.extend(third.steps());
+
+    let made: Vec<(Step, Timestamp)> = steps.iter().map(|s| (s.step, s.at)).collect();
+    assert_eq!(
+        made,
+        [
+            (Step { tier: 1, round: 0 }, t0() + 5 * MIN),
+            (Step { tier: 1, round: 1 }, t0() + 10 * MIN),
+            (Step { tier: 1, round: 2 }, t0() + 15 * MIN),
+        ],
+        "each step once, when it would have been made without the restarts"
+    );
+    let bob: Vec<Step> = third.rows_for("bob").iter().map(|n| n.row.step).collect();
+    assert_eq!(
+        bob,
+        [
+            Step { tier: 1, round: 0 },
+            Step { tier: 1, round: 1 },
+            Step { tier: 1, round: 2 },
+        ]
+    );
+    assert_eq!(
+        store
+            .last_step(&"al-7".parse().expect("id"))
+            .await
+            .expect("last step"),
+        Some((Step { tier: 1, round: 2 }, t0() + 15 * MIN))
+    );
+    third.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_escalation_waiting_in_the_outbox_is_cancelled_not_sent_once_acknowledged_or_resolved() {
+    let mut rig = Rig::start();
+    rig.raise("al-8", Severity::High).await;
+    let n9 = rig.raise("al-9", Severity::High).await;
+    // Tier 1 is told at 10 minutes; its rows wait out group_wait (300 ms) in the outbox.
+    advance(10 * MIN).await;
+    assert_eq!(rig.steps().len(), 2);
+    let waiting = rig.rows_for("bob");
+    assert_eq!(waiting.len(), 2);
+    assert!(
+        waiting
+            .iter()
+            .all(|n| n.status == NotificationStatus::Pending && n.row.step.is_escalation())
+    );
+
+    let stopped = rig
+        .handle
+        .acknowledge(Acknowledgement {
+            alert: "al-8".parse().expect("id"),
+            by: AckSource::Console {
+                user: "nurse.ann".into(),
+            },
+            at: rig.clock.now(),
+        })
+        .await
+        .expect("ack");
+    assert!(stopped);
+    // A resolution is planned and enqueued by the caller (ingest), then tracked.
+    let mut resolved = n9;
+    resolved.kind = NoticeKind::Resolved;
+    resolved.at = rig.clock.now();
+    let resolution = plan(
+        &resolved,
+        &rig.runtime.directory,
+        &rig.runtime.policy,
+        Step::FIRST,
+        rig.clock.now(),
+    );
+    rig.store.enqueue(&resolution).await.expect("enqueue");
+    rig.handle.track(resolved).await.expect("track");
+    settle().await;
+
+    let bob = rig.rows_for("bob");
+    let mut why: Vec<(&str, NotificationStatus, Option<&str>)> = bob
+        .iter()
+        .map(|n| {
+            (
+                n.row.notice.alert.as_str(),
+                n.status,
+                n.last_error.as_deref(),
+            )
+        })
+        .collect();
+    why.sort_by_key(|(alert, _, _)| *alert);
+    assert_eq!(
+        why,
+        [
+            (
+                "al-8",
+                NotificationStatus::Cancelled,
+                Some(CancelReason::Acknowledged.as_str())
+            ),
+            (
+                "al-9",
+                NotificationStatus::Cancelled,
+                Some(CancelReason::Resolved.as_str())
+            ),
+        ],
+        "kept, with the reason, not deleted"
+    );
+    // First notifications stay: the raises and the resolution are still Ann's to receive.
+    let ann = rig.rows_for("ann");
+    assert!(
+        ann.iter().all(|n| n.status == NotificationStatus::Pending),
+        "{ann:?}"
+    );
+    assert!(
+        ann.iter()
+            .any(|n| n.row.notice.kind == NoticeKind::Resolved)
+    );
+    // Nothing of Bob's is ever claimed for sending.
+    let later = rig.clock.now() + 60 * MIN;
+    let claimed = rig
+        .store
+        .claim_due(later, Duration::ZERO, MIN, 100)
+        .await
+        .expect("claim");
+    assert!(!claimed.is_empty());
+    assert!(
+        claimed
+            .iter()
+            .flatten()
+            .all(|n| !n.row.step.is_escalation()),
+        "{claimed:?}"
+    );
     rig.stop().await;
 }

@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use notifier::{
-    Attempt, AttemptOutcome, ChannelKind, Disposition, MemoryOutbox, NotificationStatus,
-    OutboxStore, Severity, SqliteOutbox, Step, Timestamp, plan,
+    Attempt, AttemptOutcome, CancelReason, ChannelKind, Disposition, MemoryOutbox,
+    NotificationStatus, OutboxStore, Severity, SqliteOutbox, Step, Timestamp, plan,
 };
 use support::fixture::{config, notice};
 
@@ -167,6 +167,123 @@ async fn contract<S: OutboxStore>(store: S) {
             .is_empty()
     );
     assert_eq!(store.next_due().await.expect("next"), None);
+}
+
+/// Ann's rows for alert `id` at step `step`, planned at `at`.
+fn step_rows(id: &str, at: Timestamp, step: Step) -> Vec<notifier::NewNotification> {
+    let runtime = config(1, "http://127.0.0.1:1", "").build().expect("config");
+    let mut n = notice(id, "pt-1", "spo2-low", Severity::High, t(0));
+    n.audience = notifier::Audience::Nurse;
+    plan(&n, &runtime.directory, &runtime.policy, step, at)
+        .into_iter()
+        .filter(|r| r.channel == ChannelKind::Email)
+        .collect()
+}
+
+/// Cancelling an alert's escalation: pending escalation rows (leased too) become cancelled
+/// with the reason and are never claimed; first notifications and other alerts are left
+/// alone; an attempt already in flight that does not deliver cannot bring the row back. The
+/// furthest step of an alert is read back from its rows.
+async fn cancel_contract<S: OutboxStore>(store: S) {
+    let interval = Duration::ZERO;
+    let lease = 10 * S;
+    let alert: notifier::AlertId = "al-c".parse().expect("id");
+    let first = step_rows("al-c", t(0), Step::FIRST);
+    let tier1 = step_rows("al-c", t(600), Step { tier: 1, round: 0 });
+    let repeat = step_rows("al-c", t(1200), Step { tier: 1, round: 1 });
+    let other = step_rows("al-d", t(600), Step { tier: 1, round: 0 });
+    assert_eq!(store.last_step(&alert).await.expect("last"), None);
+    for rows in [&first, &tier1, &other] {
+        store.enqueue(rows).await.expect("enqueue");
+    }
+    assert_eq!(
+        store.last_step(&alert).await.expect("last"),
+        Some((Step { tier: 1, round: 0 }, t(600)))
+    );
+    // The tier-1 row's group is claimed (leased): an attempt is in flight.
+    let claimed = store
+        .claim_due(t(700), interval, lease, 10)
+        .await
+        .expect("claim");
+    assert!(claimed.iter().flatten().any(|n| n.row.id == tier1[0].id));
+    store.enqueue(&repeat).await.expect("enqueue");
+    assert_eq!(
+        store.last_step(&alert).await.expect("last"),
+        Some((Step { tier: 1, round: 1 }, t(1200)))
+    );
+
+    let n = store
+        .cancel_escalation(&alert, CancelReason::Acknowledged)
+        .await
+        .expect("cancel");
+    assert_eq!(n, 2, "the leased tier-1 row and the waiting repeat");
+    for id in [tier1[0].id, repeat[0].id] {
+        let row = store.get(id).await.expect("get").expect("kept");
+        assert_eq!(row.status, NotificationStatus::Cancelled);
+        assert_eq!(
+            row.last_error.as_deref(),
+            Some("cancelled: alert acknowledged")
+        );
+    }
+    // The attempt in flight fails and would be retried: it stays cancelled.
+    store
+        .finish(
+            &[tier1[0].id],
+            &attempt(t(701), AttemptOutcome::Retryable),
+            Disposition::RetryAt(t(702)),
+        )
+        .await
+        .expect("finish");
+    let row = store.get(tier1[0].id).await.expect("get").expect("kept");
+    assert_eq!(row.status, NotificationStatus::Cancelled);
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("cancelled: alert acknowledged")
+    );
+    assert_eq!(
+        store.attempts(tier1[0].id).await.expect("attempts").len(),
+        1
+    );
+
+    let first_row = store.get(first[0].id).await.expect("get").expect("kept");
+    assert_ne!(first_row.status, NotificationStatus::Cancelled);
+    let other_row = store.get(other[0].id).await.expect("get").expect("kept");
+    assert_ne!(other_row.status, NotificationStatus::Cancelled);
+    let later = store
+        .claim_due(t(5000), interval, lease, 10)
+        .await
+        .expect("claim");
+    assert!(
+        later
+            .iter()
+            .flatten()
+            .all(|n| n.row.notice.alert != alert || !n.row.step.is_escalation()),
+        "{later:?}"
+    );
+    assert_eq!(
+        store
+            .cancel_escalation(&alert, CancelReason::Resolved)
+            .await
+            .expect("cancel"),
+        0,
+        "nothing left to cancel"
+    );
+}
+
+#[tokio::test]
+async fn memory_outbox_cancels_an_acknowledged_alerts_escalation() {
+    cancel_contract(MemoryOutbox::new()).await;
+}
+
+#[tokio::test]
+async fn sqlite_outbox_cancels_an_acknowledged_alerts_escalation() {
+    let dir = tempfile::tempdir().expect("dir");
+    cancel_contract(
+        SqliteOutbox::open(dir.path().join("outbox.sqlite"))
+            .await
+            .expect("open"),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -18,8 +18,11 @@
 //!
 //! The escalator's clock for an alert starts at the commit (a reading measured hours ago by a
 //! hub that was offline still gives the nurse the whole `ack_within`). After a restart, an
-//! open alert is tracked again from its last change, so one left unacknowledged longer than
-//! `ack_within` escalates at once.
+//! open alert is followed again from where its escalation had got to
+//! ([`notifier::EscalatorHandle::resume`]): the furthest step its outbox rows record, timed
+//! from when that step fired (or from the alert's last change, if later). A step due while
+//! the process was down fires at once; a step already enqueued is never enqueued again, and
+//! the bounded repeats are not counted afresh.
 //!
 //! A raise that met an alert another node had already opened (`raised_elsewhere`) is not
 //! notified again: the node that opened it did. Repeat requests notify nobody.
@@ -240,9 +243,10 @@ impl Running {
 }
 
 /// Starts the dispatcher over the record's outbox and the escalator, attaches them to the
-/// record's [`Notifications`] (so commits wake and track), and tracks every open alert that
-/// has no acknowledgement in the audit log: escalation survives a restart, and rows left
-/// pending by a crash are sent. Both stop when `shutdown` is cancelled.
+/// record's [`Notifications`] (so commits wake and track), and resumes the escalation of
+/// every open alert that has no acknowledgement in the audit log from the step it had
+/// reached: escalation survives a restart without repeating itself, and rows left pending
+/// by a crash are sent. Both stop when `shutdown` is cancelled.
 pub async fn start(
     record: &Record,
     runtime: &Runtime,
@@ -273,7 +277,7 @@ pub async fn start(
     let mut retracked = 0;
     for alert in record.open_unacknowledged_alerts().await? {
         if let Some(notice) = notice_for_stored(&alert)
-            && escalator.track(notice).await.is_ok()
+            && escalator.resume(notice).await.is_ok()
         {
             retracked += 1;
         }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use notifier::{
-    Attempt, AttemptOutcome, Disposition, NewNotification, Notification, NotificationId,
-    NotificationStatus, OutboxStore, SqliteOutbox, StoreError, Timestamp,
+    AlertId, Attempt, AttemptOutcome, CancelReason, Disposition, NewNotification, Notification,
+    NotificationId, NotificationStatus, OutboxStore, SqliteOutbox, Step, StoreError, Timestamp,
 };
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Row, SqlitePool};
@@ -181,10 +181,15 @@ impl OutboxStore for PgOutbox {
                 Disposition::RetryAt(t) => ("pending", Some(ms(t))),
                 Disposition::Failed => ("failed", None),
             };
+            // A row cancelled while in flight stays cancelled unless it was delivered.
             let group: Option<String> = sqlx::query_scalar(
                 "UPDATE notifier_outbox \
-                 SET status = $2, next_at = COALESCE($3, next_at), lease_until = NULL, \
-                     attempts = attempts + 1, last_error = $4 \
+                 SET status = CASE WHEN status = 'cancelled' AND $2 <> 'sent' \
+                                   THEN 'cancelled' ELSE $2 END, \
+                     next_at = COALESCE($3, next_at), lease_until = NULL, \
+                     attempts = attempts + 1, \
+                     last_error = CASE WHEN status = 'cancelled' AND $2 <> 'sent' \
+                                       THEN last_error ELSE $4 END \
                  WHERE id = $1 RETURNING group_key",
             )
             .bind(&id)
@@ -259,6 +264,41 @@ impl OutboxStore for PgOutbox {
                 })
             })
             .collect()
+    }
+
+    async fn last_step(&self, alert: &AlertId) -> Result<Option<(Step, Timestamp)>, StoreError> {
+        let payloads: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, payload FROM notifier_outbox \
+             WHERE (payload::jsonb -> 'notice' ->> 'alert') = $1",
+        )
+        .bind(alert.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut furthest: Option<(Step, Timestamp)> = None;
+        for (id, payload) in &payloads {
+            let row: NewNotification = serde_json::from_str(payload).map_err(|e| corrupt(id, e))?;
+            furthest = furthest.max(Some((row.step, row.planned_at)));
+        }
+        Ok(furthest)
+    }
+
+    async fn cancel_escalation(
+        &self,
+        alert: &AlertId,
+        reason: CancelReason,
+    ) -> Result<usize, StoreError> {
+        // Rows written before steps were recorded have no `step`: first notifications.
+        let done = sqlx::query(
+            "UPDATE notifier_outbox SET status = 'cancelled', last_error = $2 \
+             WHERE status = 'pending' AND (payload::jsonb -> 'notice' ->> 'alert') = $1 \
+               AND (COALESCE((payload::jsonb -> 'step' ->> 'tier')::bigint, 0) > 0 \
+                    OR COALESCE((payload::jsonb -> 'step' ->> 'round')::bigint, 0) > 0)",
+        )
+        .bind(alert.as_str())
+        .bind(reason.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
     }
 }
 
@@ -366,5 +406,17 @@ impl OutboxStore for RecordOutbox {
 
     async fn attempts(&self, id: NotificationId) -> Result<Vec<Attempt>, StoreError> {
         delegate!(self, s => s.attempts(id))
+    }
+
+    async fn last_step(&self, alert: &AlertId) -> Result<Option<(Step, Timestamp)>, StoreError> {
+        delegate!(self, s => s.last_step(alert))
+    }
+
+    async fn cancel_escalation(
+        &self,
+        alert: &AlertId,
+        reason: CancelReason,
+    ) -> Result<usize, StoreError> {
+        delegate!(self, s => s.cancel_escalation(alert, reason))
     }
 }

@@ -60,7 +60,8 @@ pub struct NotificationView {
     pub recipient: String,
     /// Channel (`email`, `sms`, `webhook`).
     pub channel: String,
-    /// `pending`, `sent` or `failed`.
+    /// `pending`, `sent`, `failed` or `cancelled` (an escalation the acknowledgement or
+    /// resolution made unnecessary; the reason is in `last_error`).
     pub status: String,
     /// Attempts made.
     pub attempts: i64,

@@ -7,9 +7,11 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::{
-    Attempt, Disposition, GroupKey, NewNotification, Notification, NotificationId,
-    NotificationStatus, OutboxStore, StoreError, add,
+    Attempt, CancelReason, Disposition, GroupKey, NewNotification, Notification, NotificationId,
+    NotificationStatus, OutboxStore, StoreError, add, furthest_step,
 };
+use crate::notice::AlertId;
+use crate::plan::Step;
 
 #[derive(Default)]
 struct Inner {
@@ -138,12 +140,17 @@ impl OutboxStore for MemoryOutbox {
             };
             *lease_until = None;
             n.attempts += 1;
-            n.last_error.clone_from(&attempt.error);
+            // Cancelled while in flight: only a delivery changes that (it did go out).
+            let cancelled = n.status == NotificationStatus::Cancelled;
+            if !cancelled || disposition == Disposition::Sent {
+                n.last_error.clone_from(&attempt.error);
+            }
             match disposition {
                 Disposition::Sent => {
                     n.status = NotificationStatus::Sent;
                     sent_groups.push(n.row.group.clone());
                 }
+                _ if cancelled => {}
                 Disposition::RetryAt(t) => n.next_at = t,
                 Disposition::Failed => n.status = NotificationStatus::Failed,
             }
@@ -185,5 +192,36 @@ impl OutboxStore for MemoryOutbox {
             .filter(|(i, _)| *i == id)
             .map(|(_, a)| a.clone())
             .collect())
+    }
+
+    async fn last_step(&self, alert: &AlertId) -> Result<Option<(Step, Timestamp)>, StoreError> {
+        let inner = self.lock();
+        Ok(furthest_step(
+            inner
+                .rows
+                .values()
+                .map(|(n, _, _)| &n.row)
+                .filter(|r| r.notice.alert == *alert),
+        ))
+    }
+
+    async fn cancel_escalation(
+        &self,
+        alert: &AlertId,
+        reason: CancelReason,
+    ) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        let mut cancelled = 0;
+        for (n, _, _) in inner.rows.values_mut() {
+            if n.status == NotificationStatus::Pending
+                && n.row.step.is_escalation()
+                && n.row.notice.alert == *alert
+            {
+                n.status = NotificationStatus::Cancelled;
+                n.last_error = Some(reason.as_str().to_owned());
+                cancelled += 1;
+            }
+        }
+        Ok(cancelled)
     }
 }

@@ -17,6 +17,16 @@
 //! - **Every attempt is recorded**, and [`OutboxStore::finish`] applies its
 //!   [`Disposition`] atomically with the record: sent, retry at a time, or failed for good.
 //!   Failed rows stay, and [`OutboxStore::failed`] lists them for the console: never dropped.
+//! - **Escalation stops at the acknowledgement.** When an alert is acknowledged or resolved,
+//!   [`OutboxStore::cancel_escalation`] marks its escalation rows (step past
+//!   [`Step::FIRST`]) that are still pending `cancelled`, with the reason in `last_error`:
+//!   never sent, never deleted, so the console shows what happened. First notifications
+//!   (the raise, updates, the resolution itself) are not touched. A cancelled row that was
+//!   already leased and then delivered becomes `sent` (it was); any other outcome of that
+//!   attempt leaves it `cancelled`, so a retry cannot bring it back.
+//! - **The escalation's progress is in the rows.** Each row carries its [`Step`] and when it
+//!   was planned; [`OutboxStore::last_step`] reads the furthest step of an alert back, so an
+//!   escalator started after a restart resumes there instead of at the first step.
 
 mod memory;
 mod sqlite;
@@ -30,7 +40,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::notice::AlertNotice;
+use crate::notice::{AlertId, AlertNotice};
+use crate::plan::Step;
 use crate::routing::{ChannelKind, Recipient};
 
 pub use memory::MemoryOutbox;
@@ -142,6 +153,14 @@ pub struct NewNotification {
     pub action_plan: Option<String>,
     /// Not sent before (group wait, quiet hours).
     pub not_before: Timestamp,
+    /// The escalation step it was planned for ([`Step::FIRST`] in rows written before steps
+    /// were recorded).
+    #[serde(default)]
+    pub step: Step,
+    /// When it was planned: for an escalation step, when the step fired, which is what the
+    /// next step is timed from (the Unix epoch in rows written before this was recorded).
+    #[serde(default)]
+    pub planned_at: Timestamp,
 }
 
 /// Where a row stands.
@@ -154,6 +173,9 @@ pub enum NotificationStatus {
     Sent,
     /// Given up on: a permanent error or out of retries. Surfaced, not dropped.
     Failed,
+    /// Not sent: an escalation row whose alert was acknowledged or resolved while it waited
+    /// (the reason, a [`CancelReason`], is in `last_error`). Kept, not deleted.
+    Cancelled,
 }
 
 impl NotificationStatus {
@@ -163,6 +185,7 @@ impl NotificationStatus {
             NotificationStatus::Pending => "pending",
             NotificationStatus::Sent => "sent",
             NotificationStatus::Failed => "failed",
+            NotificationStatus::Cancelled => "cancelled",
         }
     }
 
@@ -171,6 +194,7 @@ impl NotificationStatus {
             "pending" => Some(NotificationStatus::Pending),
             "sent" => Some(NotificationStatus::Sent),
             "failed" => Some(NotificationStatus::Failed),
+            "cancelled" => Some(NotificationStatus::Cancelled),
             _ => None,
         }
     }
@@ -236,6 +260,33 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
+/// Why an escalation row was cancelled before it was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// Someone acknowledged the alert: nobody further needs telling.
+    Acknowledged,
+    /// The alert resolved: its resolution notice is sent, not the escalation.
+    Resolved,
+}
+
+impl CancelReason {
+    /// What is stored in the row's `last_error` and shown on the console.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::Acknowledged => "cancelled: alert acknowledged",
+            CancelReason::Resolved => "cancelled: alert resolved",
+        }
+    }
+}
+
+/// The furthest step of `rows` (ties: the latest planned), for [`OutboxStore::last_step`].
+pub(crate) fn furthest_step<'a>(
+    rows: impl IntoIterator<Item = &'a NewNotification>,
+) -> Option<(Step, Timestamp)> {
+    rows.into_iter().map(|r| (r.step, r.planned_at)).max()
+}
+
 /// What to do with rows after an attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {
@@ -291,6 +342,21 @@ pub trait OutboxStore: Send + Sync + 'static {
         &self,
         id: NotificationId,
     ) -> impl Future<Output = Result<Vec<Attempt>, StoreError>> + Send;
+
+    /// The furthest escalation step enqueued for `alert` (in any status) and when it was
+    /// planned; `None` when the outbox holds no row of it.
+    fn last_step(
+        &self,
+        alert: &AlertId,
+    ) -> impl Future<Output = Result<Option<(Step, Timestamp)>, StoreError>> + Send;
+
+    /// Marks the pending escalation rows of `alert` (step past [`Step::FIRST`]) cancelled
+    /// for `reason`, leased or not. Returns how many.
+    fn cancel_escalation(
+        &self,
+        alert: &AlertId,
+        reason: CancelReason,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 }
 
 pub(crate) fn add(t: Timestamp, d: Duration) -> Timestamp {

@@ -14,9 +14,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use super::{
-    Attempt, AttemptOutcome, Disposition, NewNotification, Notification, NotificationId,
-    NotificationStatus, OutboxStore, StoreError, add,
+    Attempt, AttemptOutcome, CancelReason, Disposition, NewNotification, Notification,
+    NotificationId, NotificationStatus, OutboxStore, StoreError, add, furthest_step,
 };
+use crate::notice::AlertId;
+use crate::plan::Step;
 use crate::routing::ChannelKind;
 
 /// An [`OutboxStore`] in a SQLite file.
@@ -57,6 +59,8 @@ impl SqliteOutbox {
         );
         CREATE INDEX IF NOT EXISTS notifier_outbox_due ON notifier_outbox (status, next_at);
         CREATE INDEX IF NOT EXISTS notifier_outbox_group ON notifier_outbox (group_key, status);
+        CREATE INDEX IF NOT EXISTS notifier_outbox_alert
+            ON notifier_outbox (json_extract(payload, '$.notice.alert'));
         CREATE TABLE IF NOT EXISTS notifier_attempts (
             notification TEXT NOT NULL,
             at INTEGER NOT NULL,
@@ -69,6 +73,15 @@ impl SqliteOutbox {
             group_key TEXT PRIMARY KEY,
             last_sent INTEGER NOT NULL
         );";
+
+    /// Cancels the pending escalation rows of alert `?1` with reason `?2` (see
+    /// [`OutboxStore::cancel_escalation`]). Rows written before steps were recorded have no
+    /// `step` and count as first notifications.
+    const CANCEL_ESCALATION: &'static str = "
+        UPDATE notifier_outbox SET status = 'cancelled', last_error = ?2
+        WHERE status = 'pending' AND json_extract(payload, '$.notice.alert') = ?1
+          AND (COALESCE(json_extract(payload, '$.step.tier'), 0) > 0
+               OR COALESCE(json_extract(payload, '$.step.round'), 0) > 0)";
 
     /// Opens (creating if needed) the outbox in the SQLite file at `path`.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
@@ -227,10 +240,15 @@ impl OutboxStore for SqliteOutbox {
                 Disposition::RetryAt(t) => ("pending", Some(ms(t))),
                 Disposition::Failed => ("failed", None),
             };
+            // A row cancelled while in flight stays cancelled unless it was delivered.
             let group: Option<String> = sqlx::query_scalar(
                 "UPDATE notifier_outbox
-                 SET status = ?2, next_at = COALESCE(?3, next_at), lease_until = NULL,
-                     attempts = attempts + 1, last_error = ?4
+                 SET status = CASE WHEN status = 'cancelled' AND ?2 <> 'sent'
+                                   THEN 'cancelled' ELSE ?2 END,
+                     next_at = COALESCE(?3, next_at), lease_until = NULL,
+                     attempts = attempts + 1,
+                     last_error = CASE WHEN status = 'cancelled' AND ?2 <> 'sent'
+                                       THEN last_error ELSE ?4 END
                  WHERE id = ?1 RETURNING group_key",
             )
             .bind(&id)
@@ -307,5 +325,38 @@ impl OutboxStore for SqliteOutbox {
                 })
             })
             .collect()
+    }
+
+    async fn last_step(&self, alert: &AlertId) -> Result<Option<(Step, Timestamp)>, StoreError> {
+        let payloads: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, payload FROM notifier_outbox
+             WHERE json_extract(payload, '$.notice.alert') = ?1",
+        )
+        .bind(alert.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let rows = payloads
+            .iter()
+            .map(|(id, p)| {
+                serde_json::from_str::<NewNotification>(p).map_err(|e| StoreError::Corrupt {
+                    id: id.clone(),
+                    why: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(furthest_step(&rows))
+    }
+
+    async fn cancel_escalation(
+        &self,
+        alert: &AlertId,
+        reason: CancelReason,
+    ) -> Result<usize, StoreError> {
+        let done = sqlx::query(Self::CANCEL_ESCALATION)
+            .bind(alert.as_str())
+            .bind(reason.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
     }
 }
