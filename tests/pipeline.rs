@@ -651,3 +651,73 @@ async fn a_hub_offline_with_its_disk_nearly_full_says_so_in_its_log() {
     );
     queue.close().await;
 }
+
+/// A hub that comes up with no network while a cuff hands over a week of stored records:
+/// every record is queued offline (RACP transfer, a disconnect mid-transfer, the cuff's
+/// re-sends), and once the broker is reachable each reaches it exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_started_offline_with_a_week_of_device_records_forwards_each_once_when_the_link_returns()
+ {
+    let Some(mut broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    // The broker's port is known, but nothing answers there until it is started again.
+    broker.kill();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = gateway_config(dir.path(), broker.port());
+    let args = [
+        "--log-format",
+        "json",
+        "gateway",
+        "--config",
+        &cfg,
+        "--simulate",
+        "week_away",
+        "--exit-when-drained",
+    ];
+    let mut gw = RpmProcess::spawn(BIN, &args, &[("RUST_LOG", "info")]).expect("spawn gateway");
+    gw.wait_for_output("scenario played", Duration::from_secs(60))
+        .expect("the week's records are taken offline");
+    let queued: u64 = gw
+        .stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| {
+            (v["message"] == "scenario played")
+                .then(|| v["readings_queued"].as_u64())
+                .flatten()
+        })
+        .expect("the played line says how many readings were queued");
+    assert!(queued >= 14, "a week of cuff records: {queued}");
+    let queue = gateway::queue::Queue::open(dir.path().join("gw-data/queue.db"))
+        .await
+        .expect("queue");
+    assert_eq!(
+        queue.depth().await.expect("depth").readings,
+        queued,
+        "with no network everything stays queued"
+    );
+    queue.close().await;
+
+    // The link returns; an independent subscriber watches (a publish that finds no
+    // subscriber yet is refused by Mosquitto and stays queued on the hub).
+    broker.start_again().expect("broker back");
+    let mut observed = subscriber(broker.port()).await;
+    let status = gw
+        .wait_timeout(Duration::from_secs(90))
+        .expect("the gateway drains and exits");
+    assert!(status.success(), "{}", gw.stderr());
+    assert_eq!(
+        acked(&gw.stderr()),
+        queued,
+        "every queued reading acknowledged"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut seen = HashMap::new();
+    drain(&mut observed, &mut seen);
+    assert_eq!(seen.len() as u64, queued, "each reading reached the broker");
+    assert!(
+        seen.values().all(|c| *c == 1),
+        "a reading reached the broker twice"
+    );
+}
