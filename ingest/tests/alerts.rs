@@ -24,6 +24,8 @@ const AUDIT: Audit<'static> = Audit {
     why: "alert test set-up",
 };
 const TOPIC: &str = "rpm/v1/gw/gw-1/readings";
+const STATUS_FILTER: &str = "rpm/v1/gw/+/status";
+const SILENT: &str = "gateway-silent";
 
 fn key() -> PatientKey {
     PatientKey::new("pk-1").expect("valid")
@@ -132,12 +134,24 @@ impl Node {
 }
 
 async fn start(broker: &Mosquitto, record: Record) -> Node {
+    start_ticking(broker, record, RulesConfig::default().tick_every).await
+}
+
+/// [`start`] with time-driven rules run every `tick_every`.
+async fn start_ticking(broker: &Mosquitto, record: Record, tick_every: Duration) -> Node {
     let config = BrokerConfig::new(broker.url().parse().expect("url"));
     let options = client_options(&config, "ingest-alerts", 32).expect("options");
     let cap = options.request_channel_capacity();
     let stats = Arc::new(IngestStats::default());
     let shutdown = CancellationToken::new();
-    let rules = Rules::load(&rules_config()).expect("the shipped profiles load");
+    let rules = Rules::load(&RulesConfig {
+        tick_every,
+        ..rules_config()
+    })
+    .expect("the shipped profiles load");
+    // Statuses are subscribed to after readings; a status published before that would
+    // arrive as a retained copy, which hears nothing.
+    let status_subscriptions = broker.log().matches(STATUS_FILTER).count();
     let consumer = Consumer {
         settings: ConsumerSettings {
             group: "ingest".into(),
@@ -163,6 +177,7 @@ async fn start(broker: &Mosquitto, record: Record) -> Node {
             .matches("$share/ingest/rpm/v1/gw/+/readings")
             .count()
             >= 1
+            && broker.log().matches(STATUS_FILTER).count() > status_subscriptions
     })
     .await;
     node
@@ -514,6 +529,300 @@ fn a_bad_profile_refuses_to_start_with_the_precise_message() {
 fn the_shipped_profiles_and_override_load() {
     Rules::load(&rules_config()).expect("fixtures/profiles load");
 }
+
+/// A second patient, `pk-2`, with an oximeter on their own hub, `gw-2`.
+async fn second_hub(record: &Record) -> (PatientKey, GatewayId) {
+    let (key, gateway) = (
+        PatientKey::new("pk-2").expect("valid"),
+        GatewayId::new("gw-2").expect("valid"),
+    );
+    let device: DeviceId = "eui64:0011223344556688".parse().expect("valid");
+    record
+        .create_patient(
+            &NewPatient {
+                key: key.clone(),
+                display_name: None,
+                condition: "copd".into(),
+                profile_id: None,
+                care_team: None,
+            },
+            &AUDIT,
+        )
+        .await
+        .expect("patient");
+    record
+        .create_gateway(&gateway, &AUDIT)
+        .await
+        .expect("gateway");
+    record
+        .create_device(&DeviceIdentity::new(device), &AUDIT)
+        .await
+        .expect("device");
+    record
+        .bind(
+            &NewBinding {
+                gateway: gateway.clone(),
+                device,
+                patient: key.clone(),
+                user_index: None,
+                valid_from: OffsetDateTime::UNIX_EPOCH,
+            },
+            &AUDIT,
+        )
+        .await
+        .expect("binding");
+    (key, gateway)
+}
+
+/// Moves every patient's enrolment `hours` into the past, behind the record's back: the
+/// silent-gateway clock starts at enrolment, and the consumer's clock cannot be moved.
+async fn enrolled_hours_ago(url: &str, hours: i64) {
+    let sql = format!(
+        "UPDATE patients SET created_at = created_at - {}",
+        hours * 3_600_000_000
+    );
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.expect("sqlite");
+        sqlx::query(&sql).execute(&pool).await.expect("backdate");
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.expect("postgres");
+        sqlx::query(&sql).execute(&pool).await.expect("backdate");
+        pool.close().await;
+    }
+}
+
+/// The hub publishes its retained `online` status, as it does every minute while
+/// connected; returns once the node has recorded it.
+async fn hub_online(client: &AsyncClient, node: &Node, gateway: &GatewayId) {
+    let before = node.stats.statuses.load(Ordering::Relaxed);
+    let status = GatewayStatus {
+        v: 1,
+        gateway: gateway.clone(),
+        state: GatewayState::Online,
+        at: OffsetDateTime::now_utc(),
+        queue: None,
+        devices: Vec::new(),
+        config_version: None,
+        config_rejected: None,
+        software: None,
+    };
+    client
+        .publish(
+            Topic::new(gateway.clone(), Channel::Status).to_string(),
+            QoS::AtLeastOnce,
+            true,
+            serde_json::to_vec(&status).expect("json"),
+        )
+        .await
+        .expect("publish");
+    let stats = node.stats.clone();
+    wait_for("the status recorded", || {
+        stats.statuses.load(Ordering::Relaxed) > before
+    })
+    .await;
+}
+
+async fn silent_alerts(record: &Record, key: &PatientKey) -> Vec<StoredAlert> {
+    record
+        .alerts_for_patient(key)
+        .await
+        .expect("alerts")
+        .into_iter()
+        .filter(|a| a.rule == SILENT)
+        .collect()
+}
+
+/// Waits until `key` has `n` silent-gateway alerts, the last in `state`.
+async fn wait_for_silent(record: &Record, key: &PatientKey, n: usize, state: AlertState) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let alerts = silent_alerts(record, key).await;
+        if alerts.len() == n && alerts.last().is_some_and(|a| a.state == state) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {n} silent-gateway alerts for {key}, the last {state:?}: \
+             {alerts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const TICK: Duration = Duration::from_millis(100);
+
+/// Real time for several ticks: what a tick would raise has been raised by then.
+async fn several_ticks() {
+    tokio::time::sleep(TICK * 10).await;
+}
+
+async fn a_hub_sending_statuses_is_not_silent_while_its_patient_does_not_measure(
+    record: Record,
+    url: String,
+) {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    registry(&record).await;
+    let (quiet, quiet_gw) = second_hub(&record).await;
+    // Enrolled 25 hours ago; neither has measured since.
+    enrolled_hours_ago(&url, 25).await;
+    let client = publisher(&broker).await;
+    // pk-1's hub is online and says so; pk-2's has not been heard from at all.
+    let node = start_ticking(&broker, record.clone(), Duration::from_secs(3600)).await;
+    hub_online(&client, &node, &gw()).await;
+    node.stop().await;
+    assert!(
+        record
+            .gateway(&gw())
+            .await
+            .expect("gateway")
+            .expect("registered")
+            .last_seen_at
+            .is_some(),
+        "a live status is when the hub was last seen"
+    );
+    assert_eq!(
+        record
+            .gateway(&quiet_gw)
+            .await
+            .expect("gateway")
+            .expect("registered")
+            .last_seen_at,
+        None
+    );
+    // A restarted node (rebuilt from the record) ticks: one tick covers every patient, so once
+    // pk-2's alert is there, pk-1 was judged too.
+    let node = start_ticking(&broker, record.clone(), TICK).await;
+    wait_for_silent(&record, &quiet, 1, AlertState::Open).await;
+    assert!(
+        silent_alerts(&record, &key()).await.is_empty(),
+        "no 'hub silent' for a patient whose hub sent a status just now"
+    );
+    node.stop().await;
+}
+
+async fn a_status_resolves_an_open_silent_gateway_alert(record: Record, url: String) {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    registry(&record).await;
+    let (quiet, _) = second_hub(&record).await;
+    enrolled_hours_ago(&url, 25).await;
+    let client = publisher(&broker).await;
+    let node = start_ticking(&broker, record.clone(), TICK).await;
+    wait_for_silent(&record, &key(), 1, AlertState::Open).await;
+    wait_for_silent(&record, &quiet, 1, AlertState::Open).await;
+    hub_online(&client, &node, &gw()).await;
+    wait_for_silent(&record, &key(), 1, AlertState::Resolved).await;
+    several_ticks().await;
+    let alerts = silent_alerts(&record, &key()).await;
+    assert_eq!(
+        alerts.len(),
+        1,
+        "not raised again: the hub was heard just now"
+    );
+    assert_eq!(
+        event_kinds(&record, alerts[0].id).await,
+        [AlertEventKind::Raised, AlertEventKind::Resolved]
+    );
+    let quiet_alerts = silent_alerts(&record, &quiet).await;
+    assert_eq!(quiet_alerts.len(), 1);
+    assert_eq!(
+        quiet_alerts[0].state,
+        AlertState::Open,
+        "pk-2's hub is still silent"
+    );
+    node.stop().await;
+}
+
+async fn a_backlog_upload_hears_the_hub_now(record: Record, url: String) {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    registry(&record).await;
+    enrolled_hours_ago(&url, 48).await;
+    let client = publisher(&broker).await;
+    let node = start_ticking(&broker, record.clone(), TICK).await;
+    wait_for_silent(&record, &key(), 1, AlertState::Open).await;
+    // The hub comes back with a reading it queued 30 hours ago.
+    let mut old = spo2(0, "95", Flags::EMPTY);
+    old.measured_at -= time::Duration::hours(29);
+    old.received_at = old.measured_at;
+    send(&client, &node, envelope(1, vec![old.with_computed_id()])).await;
+    wait_for_silent(&record, &key(), 1, AlertState::Resolved).await;
+    several_ticks().await;
+    assert_eq!(
+        silent_alerts(&record, &key()).await.len(),
+        1,
+        "not raised again: the upload arrived just now, however old its readings"
+    );
+    node.stop().await;
+}
+
+async fn a_retained_status_replayed_on_subscription_hears_nothing(record: Record, _url: String) {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    registry(&record).await;
+    let client = publisher(&broker).await;
+    // The hub's last status, retained by the broker, perhaps from days ago: a node that
+    // subscribes now is handed a copy, which says nothing about the hub now.
+    let node = start_ticking(&broker, record.clone(), Duration::from_secs(3600)).await;
+    hub_online(&client, &node, &gw()).await;
+    node.stop().await;
+    let before = record
+        .gateway(&gw())
+        .await
+        .expect("gateway")
+        .expect("registered");
+    let node = start_ticking(&broker, record.clone(), TICK).await;
+    let stats = node.stats.clone();
+    wait_for("the retained status replayed", || {
+        stats.statuses.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    let after = record
+        .gateway(&gw())
+        .await
+        .expect("gateway")
+        .expect("registered");
+    assert_eq!(
+        after.last_seen_at, before.last_seen_at,
+        "a replayed status is not a sighting"
+    );
+    node.stop().await;
+}
+
+macro_rules! both_with_url {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let url = format!("sqlite:{}", dir.path().join("record.db").display());
+                let record = super::Record::connect(&url, 4).await.expect("record");
+                super::$name(record, url).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = super::unavailable(super::PgDatabase::create().await) else {
+                    return;
+                };
+                let record = super::Record::connect(db.url(), 4).await.expect("record");
+                super::$name(record, db.url().to_owned()).await;
+            }
+        }
+    )*};
+}
+
+both_with_url!(
+    a_hub_sending_statuses_is_not_silent_while_its_patient_does_not_measure,
+    a_status_resolves_an_open_silent_gateway_alert,
+    a_backlog_upload_hears_the_hub_now,
+    a_retained_status_replayed_on_subscription_hears_nothing,
+);
 
 macro_rules! both {
     ($($name:ident),* $(,)?) => {$(

@@ -1118,7 +1118,7 @@ pub struct GatewayView {
     pub id: String,
     /// `online`, `offline` or `unknown` (no status yet).
     pub state: String,
-    /// When the record last stored readings from it.
+    /// When it was last heard from (readings stored, or a live `online` status).
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_seen_at: Option<OffsetDateTime>,
     /// Readings waiting in its queue.

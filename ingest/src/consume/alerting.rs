@@ -35,6 +35,14 @@
 //! engine's open alerts after replay are what later readings update or resolve. One
 //! exception: when a patient's thresholds changed, an alert the stored readings breach under
 //! the new thresholds is raised in the record at once (see `raise_what_replay_opened`).
+//!
+//! # Hearing from the hub
+//!
+//! The silent-gateway rule's clock restarts whenever the patient's hub is heard from, on
+//! ingest's clock: a batch of their readings arriving (however long ago they were measured: a
+//! backlog proves the hub is up now), and a live `online` status from a hub bound to them
+//! ([`Rules::gateway_heard`]), which also resolves an open silent-gateway alert. Both advance
+//! the gateway's `last_seen_at` in the record, which a rebuild starts the clock from.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -355,6 +363,9 @@ impl Rules {
         let from = now - self.windows[set];
         let to = now + time::Duration::days(1);
         let readings = record.readings_to_replay(key, from, to).await?;
+        // Replay hears the hub only at the readings' measured times; statuses and uploads
+        // it received since (a backlog, or no readings at all) are in `last_seen_at`.
+        let heard = record.patient_gateways_heard(key, now).await?;
         // A known patient whose ruleset changed (thresholds saved in the console): after the
         // replay, alerts the new thresholds hold open must also be open in the record.
         let mut changed = false;
@@ -389,6 +400,15 @@ impl Rules {
             }
         };
         let replayed = self.engine.rebuild(idx, &readings).map_err(engine_bug)?;
+        if let Some(heard) = heard {
+            // Replay raises nothing, and after it no time-driven alert is open for this to
+            // resolve: the events (none) are dropped like the replay's.
+            self.events.clear();
+            self.engine
+                .gateway_heard(idx, Timestamp::from(heard), &mut self.events)
+                .map_err(engine_bug)?;
+            self.events.clear();
+        }
         if changed {
             self.raise_what_replay_opened(record, key, idx).await?;
         }
@@ -464,13 +484,15 @@ impl Rules {
     }
 
     /// The batch transaction's callback: checks versions, then evaluates the new readings in
-    /// measurement order. `None` (roll back) when some patient's state is stale, unless
-    /// `force`.
+    /// measurement order, then tells the engine each of their patients' hubs was heard at
+    /// `received` (ingest's clock: a backlog of old readings still proves the hub is up now).
+    /// `None` (roll back) when some patient's state is stale, unless `force`.
     pub(crate) fn evaluate(
         &mut self,
         new: &[&Reading],
         versions: &[RuleVersion],
         force: bool,
+        received: OffsetDateTime,
         latency: &super::latency::LatencyHistogram,
     ) -> Option<Vec<AlertWrite>> {
         let mut stale = Vec::new();
@@ -513,6 +535,24 @@ impl Rules {
                 writes.extend(self.write_for(idx, &event));
             }
         }
+        let mut heard: Vec<PatientIdx> = new
+            .iter()
+            .filter_map(|r| self.engine.patient_index(&r.patient))
+            .collect();
+        heard.sort_unstable_by_key(|i| i.0);
+        heard.dedup();
+        let received = Timestamp::from(received);
+        for idx in heard {
+            self.events.clear();
+            if let Err(e) = self.engine.gateway_heard(idx, received, &mut self.events) {
+                tracing::error!(error = %e, "rules engine refused a gateway heard");
+                continue;
+            }
+            for i in 0..self.events.len() {
+                let event = self.events[i];
+                writes.extend(self.write_for(idx, &event));
+            }
+        }
         Some(writes)
     }
 
@@ -522,9 +562,39 @@ impl Rules {
         self.events.clear();
         self.engine.tick(Timestamp::from(now), &mut self.events);
         let mut out = Vec::new();
-        for i in 0..self.events.len() {
-            let event = self.events[i];
-            let idx = match &event {
+        self.versioned_writes(&mut out);
+        out
+    }
+
+    /// A gateway was heard from at `at` (ingest's clock; a live status message): each of
+    /// `patients` (those bound to it then, [`Record::patients_on_gateway`]) whom this node has
+    /// enrolled heard it then, which resolves an open silent-gateway alert and restarts the
+    /// rule's clock. Returns what to store, as [`Rules::tick`] does.
+    pub(crate) fn gateway_heard(
+        &mut self,
+        patients: &[PatientKey],
+        at: OffsetDateTime,
+    ) -> Vec<(PatientKey, i64, AlertWrite)> {
+        let at = Timestamp::from(at);
+        self.events.clear();
+        for key in patients {
+            // Not enrolled yet: enrolled from the record, `last_seen_at` included.
+            if let Some(idx) = self.engine.patient_index(key)
+                && let Err(e) = self.engine.gateway_heard(idx, at, &mut self.events)
+            {
+                tracing::error!(error = %e, "rules engine refused a gateway heard");
+            }
+        }
+        let mut out = Vec::new();
+        self.versioned_writes(&mut out);
+        out
+    }
+
+    /// The record's form of `self.events` outside a batch transaction, each with its
+    /// patient and the rule version their state was built at (to check before storing).
+    fn versioned_writes(&self, out: &mut Vec<(PatientKey, i64, AlertWrite)>) {
+        for event in &self.events {
+            let idx = match event {
                 Event::Raised(a) | Event::Updated(a) | Event::Resolved(a) => a.patient,
                 Event::RepeatRequested(r) => r.patient,
             };
@@ -535,12 +605,10 @@ impl Rules {
             let Some(version) = slot.version else {
                 continue;
             };
-            let key = slot.key.clone();
-            if let Some(w) = self.write_for(idx, &event) {
-                out.push((key, version, w));
+            if let Some(w) = self.write_for(idx, event) {
+                out.push((slot.key.clone(), version, w));
             }
         }
-        out
     }
 
     /// Enrols every registered patient (start-up), so time-driven rules cover them all.

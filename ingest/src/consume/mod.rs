@@ -6,7 +6,8 @@
 //!       gateway↔device↔patient binding
 //!   ──(one prepared batch)──► committer: insert_batch_tracked (one transaction: envelope
 //!       sequence numbers, insert, dedup by id, rules engine on the NEW readings, alert rows)
-//!       → dead letters for what failed → statuses → PUBACK every message, in arrival order
+//!       → dead letters for what failed → statuses (a live one hears the hub: rules engine)
+//!       → PUBACK every message, in arrival order
 //! ```
 //!
 //! **Pipeline:** the batcher validates batch N+1 while the committer commits batch N. Batches
@@ -50,7 +51,10 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use vitals::{Channel, Envelope, GatewayId, GatewayStatus, Observed, Reading, RejectReason, topic};
+use vitals::{
+    Channel, Envelope, GatewayId, GatewayState, GatewayStatus, Observed, Reading, RejectReason,
+    topic,
+};
 
 use crate::record::{Committed, Record, RecordError, RuleVersion, SeqCheck};
 
@@ -530,7 +534,7 @@ async fn commit(
     settings: &ConsumerSettings,
     record: &Record,
     stats: &IngestStats,
-    rules: Option<&mut Rules>,
+    mut rules: Option<&mut Rules>,
     batch: Prepared,
     client: &AsyncClient,
 ) -> Result<(), ConsumeError> {
@@ -543,7 +547,14 @@ async fn commit(
     } = batch;
     if !good.is_empty() || !seqs.is_empty() {
         let checks = store(
-            settings, record, stats, rules, &good, &origin, &seqs, &mut dead,
+            settings,
+            record,
+            stats,
+            rules.as_deref_mut(),
+            &good,
+            &origin,
+            &seqs,
+            &mut dead,
         )
         .await;
         for ((gateway, seq), check) in seqs.iter().zip(checks) {
@@ -563,7 +574,9 @@ async fn commit(
     let mut readings_messages = 0u64;
     for m in &messages {
         match m {
-            Incoming::Status(p) => record_status(record, stats, p).await,
+            Incoming::Status(p) => {
+                record_status(settings, record, stats, rules.as_deref_mut(), p).await;
+            }
             Incoming::Readings(_) => readings_messages += 1,
         }
     }
@@ -724,6 +737,8 @@ async fn insert_evaluated(
     let mut patients: Vec<&vitals::PatientKey> = batch.iter().map(|(r, _)| &r.patient).collect();
     patients.sort_unstable();
     patients.dedup();
+    // The batch's arrival hears its hubs, whenever its readings were measured.
+    let received = OffsetDateTime::now_utc();
     let mut failures = 0u32;
     let mut rollbacks = 0u32;
     loop {
@@ -732,7 +747,7 @@ async fn insert_evaluated(
             Ok(()) => {
                 let force = rollbacks >= alerting::MAX_ROLLBACKS;
                 let mut evaluate = |new: &[&Reading], versions: &[RuleVersion]| {
-                    rules.evaluate(new, versions, force, &stats.rule_latency)
+                    rules.evaluate(new, versions, force, received, &stats.rule_latency)
                 };
                 record
                     .insert_batch_tracked(batch, seqs, Some(&mut evaluate))
@@ -837,6 +852,19 @@ async fn tick(
         return; // the database is away; the next tick tries again
     }
     let raised = rules.tick(OffsetDateTime::now_utc());
+    store_timed(settings, record, stats, rules, raised).await;
+}
+
+/// Stores alert writes made outside a batch transaction (time-driven rules, a hub heard
+/// from) for patients whose state matches the record; the others are rebuilt before they
+/// speak again.
+async fn store_timed(
+    settings: &ConsumerSettings,
+    record: &Record,
+    stats: &IngestStats,
+    rules: &mut Rules,
+    raised: Vec<(vitals::PatientKey, i64, crate::record::AlertWrite)>,
+) {
     if raised.is_empty() {
         return;
     }
@@ -860,7 +888,7 @@ async fn tick(
                 .fetch_add(written.len() as u64, Ordering::Relaxed);
         }
         Err(e) => {
-            tracing::error!(error = %e, "could not store time-driven alerts");
+            tracing::error!(error = %e, "could not store alerts outside a batch");
             let keys: Vec<vitals::PatientKey> = writes.iter().map(write_patient).cloned().collect();
             rules.discard(keys.iter());
         }
@@ -884,7 +912,17 @@ fn count(stats: &IngestStats, new: usize, duplicates: usize) {
         .fetch_add(duplicates as u64, Ordering::Relaxed);
 }
 
-async fn record_status(record: &Record, stats: &IngestStats, p: &Publish) {
+/// Records a gateway's status. One the hub has just published (`online`, forwarded live: not
+/// the retained copy a (re)subscription replays, which may be days old, nor a last will)
+/// proves the hub is up at its receive time: the record's `last_seen_at` and the rules
+/// engine's silent-gateway clock of every patient bound to it advance to that time.
+async fn record_status(
+    settings: &ConsumerSettings,
+    record: &Record,
+    stats: &IngestStats,
+    rules: Option<&mut Rules>,
+    p: &Publish,
+) {
     let Ok(status) = serde_json::from_slice::<GatewayStatus>(&p.payload) else {
         stats.reject(RejectReason::Schema);
         return;
@@ -896,9 +934,26 @@ async fn record_status(record: &Record, stats: &IngestStats, p: &Publish) {
         stats.reject(RejectReason::GatewayMismatch);
         return;
     }
-    match record.record_gateway_status(&status).await {
-        Ok(_) => {
+    // The broker clears RETAIN on a message it forwards as published (retain-as-published is
+    // off) and sets it on a stored one it replays to a new subscription (MQTT 5, 3.3.1.3).
+    let heard = (!p.retain && status.state == GatewayState::Online).then(OffsetDateTime::now_utc);
+    match record.record_gateway_status_heard(&status, heard).await {
+        Ok(known) => {
             stats.statuses.fetch_add(1, Ordering::Relaxed);
+            if let (true, Some(at), Some(rules)) = (known, heard, rules) {
+                let bound = retry_permanent(settings, stats, || {
+                    record.patients_on_gateway(&status.gateway, at)
+                })
+                .await;
+                match bound {
+                    Ok(patients) => {
+                        let writes = rules.gateway_heard(&patients, at);
+                        store_timed(settings, record, stats, rules, writes).await;
+                    }
+                    // The next status, a minute later, tells them.
+                    Err(e) => tracing::error!(error = %e, "could not find a hub's patients"),
+                }
+            }
         }
         Err(e) => tracing::warn!(error = %e, "could not record a gateway status"),
     }

@@ -138,7 +138,8 @@ pub struct Gateway {
     pub id: GatewayId,
     /// When registered.
     pub registered_at: OffsetDateTime,
-    /// When the record last stored readings from it.
+    /// When it was last heard from, on ingest's clock: readings stored, or an `online` status
+    /// it had just published.
     pub last_seen_at: Option<OffsetDateTime>,
     /// Its last retained status message.
     pub status: Option<GatewayStatus>,
@@ -566,15 +567,33 @@ impl Record {
     /// Stores a gateway's retained status message. `false` when the gateway is not
     /// registered (the status is then not stored).
     pub async fn record_gateway_status(&self, status: &GatewayStatus) -> Result<bool> {
+        self.record_gateway_status_heard(status, None).await
+    }
+
+    /// [`Record::record_gateway_status`] for a status that proves the gateway is alive at
+    /// `heard` (ingest's clock): an `online` status the broker forwarded as it was published,
+    /// not a retained copy replayed on subscription nor a last will. `heard` also advances the
+    /// gateway's `last_seen_at`, which a rebuilt rules state starts its silent-gateway clock
+    /// from, so a hub that sends statuses but no readings is not taken for silent.
+    pub async fn record_gateway_status_heard(
+        &self,
+        status: &GatewayStatus,
+        heard: Option<OffsetDateTime>,
+    ) -> Result<bool> {
         let json = serde_json::to_string(status)
             .map_err(|e| RecordError::Invalid(format!("gateway status: {e}")))?;
         let updated = with_pool!(self, write, |pool, DB| {
+            // A NULL `heard` compares as unknown: `last_seen_at` is kept.
             sqlx::query(
-                "UPDATE gateways SET status_json = $2, status_at = $3 WHERE gateway_id = $1",
+                "UPDATE gateways SET status_json = $2, status_at = $3, \
+                 last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at < $4 \
+                   THEN $4 ELSE last_seen_at END \
+                 WHERE gateway_id = $1",
             )
             .bind(status.gateway.as_str())
             .bind(json.as_str())
             .bind(now_us())
+            .bind(heard.map(to_us))
             .execute(pool)
             .await?
             .rows_affected()
@@ -845,6 +864,53 @@ impl Record {
             .await?
         });
         rows.into_iter().map(binding_from_row).collect()
+    }
+
+    /// The patients with a device bound through `gateway` at `at`, each once.
+    pub async fn patients_on_gateway(
+        &self,
+        gateway: &GatewayId,
+        at: OffsetDateTime,
+    ) -> Result<Vec<PatientKey>> {
+        let keys: Vec<String> = with_pool!(self, read, |pool, DB| {
+            sqlx::query_scalar(
+                "SELECT DISTINCT patient_key FROM device_bindings WHERE gateway_id = $1 \
+                 AND valid_from <= $2 AND (valid_to IS NULL OR valid_to > $2) \
+                 ORDER BY patient_key",
+            )
+            .bind(gateway.as_str())
+            .bind(to_us(at))
+            .fetch_all(pool)
+            .await?
+        });
+        keys.into_iter()
+            .map(|k| {
+                PatientKey::new(k)
+                    .map_err(|e| RecordError::corrupt("device_bindings", e.to_string()))
+            })
+            .collect()
+    }
+
+    /// When a gateway bound to the patient at `at` was last heard from (its `last_seen_at`:
+    /// readings stored, or a live status); `None` when none has been.
+    pub async fn patient_gateways_heard(
+        &self,
+        patient: &PatientKey,
+        at: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>> {
+        let heard: Option<i64> = with_pool!(self, read, |pool, DB| {
+            sqlx::query_scalar(
+                "SELECT MAX(g.last_seen_at) FROM device_bindings b \
+                 JOIN gateways g ON g.gateway_id = b.gateway_id \
+                 WHERE b.patient_key = $1 AND b.valid_from <= $2 \
+                 AND (b.valid_to IS NULL OR b.valid_to > $2)",
+            )
+            .bind(patient.as_str())
+            .bind(to_us(at))
+            .fetch_one(pool)
+            .await?
+        });
+        heard.map(|t| from_us(t, "gateways")).transpose()
     }
 
     /// The patient a reading from `device` (user slot `user_index`) through `gateway`,
