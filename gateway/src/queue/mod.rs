@@ -41,8 +41,9 @@
 //! 117 s to fill and 152 s to drain on a loaded two-core machine); the end-to-end fault suite
 //! forwards a backlog of 100 000 (`tests/faults.rs`). The forwarder reads by `seq` range (the
 //! primary key); [`Queue::depth`] scans the table once per status. It never drops a reading:
-//! when the disk fills, `push` fails (the device keeps its records) and the status reports
-//! `disk_low` long before that ([`Queue::disk_free_bytes`]).
+//! when the disk fills, `push` fails whole (the device keeps its records and sends them again
+//! once there is room: `simulators/tests/disk_full.rs`) and the status reports `disk_low` long
+//! before that ([`Queue::disk_free_bytes`]).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
@@ -119,6 +120,9 @@ pub struct Queue {
 /// of this many rows well below it.
 const ROWS_PER_STATEMENT: usize = 1000;
 
+/// Connections in the pool: one for the device sessions' pushes, one for the forwarder.
+const MAX_CONNECTIONS: u32 = 2;
+
 impl Queue {
     /// Opens (creating if needed) the queue at `path`.
     pub async fn open(path: impl AsRef<Path>) -> Result<Queue, QueueError> {
@@ -136,7 +140,7 @@ impl Queue {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
-            .max_connections(2)
+            .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
             .await
             .map_err(db_err)?;
@@ -361,6 +365,32 @@ impl Queue {
     /// The queue file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Caps the database at `max_pages` pages on every connection of the pool (`None` lifts
+    /// the cap to SQLite's own maximum), so a write that needs another page fails with
+    /// `SQLITE_FULL` ("database or disk is full") exactly as it does when the disk is full.
+    /// A cap below the current size holds the file at its current size.
+    ///
+    /// For tests of the full-disk path only; the gateway never calls it. SQLite keeps the cap
+    /// per connection, so it holds for the connections open now: the pool would open a new,
+    /// uncapped one only after an idle one expired (minutes), longer than such a test runs.
+    #[doc(hidden)]
+    pub async fn limit_size_for_tests(&self, max_pages: Option<u32>) -> Result<(), QueueError> {
+        // 4294967294 is SQLite's largest page count and its default cap.
+        let pages = max_pages.unwrap_or(u32::MAX - 1);
+        // Holding every connection at once makes each acquire a different one.
+        let mut held = Vec::with_capacity(MAX_CONNECTIONS as usize);
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(self.pool.acquire().await.map_err(self.db_err())?);
+        }
+        for conn in &mut held {
+            sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+                .execute(&mut **conn)
+                .await
+                .map_err(self.db_err())?;
+        }
+        Ok(())
     }
 }
 

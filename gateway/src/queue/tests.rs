@@ -271,3 +271,32 @@ fn a_large_batch_is_split_under_the_parameter_limit() {
         assert_eq!(queue.depth().await.expect("depth").readings, 0);
     });
 }
+
+#[test]
+fn a_push_that_finds_the_disk_full_fails_whole_and_the_same_push_succeeds_once_there_is_room() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let queue = Queue::open(dir.path().join("q.db")).await.expect("open");
+        queue.push(&[reading(1)]).await.expect("push");
+        queue.limit_size_for_tests(Some(1)).await.expect("limit");
+        // More than the pages already allocated can hold.
+        let batch: Vec<Reading> = (2..200).map(reading).collect();
+        let err = queue.push(&batch).await.expect_err("the file may not grow");
+        assert!(
+            matches!(&err, QueueError::Database { .. }),
+            "a database error: {err}"
+        );
+        assert!(
+            err.to_string().contains("database or disk is full"),
+            "says what happened: {err}"
+        );
+        assert_eq!(
+            queue.depth().await.expect("depth").readings,
+            1,
+            "nothing of the failed batch was kept"
+        );
+        queue.limit_size_for_tests(None).await.expect("lift");
+        assert_eq!(queue.push(&batch).await.expect("push").queued, batch.len());
+        assert_eq!(queue.depth().await.expect("depth").readings, 199);
+    });
+}
