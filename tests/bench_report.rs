@@ -2,10 +2,14 @@
 //! (nothing to install) and writes a Markdown report, an SVG plot and the figures as JSON.
 //! Checked for shape, never for speed: every part is there, every table row carries numbers
 //! that are finite and ordered (p50 ≤ p99 ≤ p99.9 ≤ max), every baseline has a ratio, and the
-//! plot is well-formed SVG with a line of numeric points for each percentile.
+//! plot is well-formed SVG with a line of numeric points for each percentile. And
+//! `rpm bench gateway --json` against a private Mosquitto: its memory and CPU figures are
+//! those of the forwarding, present and consistent.
 
 use std::path::Path;
 use std::process::Command;
+
+use testkit::{Mosquitto, unavailable};
 
 fn cells(line: &str) -> Vec<&str> {
     line.trim()
@@ -128,6 +132,69 @@ fn quick_bench_report_is_complete_and_carries_numbers() {
         figures["latency_sweep"]["steps"].as_array().map(Vec::len),
         Some(2)
     );
+    let gateway_runs = figures["gateway"].as_array().expect("gateway runs");
+    assert!(!gateway_runs.is_empty());
+    for run in gateway_runs {
+        check_gateway_figures(run);
+    }
+}
+
+/// The gateway bench's figures are the forwarding's: every reading acknowledged and received,
+/// CPU spent, and a peak resident size taken while forwarding (never below where it started).
+fn check_gateway_figures(f: &serde_json::Value) {
+    let num = |k: &str| {
+        f[k].as_f64()
+            .unwrap_or_else(|| panic!("`{k}` is not a number in {f}"))
+    };
+    let readings = num("readings");
+    assert!(readings > 0.0, "{f}");
+    assert_eq!(num("acked"), readings, "{f}");
+    assert_eq!(num("delivered"), readings, "{f}");
+    for k in [
+        "bare_publisher",
+        "forwarded",
+        "queue_fill",
+        "cpu_ms_per_1000",
+    ] {
+        assert!(num(k) > 0.0 && num(k).is_finite(), "`{k}` in {f}");
+    }
+    let subscriber = num("subscriber_cpu_ms_per_1000");
+    assert!(
+        subscriber > 0.0 && subscriber.is_finite(),
+        "the subscriber's CPU share in {f}"
+    );
+    let (start, end, peak) = (
+        num("forwarding_rss_start_mb"),
+        num("forwarding_rss_end_mb"),
+        num("forwarding_rss_peak_mb"),
+    );
+    assert!(start > 0.0, "{f}");
+    assert!(peak >= start && peak >= end, "{f}");
+    for old in ["rss_before_mb", "rss_after_mb", "rss_peak_mb"] {
+        assert!(f.get(old).is_none(), "`{old}` is gone: {f}");
+    }
+}
+
+#[test]
+fn gateway_bench_reports_the_forwarding_footprint() {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let run = Command::new(env!("CARGO_BIN_EXE_rpm"))
+        .args(["bench", "gateway", "--json", "--broker", &broker.url()])
+        .args(["--readings", "3000", "--patients", "10"])
+        .output()
+        .expect("run rpm");
+    assert!(
+        run.status.success(),
+        "rpm bench gateway failed:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let figures: serde_json::Value =
+        serde_json::from_slice(&run.stdout).expect("--json prints JSON");
+    eprintln!("{figures}");
+    assert_eq!(figures["readings"].as_f64(), Some(3000.0), "{figures}");
+    check_gateway_figures(&figures);
 }
 
 fn check_svg(path: &Path) {
