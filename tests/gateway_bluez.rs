@@ -1,6 +1,7 @@
 //! `rpm gateway` on real devices, as a process: its BlueZ backend talks to a mock bluetoothd
 //! (`gateway/tests/bluez_mock/bluez_mock.py`) on a private D-Bus, and an indication from the
-//! allowlisted cuff reaches an independent MQTT subscriber as a reading of its patient.
+//! allowlisted cuff reaches an independent MQTT subscriber as a reading of its patient, and
+//! nothing from the oximeter, which is not allowlisted, is published or queued.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
@@ -34,6 +35,8 @@ fn mock_python() -> Result<String, String> {
 struct MockBluez {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far, whether `expect` was waiting for it or not.
+    seen: Vec<String>,
 }
 
 impl MockBluez {
@@ -57,7 +60,11 @@ impl MockBluez {
                 }
             }
         });
-        let mut mock = MockBluez { child, lines };
+        let mut mock = MockBluez {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
         mock.expect("READY", Duration::from_secs(10));
         mock
     }
@@ -67,10 +74,31 @@ impl MockBluez {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("the mock never said {prefix:?}"),
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("the mock never said {prefix:?}; it said {:?}", self.seen),
             }
+        }
+    }
+
+    /// How many lines so far start with `prefix`.
+    fn count(&mut self, prefix: &str) -> usize {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.iter().filter(|l| l.starts_with(prefix)).count()
+    }
+
+    /// A line starting with `prefix`, said already (even while `expect` waited for another)
+    /// or within `timeout`.
+    fn said(&mut self, prefix: &str, timeout: Duration) -> String {
+        match self.seen.iter().find(|l| l.starts_with(prefix)) {
+            Some(line) => line.clone(),
+            None => self.expect(prefix, timeout),
         }
     }
 
@@ -162,5 +190,33 @@ async fn an_indication_from_an_allowlisted_cuff_reaches_the_broker_as_its_patien
         Some("138")
     );
     assert_eq!(r.device.manufacturer.as_deref(), Some("Acme Medical"));
+
+    // The oximeter was connected to once, identified by its address, refused and let go
+    // (its Device Information names nobody on the allowlist) ...
+    mock.said("DISCONNECT oxi", Duration::from_secs(60));
+    // ... so a measurement it indicates now reaches no subscription (the mock drops it) ...
+    // (Nordic/Spezi's full spot-check vector, fixtures/gatt/pulse_oximeter.toml.)
+    mock.send("notify oxi 2a5e 0facf3bef5e8070b1d170839204022000066e3");
+    mock.expect("DROPPED oxi 2a5e", Duration::from_secs(10));
+    // ... and nothing of it is published: whatever else arrives is the cuff's.
+    let oximeter = "bdaddr:c0:ff:ee:00:33:44";
+    let quiet = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(Some((topic, payload))) = tokio::time::timeout_at(quiet, rx.recv()).await {
+        let envelope = Envelope::decode_from(&topic, &payload).expect("a valid envelope");
+        for r in &envelope.readings {
+            assert_ne!(r.device.id.to_string(), oximeter, "published: {r:?}");
+            assert_eq!(r.patient.as_str(), "pk-ble");
+        }
+    }
     gw.kill().expect("stop");
+    // ... nor left in the hub's queue.
+    let queue = gateway::queue::Queue::open(dir.path().join("data/queue.db"))
+        .await
+        .expect("the hub's queue");
+    let pending = queue.peek(0, 1000).await.expect("the queue");
+    assert!(
+        pending.iter().all(|r| r.device.id.to_string() != oximeter),
+        "queued: {pending:?}"
+    );
+    assert_eq!(mock.count("START_NOTIFY oxi"), 0, "{:?}", mock.seen);
 }

@@ -94,6 +94,9 @@ pub struct BleConfig {
     /// Set a device's clock when it is off by more than this.
     #[serde(with = "humantime_serde")]
     pub clock_tolerance: Duration,
+    /// Connect only to devices BlueZ reports paired (or bonded) with this hub, as well as
+    /// allowlisted. On by default; off only for devices that cannot pair at all.
+    pub require_pairing: bool,
 }
 
 impl Default for BleConfig {
@@ -103,6 +106,7 @@ impl Default for BleConfig {
             scan_restart: Duration::from_secs(600),
             watchdog: Duration::from_secs(120),
             clock_tolerance: Duration::from_secs(1),
+            require_pairing: true,
         }
     }
 }
@@ -178,3 +182,22 @@ pub fn check_bindings(devices: &[DeviceBinding]) -> Result<(), (&'static str, St
 
 /// The Blood Pressure Service's user index for "unknown user".
 const UNKNOWN_USER: u8 = 0xFF;
+
+#[cfg(test)]
+mod tests {
+    use super::BleConfig;
+
+    #[test]
+    fn pairing_is_required_unless_the_file_turns_it_off() {
+        let default: BleConfig = toml::from_str("").expect("an empty [ble]");
+        assert!(default.require_pairing);
+        let off: BleConfig = toml::from_str("require_pairing = false").expect("a [ble]");
+        assert!(!off.require_pairing);
+        // ... and the BlueZ backend is told.
+        #[cfg(all(feature = "bluez", target_os = "linux"))]
+        for ble in [default, off] {
+            let bluez = crate::device::bluez::BluezConfig::from_ble(&ble);
+            assert_eq!(bluez.require_pairing, ble.require_pairing);
+        }
+    }
+}

@@ -8,7 +8,8 @@
 //! an adapter `hci0`, a blood pressure cuff (0x1810 with 0x2A35 by indication, Device
 //! Information strings, Battery), a second cuff that stores records (Blood Pressure Record
 //! 0x2B36 and RACP 0x2A52) and has a wrong clock (Current Time 0x2A2B), a pulse oximeter
-//! (0x1822 with 0x2A5E) and a heart-rate strap a health scan must not report. The child
+//! (0x1822 with 0x2A5E) and a heart-rate strap a health scan must not report, all paired
+//! with the hub unless a test unpairs one (`unpair cuff`, then `pair cuff`). The child
 //! drives the backend and the mock (through the mock's stdin) and asserts; the parent checks
 //! that it passed.
 //!
@@ -65,6 +66,11 @@ fn backend_scans_connects_reads_subscribes_and_sees_disconnections() {
 #[test]
 fn session_over_bluez_queues_an_indicated_reading_and_resubscribes_after_reconnect() {
     run_scenario("session");
+}
+
+#[test]
+fn allowlisted_but_unpaired_device_is_refused_until_paired() {
+    run_scenario("unpaired");
 }
 
 #[test]
@@ -161,6 +167,7 @@ fn child_scenario() {
             "backend" => backend_scenario().await,
             "session" => session_scenario().await,
             "records" => records_scenario().await,
+            "unpaired" => unpaired_scenario().await,
             other => panic!("unknown scenario {other}"),
         }
     });
@@ -303,6 +310,7 @@ fn config() -> BluezConfig {
         call_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(5),
         find_timeout: Duration::from_secs(2),
+        require_pairing: true,
     }
 }
 
@@ -696,6 +704,122 @@ async fn session_scenario() {
 
     handle.shutdown().await.expect("the session ends cleanly");
     mock.expect("DISCONNECT cuff").await;
+}
+
+// --- scenario: pairing is required as well as the allowlist ------------------------------
+
+async fn unpaired_scenario() {
+    let mut mock = Mock::start().await;
+    mock.send("unpair cuff");
+    mock.expect("UNPAIRED cuff").await;
+    let source = Arc::new(BluezSource::new(config()).await.expect("the BlueZ source"));
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let queue = Queue::open(dir.path().join("queue.db"))
+        .await
+        .expect("the queue");
+    // The cuff is allowlisted and bound to a patient, but not paired.
+    let bindings: Arc<[DeviceBinding]> = vec![DeviceBinding {
+        id: DeviceId::BdAddr(CUFF.0),
+        patient: Some(PatientKey::new("pk-bluez-unpaired").expect("a patient key")),
+        users: vec![],
+    }]
+    .into();
+    let session_config = SessionConfig {
+        gateway: GatewayId::new("gw-bluez").expect("a gateway id"),
+        clock_tolerance: Duration::from_secs(2),
+        watchdog: Duration::from_secs(30),
+        backoff: BackoffConfig {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(300),
+        },
+        op_timeout: Duration::from_secs(8),
+        zone: time::UtcOffset::UTC,
+        low_battery_percent: 15,
+        jitter_seed: 13,
+    };
+    let handle = Session::new(
+        source.clone(),
+        CUFF,
+        bindings,
+        queue.clone(),
+        Arc::new(SystemClock),
+        session_config,
+    )
+    .spawn(CancellationToken::new());
+    let mut stats = handle.stats();
+
+    // Refused again and again, never connected to; the session goes on waiting.
+    let s = wait_for(&mut stats, "refused three times", |s| {
+        s.refused_unpaired >= 3
+    })
+    .await;
+    assert_eq!((s.connects, s.readings_queued), (0, 0), "{s:?}");
+    assert_ne!(s.phase, Phase::Stopped);
+    assert_eq!(
+        mock.count("CONNECT cuff"),
+        0,
+        "an unpaired device is not connected to"
+    );
+    // The backend says why, and that trying again can help.
+    match source.connect(CUFF).await {
+        Err(e) => {
+            assert_eq!(e, DeviceError::NotPaired);
+            assert!(e.is_retryable());
+        }
+        Ok(_) => panic!("connected to an unpaired device"),
+    }
+    // What the cuff sends meanwhile reaches nobody: nothing subscribed, nothing queued.
+    let hex = fixture_hex("blood_pressure.toml", "nordic_bpm_full");
+    mock.send(&format!("notify cuff 2a35 {hex}"));
+    mock.expect("DROPPED cuff 2a35").await;
+    assert!(queue.peek(0, 10).await.expect("the queue").is_empty());
+    assert_eq!(mock.count("CONNECT cuff"), 0);
+
+    // Someone pairs it (bluetoothctl pair): the next attempt is let in, and its readings
+    // are queued.
+    mock.send("pair cuff");
+    mock.expect("PAIRED cuff").await;
+    wait_for(&mut stats, "streaming once paired", |s| {
+        s.phase == Phase::Streaming
+    })
+    .await;
+    mock.expect("START_NOTIFY cuff 2a35").await;
+    let refused = stats.borrow().refused_unpaired;
+    mock.send(&format!("notify cuff 2a35 {hex}"));
+    wait_for(&mut stats, "one reading queued", |s| s.readings_queued == 1).await;
+    let readings = queue.peek(0, 10).await.expect("the queue");
+    assert_eq!(readings.len(), 1);
+    assert_eq!(
+        readings[0].value_of(Kind::Systolic).map(|d| d.to_f64()),
+        Some(138.0)
+    );
+    assert_eq!(readings[0].device.id, DeviceId::BdAddr(CUFF.0));
+
+    // The bond is removed (the link drops with it): refused again, not reconnected.
+    mock.send("unpair cuff");
+    mock.expect("UNPAIRED cuff").await;
+    wait_for(&mut stats, "refused again once unpaired", |s| {
+        s.refused_unpaired > refused && s.disconnects >= 1
+    })
+    .await;
+    let connects = stats.borrow().connects;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stats.borrow().connects, connects);
+
+    // With `ble.require_pairing = false` the same unpaired device is connected to.
+    let lax = BluezSource::new(BluezConfig {
+        require_pairing: false,
+        ..config()
+    })
+    .await
+    .expect("a source that does not require pairing");
+    let before = mock.count("CONNECT cuff");
+    let mut link = lax.connect(CUFF).await.expect("connecting without pairing");
+    mock.expect("CONNECT cuff").await;
+    assert_eq!(mock.count("CONNECT cuff"), before + 1);
+    link.disconnect().await.expect("disconnecting");
+
+    handle.shutdown().await.expect("the session ends cleanly");
 }
 
 // --- scenario: allowlist, clock, stored records and the watchdog over the backend ----------

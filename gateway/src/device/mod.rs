@@ -270,6 +270,11 @@ pub enum DeviceError {
     /// Pairing or encryption was refused: needs a person (re-pair the device).
     #[error("authentication failed")]
     AuthenticationFailed,
+    /// The backend requires devices to be paired (bonded) with the hub and this one is not,
+    /// so it was not connected to. Retryable: once a person pairs it (`bluetoothctl pair`),
+    /// the next attempt succeeds.
+    #[error("device is not paired with this hub")]
+    NotPaired,
     /// The device answered a write with an ATT error code.
     #[error("ATT error 0x{0:02x}")]
     Att(u8),
@@ -291,7 +296,8 @@ impl DeviceError {
             | DeviceError::Disconnected
             | DeviceError::Timeout
             | DeviceError::AdapterUnavailable(_)
-            | DeviceError::Att(_) => true,
+            | DeviceError::Att(_)
+            | DeviceError::NotPaired => true,
             DeviceError::NoSuchCharacteristic(_)
             | DeviceError::NotPermitted(..)
             | DeviceError::AuthenticationFailed => false,
@@ -392,6 +398,8 @@ mod tests {
         assert!(DeviceError::NotFound.is_retryable());
         assert!(DeviceError::Disconnected.is_retryable());
         assert!(!DeviceError::AuthenticationFailed.is_retryable());
+        // Pairing is a person's job; the session tries again and is let in once it is done.
+        assert!(DeviceError::NotPaired.is_retryable());
         assert!(!DeviceError::NoSuchCharacteristic(Uuid::from_u16(0x2A35)).is_retryable());
     }
 }

@@ -5,7 +5,10 @@
 //! 1. discover the GATT table;
 //! 2. on the first contact, read Device Information and check the device against the
 //!    allowlist (System ID → `eui64:`, else the address → `bdaddr:`); a device nobody bound
-//!    ends the session ([`SessionError::NotAllowlisted`]);
+//!    ends the session ([`SessionError::NotAllowlisted`]). Before that, a backend that
+//!    requires pairing refuses to connect to a device that is not paired
+//!    ([`DeviceError::NotPaired`]): counted in `refused_unpaired`, logged once, and tried
+//!    again with backoff, so pairing the device later is all it takes;
 //! 3. read the battery, read the device clock (Current Time, else Date Time), measure its
 //!    offset from the gateway clock, and set it when it is off by more than the tolerance or
 //!    "not known";
@@ -140,6 +143,9 @@ pub struct SessionStats {
     pub connects: u64,
     /// Failed connection attempts.
     pub connect_failures: u64,
+    /// Connection attempts the backend refused because the device is not paired with the
+    /// hub ([`DeviceError::NotPaired`]); the session keeps trying, with backoff.
+    pub refused_unpaired: u64,
     /// Links lost (including those the watchdog dropped).
     pub disconnects: u64,
     /// Values received from the device (every notification/indication).
@@ -255,6 +261,8 @@ pub struct Session<S: DeviceSource> {
     /// Driver answers (ACK/NAK) for results already durable, written after each value.
     pending_replies: Vec<(CharacteristicId, Vec<u8>)>,
     backoff: Backoff,
+    /// The "not paired" warning was logged since the last connection.
+    warned_unpaired: bool,
 }
 
 /// A running session: its stats, and the handle that ends it (dropping it cancels too).
@@ -334,6 +342,7 @@ impl<S: DeviceSource> Session<S> {
             ghs_stored: Reassembler::new(ghs::MAX_OBSERVATION),
             next_record_number: None,
             pending_replies: Vec::new(),
+            warned_unpaired: false,
         }
     }
 
@@ -378,6 +387,7 @@ impl<S: DeviceSource> Session<S> {
             };
             match attempt {
                 Ok(Ok(link)) => {
+                    self.warned_unpaired = false;
                     self.update(|s| s.connects += 1);
                     match self.serve(link, cancel).await {
                         Ok(End::Cancelled) => return Ok(()),
@@ -386,6 +396,16 @@ impl<S: DeviceSource> Session<S> {
                             debug!("link lost; reconnecting");
                         }
                         Err(e) => return Err(e),
+                    }
+                }
+                Ok(Err(DeviceError::NotPaired)) => {
+                    self.update(|s| s.refused_unpaired += 1);
+                    // Once, with the address only: whoever pairs the device needs it.
+                    if !std::mem::replace(&mut self.warned_unpaired, true) {
+                        warn!(
+                            address = %self.address,
+                            "device not paired with this hub; refused until it is (bluetoothctl pair)"
+                        );
                     }
                 }
                 Ok(Err(e)) if !e.is_retryable() => {

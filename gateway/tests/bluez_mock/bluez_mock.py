@@ -6,7 +6,8 @@ started) and serves what btleplug / bluez-async use of BlueZ 5's D-Bus API:
 
 - ObjectManager at `/` (GetManagedObjects, InterfacesAdded, InterfacesRemoved);
 - Adapter1 at /org/bluez/hci0 (Powered, SetDiscoveryFilter, StartDiscovery, StopDiscovery);
-- Device1 per device (Connect, Disconnect; Connected, ServicesResolved, RSSI, UUIDs);
+- Device1 per device (Connect, Disconnect; Connected, ServicesResolved, RSSI, UUIDs, and
+  Paired/Bonded: every device starts paired, as one bonded with `bluetoothctl pair` is);
 - GattService1 / GattCharacteristic1 under a connected device (ReadValue, WriteValue,
   StartNotify, StopNotify; notifications and indications as PropertiesChanged("Value")).
 
@@ -19,6 +20,8 @@ allow.
 The test drives it with lines on stdin:
     notify DEVICE UUID16 HEX   send a value on a characteristic (if the client subscribed)
     disconnect DEVICE          the device drops the link
+    unpair DEVICE              the bond is removed (Paired and Bonded false; link dropped)
+    pair DEVICE                the device is paired and bonded (Paired and Bonded true)
     store DEVICE SEQ HEX       keep a stored record (a Blood Pressure Record value) that the
                                device's RACP reports and deletes by sequence number
     hang-reads on|off          ReadValue never answers (a wedged link)
@@ -335,8 +338,8 @@ class Device(PropertiesObject):
             "AddressType": "public",
             "Name": spec["name"],
             "Alias": spec["name"],
-            "Paired": dbus.Boolean(False),
-            "Bonded": dbus.Boolean(False),
+            "Paired": dbus.Boolean(True),
+            "Bonded": dbus.Boolean(True),
             "Trusted": dbus.Boolean(False),
             "Blocked": dbus.Boolean(False),
             "LegacyPairing": dbus.Boolean(False),
@@ -605,6 +608,13 @@ class Mock:
         elif words[0] == "store" and len(words) >= 4:
             self.devices[words[1]].records[int(words[2])] = bytes.fromhex("".join(words[3:]))
             say("STORED", words[1], words[2])
+        elif words[0] in ("pair", "unpair"):
+            dev = self.devices[words[1]]
+            paired = words[0] == "pair"
+            if not paired:
+                dev.drop_link()
+            dev.set(Paired=dbus.Boolean(paired), Bonded=dbus.Boolean(paired))
+            say("PAIRED" if paired else "UNPAIRED", words[1])
         elif words[0] == "disconnect":
             self.devices[words[1]].drop_link()
             say("DROPPED_LINK", words[1])

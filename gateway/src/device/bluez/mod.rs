@@ -38,6 +38,17 @@
 //! must `remove` and `pair` it again. The backend never pairs on its own: a hub that pairs
 //! with whatever advertises a health service would bond a neighbour's cuff.
 //!
+//! A device is accepted only if it is paired as well as allowlisted
+//! ([`BluezConfig::require_pairing`], `ble.require_pairing`, on by default). Before every
+//! connection the backend asks BlueZ for the device's `Paired` and `Bonded` (BlueZ 5.67 and
+//! later) properties, through a bluez-async session of its own since btleplug's properties
+//! leave them out; a device that is neither is not connected to at all and `connect` fails
+//! with [`DeviceError::NotPaired`], which is retryable: the session logs the address once,
+//! counts the refusal, and is let in on its first attempt after someone pairs it. Without the
+//! check an unpaired device whose characteristics need no encryption would be read by anyone
+//! who put its address on the allowlist, and a read that does need encryption makes BlueZ
+//! raise the link's security, which starts pairing.
+//!
 //! # Pitfalls handled
 //!
 //! - **Every BlueZ call has a timeout** ([`BluezConfig::call_timeout`], and
@@ -93,8 +104,9 @@
 //! link, a timeout, an ATT error or a missing `bluetoothd` are retryable; refused pairing,
 //! a characteristic that does not allow the operation, and a bus policy refusal are not.
 //!
-//! Log fields carry device addresses at debug level at most; never advertised names (a cuff
-//! may advertise its owner's name) and never values.
+//! Log fields carry device addresses at debug level at most (the one exception is the
+//! session's single warning naming a device that is not paired, which whoever pairs it
+//! needs); never advertised names (a cuff may advertise its owner's name) and never values.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -137,6 +149,9 @@ pub struct BluezConfig {
     pub connect_timeout: Duration,
     /// How long `connect` looks for a device BlueZ has not seen yet.
     pub find_timeout: Duration,
+    /// Refuse (never connect to) a device BlueZ reports neither `Paired` nor `Bonded`:
+    /// [`DeviceError::NotPaired`]. `ble.require_pairing`.
+    pub require_pairing: bool,
 }
 
 impl Default for BluezConfig {
@@ -147,6 +162,7 @@ impl Default for BluezConfig {
             call_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(20),
             find_timeout: Duration::from_secs(5),
+            require_pairing: true,
         }
     }
 }
@@ -157,6 +173,7 @@ impl BluezConfig {
         BluezConfig {
             adapter: ble.adapter.clone(),
             scan_restart: ble.scan_restart,
+            require_pairing: ble.require_pairing,
             ..BluezConfig::default()
         }
     }
@@ -322,6 +339,9 @@ pub struct BluezSource {
     next_generation: AtomicU64,
     /// One discovery session at a time (scan, or looking for a device to connect).
     discovery: tokio::sync::Mutex<()>,
+    /// bluez-async's own D-Bus connection, to read `Paired` and `Bonded`, which btleplug's
+    /// properties leave out; `None` when pairing is not required.
+    pairing: Option<bluez_async::BluetoothSession>,
     _watch: AbortOnDrop<()>,
 }
 
@@ -368,6 +388,11 @@ impl BluezSource {
             .call(limit, Op::Adapter, async move { a.events().await })
             .await?;
         info!(adapter = %name, "BlueZ adapter");
+        let pairing = if config.require_pairing {
+            Some(pairing_session(&bt, limit).await?)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             gone: Mutex::default(),
             heard: broadcast::channel(256).0,
@@ -387,6 +412,7 @@ impl BluezSource {
             devices: tokio::sync::Mutex::default(),
             next_generation: AtomicU64::new(1),
             discovery: tokio::sync::Mutex::new(()),
+            pairing,
             _watch: AbortOnDrop(watch),
         })
     }
@@ -461,19 +487,26 @@ impl BluezSource {
     /// The device's entry, made on first contact (one value stream per device for the
     /// source's life, re-made only if it ended).
     async fn entry(&self, address: Address) -> Result<Arc<DeviceEntry>, DeviceError> {
-        let known = |devices: &HashMap<PeripheralId, Arc<DeviceEntry>>| {
-            devices
-                .values()
-                .find(|e| e.peripheral.address().into_inner() == address.0)
-                .filter(|e| !e.pump.0.is_finished())
-                .cloned()
-        };
-        if let Some(e) = known(&*self.devices.lock().await) {
+        if let Some(e) = self.known(address).await {
             return Ok(e);
         }
         let peripheral = self.find_or_discover(address).await?;
+        self.entry_for(address, peripheral).await
+    }
+
+    /// The live entry of a device connected to before.
+    async fn known(&self, address: Address) -> Option<Arc<DeviceEntry>> {
+        known(&*self.devices.lock().await, address)
+    }
+
+    /// The entry for `peripheral`, made unless another caller just made it.
+    async fn entry_for(
+        &self,
+        address: Address,
+        peripheral: Peripheral,
+    ) -> Result<Arc<DeviceEntry>, DeviceError> {
         let mut devices = self.devices.lock().await;
-        if let Some(e) = known(&devices) {
+        if let Some(e) = known(&devices, address) {
             return Ok(e);
         }
         let p = peripheral.clone();
@@ -491,6 +524,30 @@ impl BluezSource {
         });
         devices.insert(peripheral.id(), entry.clone());
         Ok(entry)
+    }
+
+    /// Whether BlueZ reports the device `Paired` or `Bonded` (BlueZ 5.67 and later say
+    /// `Bonded` when the keys are stored; earlier ones only have `Paired`), read now, not
+    /// from a cache: a device paired a minute ago is let in on the next attempt.
+    async fn is_paired(
+        &self,
+        session: &bluez_async::BluetoothSession,
+        peripheral: &Peripheral,
+    ) -> Result<bool, DeviceError> {
+        // btleplug's id prints as bluez-async's ("hci0/dev_C0_FF_EE_00_11_22").
+        let id: bluez_async::DeviceId = peripheral
+            .id()
+            .to_string()
+            .parse()
+            .map_err(|e| error::from_bluez(&e, Op::Connect))?;
+        let session = session.clone();
+        let info = self
+            .bt
+            .call(self.config.call_timeout, Op::Connect, async move {
+                Ok(session.get_device_info(&id).await?)
+            })
+            .await?;
+        Ok(info.paired || info.bonded)
     }
 
     /// Adds to `heard` the advertisers of the filtered services among the devices seen in
@@ -598,7 +655,22 @@ impl DeviceSource for BluezSource {
     }
 
     async fn connect(&self, address: Address) -> Result<BluezLink, DeviceError> {
-        let entry = self.entry(address).await?;
+        let entry = match &self.pairing {
+            None => self.entry(address).await?,
+            // Checked before anything else is set up: an unpaired device is not connected to,
+            // gets no value stream, and a connection someone else made to it is left alone.
+            Some(session) => {
+                let peripheral = match self.known(address).await {
+                    Some(e) => e.peripheral.clone(),
+                    None => self.find_or_discover(address).await?,
+                };
+                if !self.is_paired(session, &peripheral).await? {
+                    debug!(%address, "not paired; refused");
+                    return Err(DeviceError::NotPaired);
+                }
+                self.entry_for(address, peripheral).await?
+            }
+        };
         let peripheral = entry.peripheral.clone();
         let id = peripheral.id();
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
@@ -648,6 +720,39 @@ impl DeviceSource for BluezSource {
             // From here the link owns the cleanup.
             guard,
         })
+    }
+}
+
+fn known(
+    devices: &HashMap<PeripheralId, Arc<DeviceEntry>>,
+    address: Address,
+) -> Option<Arc<DeviceEntry>> {
+    devices
+        .values()
+        .find(|e| e.peripheral.address().into_inner() == address.0)
+        .filter(|e| !e.pump.0.is_finished())
+        .cloned()
+}
+
+/// A bluez-async session (its own D-Bus connection) on the BlueZ thread, whose runtime then
+/// serves the connection for the source's life.
+async fn pairing_session(
+    bt: &BluezThread,
+    limit: Duration,
+) -> Result<bluez_async::BluetoothSession, DeviceError> {
+    let mut task = AbortOnDrop(bt.spawn(async {
+        bluez_async::BluetoothSession::new()
+            .await
+            .map(|(_connection, session)| session)
+    }));
+    match timeout(limit, &mut task.0).await {
+        Ok(Ok(Ok(session))) => Ok(session),
+        Ok(Ok(Err(e))) => Err(error::from_bluez(&e, Op::Adapter)),
+        Ok(Err(e)) => Err(DeviceError::Other {
+            message: format!("BlueZ call did not finish: {e}"),
+            retryable: true,
+        }),
+        Err(_) => Err(DeviceError::Timeout),
     }
 }
 
