@@ -219,4 +219,6 @@ async fn an_indication_from_an_allowlisted_cuff_reaches_the_broker_as_its_patien
         "queued: {pending:?}"
     );
     assert_eq!(mock.count("START_NOTIFY oxi"), 0, "{:?}", mock.seen);
+    // A refused device is not tried again for a while.
+    assert_eq!(mock.count("CONNECT oxi"), 1, "{:?}", mock.seen);
 }
