@@ -7,10 +7,13 @@
 
 #![no_main]
 
-use gateway::codec::blood_pressure_record::{MAX_RECORD, RecordBody};
-use gateway::codec::ghs::{self, GhsRacp, Observation, StoredObservation};
+#[path = "common.rs"]
+mod common;
+
+use gateway::codec::blood_pressure_record::MAX_RECORD;
+use gateway::codec::ghs;
 use gateway::codec::segment::Reassembler;
-use gateway::codec::vitalograph::{FrameReader, LungMonitorResult};
+use gateway::codec::vitalograph::FrameReader;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,31 +29,13 @@ fuzz_target!(|data: &[u8]| {
     for chunk in rest.chunks(step) {
         if let Ok(Some(body)) = record.push(chunk) {
             assert!(body.len() <= MAX_RECORD);
-            if let Ok(r) = RecordBody::decode(&body) {
-                let again = r.encode().expect("a decoded record re-encodes");
-                assert!(RecordBody::decode(&again).is_ok());
-            }
+            common::record_body(&body);
         }
         if let Ok(Some(body)) = observation.push(chunk) {
-            if let Ok(o) = Observation::decode(&body) {
-                let _ = serde_json::to_string(&o);
-                let again = o.encode().expect("a decoded observation re-encodes");
-                let back = Observation::decode(&again).expect("re-encoded bytes decode");
-                let _ = o.numerics();
-                assert_eq!(back.without_quirks(), o.without_quirks());
-            }
-            if let Ok(s) = StoredObservation::decode(&body) {
-                assert!(StoredObservation::decode(&s.encode().expect("re-encodes")).is_ok());
-            }
+            common::observation(&body);
+            common::stored_observation(&body);
         }
-        for frame in serial.push(chunk) {
-            assert!(frame.len() <= gateway::codec::vitalograph::FRAME_LEN);
-            if let Ok(p) = LungMonitorResult::decode(&frame) {
-                assert_eq!(p.encode().expect("re-encodes"), frame);
-            }
-        }
+        common::serial_chunk(&mut serial, chunk);
     }
-    if let Ok(m) = GhsRacp::decode(rest) {
-        assert_eq!(m.encode(), rest);
-    }
+    common::ghs_racp(rest);
 });
