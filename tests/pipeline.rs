@@ -41,6 +41,21 @@ fn ingest_config(dir: &std::path::Path, port: u16, database: &str) -> String {
     )
 }
 
+/// `rpm gateway` playing `scenario` on simulated devices until every reading is acknowledged,
+/// logging JSON lines (the tests read `readings_acked` from them).
+fn simulate_args<'a>(cfg: &'a str, scenario: &'a str) -> [&'a str; 8] {
+    [
+        "--log-format",
+        "json",
+        "gateway",
+        "--config",
+        cfg,
+        "--simulate",
+        scenario,
+        "--exit-when-drained",
+    ]
+}
+
 async fn start_ingest(dir: &std::path::Path, broker: &Mosquitto, db: &str) -> RpmProcess {
     let cfg = ingest_config(dir, broker.port(), db);
     testkit::spawn_ingest(BIN, &cfg, broker, &[("RUST_LOG", "info")])
@@ -70,16 +85,7 @@ async fn readings_flow_from_simulated_devices_into_the_record_once_each() {
     let mut observed = subscriber(broker.port()).await;
 
     let cfg = gateway_config(dir.path(), broker.port());
-    let args = [
-        "--log-format",
-        "json",
-        "gateway",
-        "--config",
-        &cfg,
-        "--simulate",
-        "copd_exacerbation",
-        "--exit-when-drained",
-    ];
+    let args = simulate_args(&cfg, "copd_exacerbation");
     let mut gw = RpmProcess::spawn(BIN, &args, &[("RUST_LOG", "info")]).expect("spawn gateway");
     let status = gw
         .wait_timeout(Duration::from_secs(60))
@@ -579,16 +585,7 @@ async fn records_a_device_sends_again_on_every_connection_are_forwarded_once() {
     let mut observed = subscriber(broker.port()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = gateway_config(dir.path(), broker.port());
-    let args = [
-        "--log-format",
-        "json",
-        "gateway",
-        "--config",
-        &cfg,
-        "--simulate",
-        "week_away",
-        "--exit-when-drained",
-    ];
+    let args = simulate_args(&cfg, "week_away");
     let mut forwarded = Vec::new();
     for _ in 0..3 {
         let mut gw = RpmProcess::spawn(BIN, &args, &[("RUST_LOG", "info")]).expect("spawn");
@@ -665,16 +662,7 @@ async fn a_hub_started_offline_with_a_week_of_device_records_forwards_each_once_
     broker.kill();
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = gateway_config(dir.path(), broker.port());
-    let args = [
-        "--log-format",
-        "json",
-        "gateway",
-        "--config",
-        &cfg,
-        "--simulate",
-        "week_away",
-        "--exit-when-drained",
-    ];
+    let args = simulate_args(&cfg, "week_away");
     let mut gw = RpmProcess::spawn(BIN, &args, &[("RUST_LOG", "info")]).expect("spawn gateway");
     gw.wait_for_output("scenario played", Duration::from_secs(60))
         .expect("the week's records are taken offline");

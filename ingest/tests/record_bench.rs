@@ -12,6 +12,22 @@ use ingest::record::bench::{BenchFleet, RawShape};
 const READINGS: usize = 20_000;
 const BATCH: usize = 1_000;
 
+/// A record in a temporary SQLite file (kept while the directory lives).
+async fn sqlite_record() -> (Record, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite:{}", dir.path().join("rpm.db").display());
+    let record = Record::connect(&url, 2).await.expect("open");
+    (record, dir)
+}
+
+/// A record in a fresh PostgreSQL database (dropped with it); `None` when there is no server
+/// (a failure under `CI=true`).
+async fn postgres_record() -> Option<(Record, testkit::PgDatabase)> {
+    let db = testkit::unavailable(testkit::PgDatabase::create().await)?;
+    let record = Record::connect(db.url(), 2).await.expect("open");
+    Some((record, db))
+}
+
 async fn probe(name: &str, record: &Record) {
     let fleet = BenchFleet::setup(record, 200).await.expect("fleet");
     let started = Instant::now();
@@ -43,19 +59,16 @@ async fn probe(name: &str, record: &Record) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a test: run with --ignored --nocapture"]
 async fn insert_rate_sqlite() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let url = format!("sqlite:{}", dir.path().join("rpm.db").display());
-    let record = Record::connect(&url, 2).await.expect("open");
+    let (record, _dir) = sqlite_record().await;
     probe("sqlite", &record).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a test: run with --ignored --nocapture"]
 async fn insert_rate_postgres() {
-    let Some(db) = testkit::unavailable(testkit::PgDatabase::create().await) else {
+    let Some((record, _db)) = postgres_record().await else {
         return;
     };
-    let record = Record::connect(db.url(), 2).await.expect("open");
     probe("postgres", &record).await;
 }
 
@@ -126,19 +139,16 @@ async fn binding_probe(name: &str, record: &Record) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a test: run with --ignored --nocapture"]
 async fn binding_lookup_sqlite() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let url = format!("sqlite:{}", dir.path().join("rpm.db").display());
-    let record = Record::connect(&url, 2).await.expect("open");
+    let (record, _dir) = sqlite_record().await;
     binding_probe("sqlite", &record).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a test: run with --ignored --nocapture"]
 async fn binding_lookup_postgres() {
-    let Some(db) = testkit::unavailable(testkit::PgDatabase::create().await) else {
+    let Some((record, _db)) = postgres_record().await else {
         return;
     };
-    let record = Record::connect(db.url(), 2).await.expect("open");
     binding_probe("postgres", &record).await;
 }
 
@@ -161,17 +171,14 @@ async fn baselines_insert_their_rows_and_leave_the_record_alone(record: Record) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baselines_on_sqlite() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let url = format!("sqlite:{}", dir.path().join("rpm.db").display());
-    let record = Record::connect(&url, 2).await.expect("open");
+    let (record, _dir) = sqlite_record().await;
     baselines_insert_their_rows_and_leave_the_record_alone(record).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baselines_on_postgres() {
-    let Some(db) = testkit::unavailable(testkit::PgDatabase::create().await) else {
+    let Some((record, _db)) = postgres_record().await else {
         return;
     };
-    let record = Record::connect(db.url(), 2).await.expect("open");
     baselines_insert_their_rows_and_leave_the_record_alone(record).await;
 }
