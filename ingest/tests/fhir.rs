@@ -286,6 +286,9 @@ async fn resources_have_the_phd_shapes(db: Db) {
     assert_eq!(got.status, StatusCode::OK, "{}", got.body);
     let o = got.json();
     assert!(has_code(&o["code"], LOINC, "8867-4"));
+    // MDC_PULS_RATE_NON_INV, as the PHD guide codes a cuff's pulse (an oximeter's is 149530).
+    assert!(has_code(&o["code"], MDC, "149546"), "{}", got.body);
+    assert!(!has_code(&o["code"], MDC, "149530"), "{}", got.body);
     assert_eq!(o["valueQuantity"]["code"], "/min");
     assert_eq!(o["interpretation"][0]["coding"][0]["code"], "H");
     served.push(got.body);

@@ -42,7 +42,9 @@
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use vitals::{AbsentReason, DeviceId, Flag, Kind, Observed, PatientKey, ReadingId, Unit, Value};
+use vitals::{
+    AbsentReason, DeviceId, Flag, Kind, Observed, PatientKey, ReadingId, ReadingType, Unit, Value,
+};
 
 use super::model::{
     CodeExtension, CodeableConcept, Coding, Component, Device, DeviceName, DeviceVersion,
@@ -164,8 +166,9 @@ impl Part {
         }
     }
 
-    /// `Observation.code`.
-    pub fn code(self) -> CodeableConcept {
+    /// `Observation.code` of this part of a reading of type `rt` (the pulse rate's MDC code
+    /// depends on the device that measured it).
+    pub fn code(self, rt: ReadingType) -> CodeableConcept {
         match self.single_kind() {
             None => CodeableConcept {
                 coding: vec![
@@ -182,22 +185,29 @@ impl Part {
                 ],
                 text: Some("Blood pressure".into()),
             },
-            Some(kind) => kind_code(kind),
+            Some(kind) => kind_code(kind, rt),
         }
     }
 
-    /// Whether a `code` search token (`[system|]code`) matches this part's `Observation.code`.
-    pub fn matches(self, system: Option<&str>, code: &str) -> bool {
-        self.code()
+    /// Whether a `code` search token (`[system|]code`) matches the `Observation.code` of this
+    /// part of a reading of type `rt`.
+    pub fn matches(self, rt: ReadingType, system: Option<&str>, code: &str) -> bool {
+        self.code(rt)
             .coding
             .iter()
             .any(|c| c.code == code && system.is_none_or(|s| s.is_empty() || s == c.system))
     }
 }
 
-/// The codings of one kind: LOINC (two for SpO2, as the FHIR vital-signs profile expects
-/// 2708-6 beside the pulse-oximetry code) and MDC where vitals has one.
-fn kind_code(kind: Kind) -> CodeableConcept {
+/// MDC_PULS_RATE_NON_INV: the pulse rate a blood-pressure cuff measures. The PHD
+/// Implementation Guide codes a cuff's pulse with it, and an oximeter's with
+/// MDC_PULS_OXIM_PULS_RATE (149530, `vitals`' code for the kind).
+const MDC_PULS_RATE_NON_INV: u32 = 149_546;
+
+/// The codings of one kind in a reading of type `rt`: LOINC (two for SpO2, as the FHIR
+/// vital-signs profile expects 2708-6 beside the pulse-oximetry code) and MDC where vitals
+/// has one (for a cuff's pulse, the cuff's own code).
+fn kind_code(kind: Kind, rt: ReadingType) -> CodeableConcept {
     let info = kind.info();
     let mut coding = Vec::with_capacity(3);
     if let Some(loinc) = info.loinc {
@@ -210,7 +220,11 @@ fn kind_code(kind: Kind) -> CodeableConcept {
             "Oxygen saturation in Arterial blood",
         ));
     }
-    if let Some(mdc) = info.mdc {
+    let mdc = match (kind, rt) {
+        (Kind::PulseRate, ReadingType::BloodPressure) => Some(MDC_PULS_RATE_NON_INV),
+        _ => info.mdc,
+    };
+    if let Some(mdc) = mdc {
         coding.push(Coding {
             system: MDC,
             code: mdc.to_string(),
@@ -384,7 +398,7 @@ pub fn observation(reading: &StoredReading, part: Part) -> Option<Observation> {
                 .map(|o| {
                     let (value_quantity, data_absent_reason) = value_or_absent(o);
                     Component {
-                        code: kind_code(o.kind),
+                        code: kind_code(o.kind, reading.reading_type),
                         value_quantity,
                         data_absent_reason,
                     }
@@ -436,7 +450,7 @@ pub fn observation(reading: &StoredReading, part: Part) -> Option<Observation> {
             )],
             text: None,
         }],
-        code: part.code(),
+        code: part.code(reading.reading_type),
         subject: Reference {
             reference: format!("Patient/{}", patient_id(&reading.patient)),
         },
@@ -590,16 +604,34 @@ mod tests {
 
     #[test]
     fn code_tokens_match_loinc_and_mdc() {
-        assert!(Part::BloodPressure.matches(None, "85354-9"));
-        assert!(Part::BloodPressure.matches(Some(LOINC), "85354-9"));
-        assert!(Part::BloodPressure.matches(Some(MDC), "150020"));
-        assert!(!Part::BloodPressure.matches(Some(MDC), "85354-9"));
-        assert!(Part::Spo2.matches(None, "2708-6"));
-        assert!(Part::Spo2.matches(None, "59408-5"));
-        assert!(Part::PulseRate.matches(Some(LOINC), "8867-4"));
+        let bp = ReadingType::BloodPressure;
+        let ox = ReadingType::OximetrySpotCheck;
+        assert!(Part::BloodPressure.matches(bp, None, "85354-9"));
+        assert!(Part::BloodPressure.matches(bp, Some(LOINC), "85354-9"));
+        assert!(Part::BloodPressure.matches(bp, Some(MDC), "150020"));
+        assert!(!Part::BloodPressure.matches(bp, Some(MDC), "85354-9"));
+        assert!(Part::Spo2.matches(ox, None, "2708-6"));
+        assert!(Part::Spo2.matches(ox, None, "59408-5"));
+        assert!(Part::PulseRate.matches(ox, Some(LOINC), "8867-4"));
         assert!(
-            !Part::PulseRate.matches(None, "8480-6"),
+            !Part::PulseRate.matches(bp, None, "8480-6"),
             "components are not the code"
         );
+    }
+
+    #[test]
+    fn a_cuffs_pulse_has_the_cuffs_mdc_code_and_an_oximeters_the_oximeters() {
+        let cuff = ReadingType::BloodPressure;
+        for ox in [
+            ReadingType::OximetrySpotCheck,
+            ReadingType::OximetryContinuous,
+        ] {
+            assert!(Part::PulseRate.matches(ox, Some(MDC), "149530"));
+            assert!(!Part::PulseRate.matches(ox, Some(MDC), "149546"));
+        }
+        assert!(Part::PulseRate.matches(cuff, Some(MDC), "149546"));
+        assert!(!Part::PulseRate.matches(cuff, Some(MDC), "149530"));
+        // LOINC is the same for both.
+        assert!(Part::PulseRate.matches(cuff, Some(LOINC), "8867-4"));
     }
 }

@@ -318,7 +318,7 @@ async fn search_observations(
                     continue;
                 }
                 last = Some(pos);
-                if !search.wants(part) {
+                if !search.wants(part, reading.reading_type) {
                     continue;
                 }
                 if found.len() == count {

@@ -199,13 +199,13 @@ impl ObservationSearch {
         })
     }
 
-    /// Whether an Observation of `part` is wanted.
-    pub fn wants(&self, part: Part) -> bool {
+    /// Whether the Observation of `part` of a reading of type `rt` is wanted.
+    pub fn wants(&self, part: Part, rt: vitals::ReadingType) -> bool {
         self.codes.is_empty()
             || self
                 .codes
                 .iter()
-                .any(|t| part.matches(t.system.as_deref(), &t.code))
+                .any(|t| part.matches(rt, t.system.as_deref(), &t.code))
     }
 
     /// The query string for a link to this search (with `after`, for `next`).
