@@ -240,50 +240,40 @@ async fn backtest_reads_the_patient_record_on_postgresql() {
     backtest_of_the_record(db.url()).await;
 }
 
+/// A readings file the backtest refuses, each with the reason it gives: a bad line is named,
+/// and a file with nothing in it says so.
 #[test]
-fn backtest_refuses_a_bad_readings_file_naming_the_line() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("readings.jsonl");
+fn backtest_refuses_a_bad_or_empty_readings_file_with_the_reason() {
     let good =
         serde_json::to_string(&spo2("pk-1", datetime!(2026-10-01 08:00 UTC), 95)).expect("json");
-    std::fs::write(&file, format!("{good}\n{{\"id\": 5}}\n")).expect("write");
-    let profile = fixture("profiles/copd.toml");
-    let out = rpm(&[
-        "rules",
-        "backtest",
-        "--profile",
-        profile.to_str().expect("utf8"),
-        "--readings",
-        file.to_str().expect("utf8"),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("readings.jsonl: line 2"),
-        "{}",
-        text(&out.stderr)
-    );
-}
-
-#[test]
-fn backtest_of_nothing_says_there_is_nothing_to_replay() {
+    let cases = [
+        (
+            "readings.jsonl",
+            format!("{good}\n{{\"id\": 5}}\n"),
+            "readings.jsonl: line 2",
+        ),
+        ("empty.jsonl", String::new(), "no readings to replay"),
+    ];
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("empty.jsonl");
-    std::fs::write(&file, "").expect("write");
     let profile = fixture("profiles/copd.toml");
-    let out = rpm(&[
-        "rules",
-        "backtest",
-        "--profile",
-        profile.to_str().expect("utf8"),
-        "--readings",
-        file.to_str().expect("utf8"),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("no readings to replay"),
-        "{}",
-        text(&out.stderr)
-    );
+    for (name, content, reason) in cases {
+        let file = dir.path().join(name);
+        std::fs::write(&file, content).expect("write");
+        let out = rpm(&[
+            "rules",
+            "backtest",
+            "--profile",
+            profile.to_str().expect("utf8"),
+            "--readings",
+            file.to_str().expect("utf8"),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(
+            text(&out.stderr).contains(reason),
+            "{name}: {}",
+            text(&out.stderr)
+        );
+    }
 }
 
 #[test]

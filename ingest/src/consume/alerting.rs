@@ -495,25 +495,25 @@ impl Rules {
         received: OffsetDateTime,
         latency: &super::latency::LatencyHistogram,
     ) -> Option<Vec<AlertWrite>> {
-        let mut stale = Vec::new();
-        for v in versions {
-            let Some(i) = self.engine.patient_index(&v.patient) else {
-                continue; // not in the registry: stored, not evaluated
-            };
-            if self.slots[i.0 as usize].version != Some(v.version - 1) {
-                stale.push(i);
-            }
-        }
+        // The batch's patients (one version each) whom this node has enrolled; those not in
+        // the registry are stored, not evaluated.
+        let enrolled: Vec<(PatientIdx, i64)> = versions
+            .iter()
+            .filter_map(|v| Some((self.engine.patient_index(&v.patient)?, v.version)))
+            .collect();
+        let stale: Vec<PatientIdx> = enrolled
+            .iter()
+            .filter(|(i, v)| self.slots[i.0 as usize].version != Some(v - 1))
+            .map(|(i, _)| *i)
+            .collect();
         if !stale.is_empty() && !force {
             for i in stale {
                 self.slots[i.0 as usize].version = None;
             }
             return None;
         }
-        for v in versions {
-            if let Some(i) = self.engine.patient_index(&v.patient) {
-                self.slots[i.0 as usize].version = Some(v.version);
-            }
+        for &(i, v) in &enrolled {
+            self.slots[i.0 as usize].version = Some(v);
         }
         let mut order: Vec<&Reading> = new.to_vec();
         order.sort_by_key(|r| r.measured_at);
@@ -535,14 +535,9 @@ impl Rules {
                 writes.extend(self.write_for(idx, &event));
             }
         }
-        let mut heard: Vec<PatientIdx> = new
-            .iter()
-            .filter_map(|r| self.engine.patient_index(&r.patient))
-            .collect();
-        heard.sort_unstable_by_key(|i| i.0);
-        heard.dedup();
+        // Their hubs were heard now (`versions` holds each patient of the batch once).
         let received = Timestamp::from(received);
-        for idx in heard {
+        for (idx, _) in enrolled {
             self.events.clear();
             if let Err(e) = self.engine.gateway_heard(idx, received, &mut self.events) {
                 tracing::error!(error = %e, "rules engine refused a gateway heard");
