@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use ingest::record::Record;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::Packet;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, MqttOptions};
 use simulators::scenario::Scenario;
 use support::{BIN, acked, drain, http_addr, http_get, register, subscriber, wait_record, write};
 use testkit::{Mosquitto, PgDatabase, RpmProcess, unavailable};
@@ -403,33 +402,12 @@ async fn an_exacerbation_at_home_reaches_the_nurse_on_duty_by_email() {
 
 /// Every status `gw-e2e` publishes, as the server sees it.
 async fn status_watcher(port: u16) -> mpsc::UnboundedReceiver<GatewayStatus> {
-    let (client, mut events) =
-        AsyncClient::new(MqttOptions::new("e2e-status", "127.0.0.1", port), 10);
-    client
-        .subscribe("rpm/v1/gw/gw-e2e/status", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
     let (tx, rx) = mpsc::unbounded_channel();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let mut ready_tx = Some(ready_tx);
-    tokio::spawn(async move {
-        let _client = client;
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(r) = ready_tx.take() {
-                        let _ = r.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = tx.send(serde_json::from_slice(&p.payload).expect("a valid status"));
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    ready_rx.await.expect("subscribed");
+    let opts = MqttOptions::new("e2e-status", "127.0.0.1", port);
+    support::watch(opts, "rpm/v1/gw/gw-e2e/status", move |p| {
+        let _ = tx.send(serde_json::from_slice(&p.payload).expect("a valid status"));
+    })
+    .await;
     rx
 }
 

@@ -97,12 +97,32 @@ pub async fn subscriber(port: u16) -> mpsc::UnboundedReceiver<ReadingId> {
     opts.set_clean_start(false);
     opts.set_session_expiry_interval(Some(600));
     opts.set_max_packet_size(Some(4 * 1024 * 1024));
+    let (tx, rx) = mpsc::unbounded_channel();
+    watch(opts, "rpm/v1/gw/+/readings", move |p| {
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        if let Ok(e) = Envelope::decode_from(&topic, &p.payload) {
+            for r in e.readings {
+                let _ = tx.send(r.id);
+            }
+        }
+    })
+    .await;
+    rx
+}
+
+/// Subscribes a client with `opts` to `filter` (QoS 1) and hands every message to `each`, on
+/// a task of its own (reconnecting as rumqttc does); returns once the broker has
+/// acknowledged the subscription.
+pub async fn watch(
+    opts: MqttOptions,
+    filter: &str,
+    mut each: impl FnMut(&rumqttc::v5::mqttbytes::v5::Publish) + Send + 'static,
+) {
     let (client, mut events) = AsyncClient::new(opts, 100);
     client
-        .subscribe("rpm/v1/gw/+/readings", QoS::AtLeastOnce)
+        .subscribe(filter, QoS::AtLeastOnce)
         .await
         .expect("subscribe");
-    let (tx, rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let mut ready_tx = Some(ready_tx);
     tokio::spawn(async move {
@@ -114,21 +134,13 @@ pub async fn subscriber(port: u16) -> mpsc::UnboundedReceiver<ReadingId> {
                         let _ = r.send(());
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                    if let Ok(e) = Envelope::decode_from(&topic, &p.payload) {
-                        for r in e.readings {
-                            let _ = tx.send(r.id);
-                        }
-                    }
-                }
+                Ok(Event::Incoming(Packet::Publish(p))) => each(&p),
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
     });
     ready_rx.await.expect("subscribed");
-    rx
 }
 
 /// Moves what the observer saw so far into `seen` (id → times seen).
