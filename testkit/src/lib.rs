@@ -44,9 +44,25 @@ pub fn unavailable<T, E: fmt::Display>(service: Result<T, E>) -> Option<T> {
     }
 }
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// A TCP port that was free a moment ago on 127.0.0.1, and that this process has not handed
+/// out before. The kernel may give a just-released port again at once, so two calls made
+/// before either port is bound (a broker's own port and the extra listeners of its config)
+/// could otherwise get the same one, and the broker fails with "Address already in use".
 pub fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..64 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !handed.contains(&port) {
+            handed.push(port);
+            return Ok(port);
+        }
+    }
+    Err(io::Error::other(
+        "no port free that was not handed out before",
+    ))
 }
 
 /// Waits until something accepts TCP connections on `port`.
@@ -883,5 +899,17 @@ impl Drop for RpmProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let ports: Vec<u16> = (0..200)
+            .map(|_| super::free_port().expect("port"))
+            .collect();
+        let unique: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(unique.len(), ports.len());
     }
 }
