@@ -285,3 +285,55 @@ async fn bad_input_never_stops_the_consumer_on_postgresql() {
     )
     .await;
 }
+
+/// A clean stop acknowledges what it committed: the broker does not send it again to the
+/// next session (a redelivery would show as a duplicate reading or a second message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_acknowledges_its_last_batch() {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite:{}", dir.path().join("record.db").display());
+    let record = Record::connect(&url, 4).await.expect("record");
+    registry(&record).await;
+    let client = publisher(&broker).await;
+    let topic = "rpm/v1/gw/gw-1/readings";
+    for round in 1..=10u64 {
+        let h = start(&broker, record.clone());
+        wait_for("the consumer's subscription", || {
+            broker
+                .log()
+                .matches("$share/ingest/rpm/v1/gw/+/readings")
+                .count() as u64
+                >= round
+        })
+        .await;
+        let n = round as i64;
+        client
+            .publish(
+                topic,
+                QoS::AtLeastOnce,
+                false,
+                envelope("gw-1", round, vec![reading("gw-1", n, "97")]),
+            )
+            .await
+            .expect("publish");
+        let stats = h.stats.clone();
+        wait_for("the reading committed", || {
+            stats.messages.load(Ordering::Relaxed) >= 1
+        })
+        .await;
+        // Stopped the moment the batch is committed, before its acknowledgement is sent.
+        h.shutdown.cancel();
+        h.task.await.expect("joined").expect("clean stop");
+        assert_eq!(
+            h.stats.messages.load(Ordering::Relaxed),
+            1,
+            "round {round}: only the new message, nothing sent again"
+        );
+        assert_eq!(h.stats.readings_duplicate.load(Ordering::Relaxed), 0);
+        assert_eq!(h.stats.readings_stored.load(Ordering::Relaxed), 1);
+    }
+    assert_eq!(record.count_readings().await.expect("count"), 10);
+}

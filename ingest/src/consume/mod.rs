@@ -245,13 +245,16 @@ impl Consumer {
         let window = usize::from(settings.max_inflight) * 2 + 16;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut over_window = false;
+        // The poller outlives `shutdown`: the committer's last acknowledgements travel through
+        // the event loop, which is stopped (with a DISCONNECT) only once they are queued.
+        let stop_polling = CancellationToken::new();
         let poller = tokio::spawn(poll_events(
             client.clone(),
             events,
             stats.clone(),
             settings.group.clone(),
             tx,
-            shutdown.clone(),
+            stop_polling.clone(),
             settings.max_backoff,
         ));
         let (to_commit, committing) = mpsc::channel(PIPELINE);
@@ -318,8 +321,10 @@ impl Consumer {
                 Err(ConsumeError::ClientGone)
             }
         };
-        poller.abort();
-        let _ = client.try_disconnect();
+        stop_polling.cancel();
+        if let Err(e) = poller.await {
+            tracing::error!(error = %e, "the ingest event-loop task failed");
+        }
         result
     }
 }
@@ -357,7 +362,17 @@ async fn commit_batches(
         };
         // `None`: the batcher stopped and everything it sent has been committed.
         let Some(batch) = batch else { return Ok(()) };
-        commit(&settings, &record, &stats, rules.as_mut(), batch, &client).await?;
+        let stopping = shutdown.is_cancelled();
+        commit(
+            &settings,
+            &record,
+            &stats,
+            rules.as_mut(),
+            batch,
+            &client,
+            stopping,
+        )
+        .await?;
     }
 }
 
@@ -366,20 +381,31 @@ fn approx_readings(p: &Publish) -> usize {
     (p.payload.len() / 400).max(1)
 }
 
-async fn ack(client: &AsyncClient, p: &Publish) -> Result<(), ConsumeError> {
-    client.ack(p).await.map_err(|_| ConsumeError::ClientGone)
+/// Queues the acknowledgement of `p` for the event loop. While stopping it never waits: with
+/// the broker away and the request channel full, the message stays unacknowledged and the
+/// broker sends it again to the next session (where its readings deduplicate by id).
+async fn ack(client: &AsyncClient, p: &Publish, stopping: bool) -> Result<(), ConsumeError> {
+    if !stopping {
+        return client.ack(p).await.map_err(|_| ConsumeError::ClientGone);
+    }
+    // The event loop outlives the committer, so a failure here means a full channel.
+    if client.try_ack(p).is_err() {
+        tracing::debug!("the broker is away while stopping; a message stays unacknowledged");
+    }
+    Ok(())
 }
 
 /// The event-loop task: polls rumqttc, (re)subscribes on every connection and forwards
 /// messages to the batcher. It never waits on anything but the broker: the channel has room
-/// for every message the broker may have outstanding.
+/// for every message the broker may have outstanding. When `stop` is cancelled it sends what
+/// is queued (the last acknowledgements) and a DISCONNECT, for at most two seconds.
 async fn poll_events(
     client: AsyncClient,
     mut events: EventLoop,
     stats: Arc<IngestStats>,
     group: String,
     tx: mpsc::UnboundedSender<Incoming>,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
     max_backoff: Duration,
 ) {
     let mut failures = 0u32;
@@ -387,14 +413,21 @@ async fn poll_events(
     // Retained status messages are not delivered to shared subscriptions (MQTT 5, 4.8.2):
     // every node subscribes to them directly; recording them is idempotent.
     let statuses = topic::all_gateways(Channel::Status);
+    let mut connected = false;
     loop {
         let event = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = stop.cancelled() => {
+                if connected {
+                    goodbye(&client, &mut events).await;
+                }
+                return;
+            }
             e = events.poll() => e,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(c))) => {
                 failures = 0;
+                connected = true;
                 tracing::info!(
                     session_present = c.session_present,
                     "ingest connected to the broker"
@@ -415,14 +448,33 @@ async fn poll_events(
             }
             Ok(_) => {}
             Err(e) => {
+                connected = false;
                 tracing::warn!(error = %e, "ingest lost the broker connection");
                 failures = failures.saturating_add(1);
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = stop.cancelled() => return,
                     () = tokio::time::sleep(mqtt::backoff(failures, max_backoff)) => {}
                 }
             }
         }
+    }
+}
+
+/// Sends what the client queued (the last acknowledgements) and a DISCONNECT, so the broker
+/// keeps the session and publishes no will; gives up after two seconds.
+async fn goodbye(client: &AsyncClient, events: &mut EventLoop) {
+    let _ = client.try_disconnect();
+    let flushed = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(event) = events.poll().await {
+            if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    if !matches!(flushed, Ok(true)) {
+        tracing::debug!("ingest stopped without a clean DISCONNECT");
     }
 }
 
@@ -537,6 +589,7 @@ async fn commit(
     mut rules: Option<&mut Rules>,
     batch: Prepared,
     client: &AsyncClient,
+    stopping: bool,
 ) -> Result<(), ConsumeError> {
     let Prepared {
         messages,
@@ -585,7 +638,7 @@ async fn commit(
         .messages
         .fetch_add(readings_messages, Ordering::Relaxed);
     for m in &messages {
-        ack(client, m.publish()).await?;
+        ack(client, m.publish(), stopping).await?;
         stats.acked.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
