@@ -85,6 +85,7 @@ both!(
     unknown_patient_fails_the_batch_permanently,
     timeline_pages_and_last_values,
     registry_changes_are_audited,
+    many_alert_changes_in_one_write_keep_their_order,
 );
 
 fn key(s: &str) -> PatientKey {
@@ -823,4 +824,170 @@ async fn unreachable_postgres_is_retryable() {
         .await
         .expect_err("nobody listens");
     assert!(err.is_retryable(), "{err:?}");
+}
+
+/// A batch's alert changes are written a round at a time (the k-th change of each patient
+/// and rule in round k): raising, resolving and raising again the same rule in one write,
+/// beside other patients' changes, a repeat prompt and a resolve with nothing open, stores
+/// what writing them one by one would, in their order.
+async fn many_alert_changes_in_one_write_keep_their_order(db: Db) {
+    use ingest::record::{AlertEventKind, AlertState, AlertWrite, OpenAlert};
+    let record = &db.record;
+    for k in ["pk-1", "pk-2", "pk-3"] {
+        record
+            .create_patient(&patient(k), &AUDIT)
+            .await
+            .expect("patient");
+    }
+    let t0 = datetime!(2026-11-20 08:00 UTC);
+    let minutes = |m: i64| t0 + time::Duration::minutes(m);
+    let open = |k: &str, rule: &str, opened: i64, at: i64, raised: bool| AlertWrite::Open {
+        patient: key(k),
+        raised,
+        alert: OpenAlert {
+            rule: rule.into(),
+            profile: "copd@1".into(),
+            severity: rules::Severity::High,
+            audience: rules::Audience::Nurse,
+            opened_at: minutes(opened),
+            at: minutes(at),
+            explanation: serde_json::json!({"at": at}),
+            nurse: format!("{rule} at {at}"),
+            patient_text: None,
+        },
+    };
+    let resolve = |k: &str, rule: &str, at: i64| AlertWrite::Resolve {
+        patient: key(k),
+        rule: rule.into(),
+        at: minutes(at),
+        payload: serde_json::json!({"cleared": at}),
+    };
+    // pk-3's spo2-low is already open (raised by another node).
+    record
+        .write_alerts(&[open("pk-3", "spo2-low", 0, 0, true)])
+        .await
+        .expect("the other node's raise");
+    let writes = [
+        open("pk-1", "spo2-low", 1, 1, true),
+        open("pk-2", "spo2-low", 1, 1, true),
+        open("pk-1", "spo2-low", 1, 2, false),
+        AlertWrite::Repeat {
+            patient: key("pk-2"),
+            at: minutes(2),
+            payload: serde_json::json!({"reason": "device_quality"}),
+        },
+        resolve("pk-1", "spo2-low", 3),
+        resolve("pk-2", "pulse-high", 3),
+        open("pk-3", "spo2-low", 3, 3, true),
+        open("pk-1", "spo2-low", 4, 4, true),
+        open("pk-1", "pulse-high", 4, 4, true),
+    ];
+    let written = record.write_alerts(&writes).await.expect("written");
+    let kinds: Vec<(&str, AlertEventKind, bool)> = written
+        .iter()
+        .map(|w| (w.patient.as_str(), w.kind, w.raised_elsewhere))
+        .collect();
+    use AlertEventKind::*;
+    assert_eq!(
+        kinds,
+        [
+            ("pk-1", Raised, false),
+            ("pk-2", Raised, false),
+            ("pk-1", Updated, false),
+            ("pk-2", RepeatRequested, false),
+            ("pk-1", Resolved, false),
+            // pk-2's pulse-high was never open: no event.
+            ("pk-3", Updated, true),
+            ("pk-1", Raised, false),
+            ("pk-1", Raised, false),
+        ]
+    );
+    // The first episode of pk-1's spo2-low was raised, updated and resolved; the second is
+    // a new row.
+    assert_eq!(written[0].alert_id, written[2].alert_id);
+    assert_eq!(written[0].alert_id, written[4].alert_id);
+    assert_ne!(written[0].alert_id, written[6].alert_id);
+    assert_eq!(written[3].alert_id, None);
+    let alerts = record
+        .alerts_for_patient(&key("pk-1"))
+        .await
+        .expect("alerts");
+    // Row ids follow the rounds, not the changes, across alerts: compare by opening.
+    let mut rows: Vec<(
+        OffsetDateTime,
+        &str,
+        AlertState,
+        Option<OffsetDateTime>,
+        &str,
+    )> = alerts
+        .iter()
+        .map(|a| {
+            (
+                a.opened_at,
+                a.rule.as_str(),
+                a.state,
+                a.resolved_at,
+                a.nurse.as_str(),
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    assert_eq!(
+        rows,
+        [
+            (
+                minutes(1),
+                "spo2-low",
+                AlertState::Resolved,
+                Some(minutes(3)),
+                "spo2-low at 2"
+            ),
+            (
+                minutes(4),
+                "pulse-high",
+                AlertState::Open,
+                None,
+                "pulse-high at 4"
+            ),
+            (
+                minutes(4),
+                "spo2-low",
+                AlertState::Open,
+                None,
+                "spo2-low at 4"
+            ),
+        ]
+    );
+    let events = record
+        .alert_events_for_patient(&key("pk-1"))
+        .await
+        .expect("events");
+    // Events are written in the order of the changes.
+    let stored: Vec<(AlertEventKind, Option<i64>, OffsetDateTime)> =
+        events.iter().map(|e| (e.kind, e.alert_id, e.at)).collect();
+    assert_eq!(
+        stored,
+        [
+            (Raised, written[0].alert_id, minutes(1)),
+            (Updated, written[0].alert_id, minutes(2)),
+            (Resolved, written[0].alert_id, minutes(3)),
+            (Raised, written[6].alert_id, minutes(4)),
+            (Raised, written[7].alert_id, minutes(4)),
+        ]
+    );
+    assert_eq!(events[2].payload, serde_json::json!({"cleared": 3}));
+    let pk3 = record
+        .alerts_for_patient(&key("pk-3"))
+        .await
+        .expect("alerts");
+    assert_eq!(pk3.len(), 1, "one open row per patient and rule");
+    assert_eq!(pk3[0].nurse, "spo2-low at 3");
+    let pk2 = record
+        .alert_events_for_patient(&key("pk-2"))
+        .await
+        .expect("events");
+    assert_eq!(
+        pk2.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [Raised, RepeatRequested]
+    );
 }

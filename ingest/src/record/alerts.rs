@@ -48,14 +48,15 @@
 //! resolve is planned and enqueued in `notifier_outbox` (migration 0003) before the commit,
 //! and [`WrittenEvent::notice`] carries the notice so the escalator is told after it.
 
-use notifier::{AlertNotice, NewNotification, NoticeKind};
+use notifier::{AlertNotice, NewNotification};
 use serde_json::Value as Json;
 use sqlx::QueryBuilder;
 use time::OffsetDateTime;
 use vitals::{PatientKey, Reading};
 
+use super::alert_batch::BatchedAlertSql;
 use super::{Record, RecordError, Result, from_us, now_us, to_us, with_pool};
-use crate::notify::{NoticeParts, Notifications, PgOutbox, notice_for};
+use crate::notify::{Notifications, PgOutbox};
 use crate::record::BatchOutcome;
 
 /// The callback [`Record::insert_batch_evaluated`] runs inside its transaction.
@@ -253,7 +254,7 @@ pub fn audience_str(a: rules::Audience) -> &'static str {
 
 /// A stable id for an alert episode: the same patient, rule and opening instant give the
 /// same id on every node.
-fn alert_uid(patient: &PatientKey, rule: &str, opened_at: OffsetDateTime) -> String {
+pub(super) fn alert_uid(patient: &PatientKey, rule: &str, opened_at: OffsetDateTime) -> String {
     let name = format!("{}/{}/{}", patient.as_str(), rule, to_us(opened_at));
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
 }
@@ -293,7 +294,7 @@ impl OutboxSql for sqlx::Postgres {
 }
 
 /// The SQL of alerts, written once and expanded for each backend.
-pub(crate) trait AlertSql: OutboxSql {
+pub(crate) trait AlertSql: BatchedAlertSql {
     /// Bumps the rule versions of `patients` (sorted, distinct) and returns the new ones.
     async fn bump_versions(
         conn: &mut Self::Connection,
@@ -340,187 +341,7 @@ macro_rules! alert_sql {
                 now: i64,
                 notify: Option<&Notifications>,
             ) -> Result<Vec<WrittenEvent>> {
-                let mut out = Vec::with_capacity(writes.len());
-                for w in writes {
-                    let (alert, kind, patient, at, payload, elsewhere, notice) = match w {
-                        AlertWrite::Open {
-                            patient,
-                            raised,
-                            alert,
-                        } => {
-                            let uid = alert_uid(patient, &alert.rule, alert.opened_at);
-                            let (id, stored_uid): (i64, String) = sqlx::query_as(
-                                "INSERT INTO alerts (alert_uid, patient_key, rule_id, profile, \
-                                 severity, audience, state, opened_at, updated_at, resolved_at, \
-                                 explanation, nurse_text, patient_text) \
-                                 VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8, NULL, $9, $10, $11) \
-                                 ON CONFLICT (patient_key, rule_id) WHERE state = 'open' \
-                                 DO UPDATE SET profile = excluded.profile, \
-                                 severity = excluded.severity, audience = excluded.audience, \
-                                 updated_at = CASE WHEN excluded.updated_at > alerts.updated_at \
-                                   THEN excluded.updated_at ELSE alerts.updated_at END, \
-                                 explanation = excluded.explanation, \
-                                 nurse_text = excluded.nurse_text, \
-                                 patient_text = excluded.patient_text \
-                                 RETURNING alert_id, alert_uid",
-                            )
-                            .bind(uid.as_str())
-                            .bind(patient.as_str())
-                            .bind(alert.rule.as_str())
-                            .bind(alert.profile.as_str())
-                            .bind(alert.severity.as_str())
-                            .bind(audience_str(alert.audience))
-                            .bind(to_us(alert.opened_at))
-                            .bind(to_us(alert.at))
-                            .bind(alert.explanation.to_string())
-                            .bind(alert.nurse.as_str())
-                            .bind(alert.patient_text.as_deref())
-                            .fetch_one(&mut *conn)
-                            .await?;
-                            let elsewhere = *raised && stored_uid != uid;
-                            let kind = if *raised && !elsewhere {
-                                AlertEventKind::Raised
-                            } else {
-                                AlertEventKind::Updated
-                            };
-                            let payload = serde_json::json!({
-                                "severity": alert.severity.as_str(),
-                                "explanation": alert.explanation,
-                                "raised_elsewhere": elsewhere,
-                            });
-                            // The node that opened it notified; a raise met here is not news.
-                            let notice = match notify {
-                                Some(_) if !elsewhere => notice_for(&NoticeParts {
-                                    uid: &stored_uid,
-                                    patient,
-                                    rule: &alert.rule,
-                                    kind: if kind == AlertEventKind::Raised {
-                                        NoticeKind::Raised
-                                    } else {
-                                        NoticeKind::Updated
-                                    },
-                                    severity: alert.severity.as_str(),
-                                    audience: audience_str(alert.audience),
-                                    opened_at: alert.opened_at,
-                                    at: alert.at,
-                                    nurse: &alert.nurse,
-                                    patient_text: alert.patient_text.as_deref(),
-                                    explanation: &alert.explanation,
-                                }),
-                                _ => None,
-                            };
-                            (
-                                Some((id, stored_uid)),
-                                kind,
-                                patient,
-                                alert.at,
-                                payload,
-                                elsewhere,
-                                notice,
-                            )
-                        }
-                        AlertWrite::Resolve {
-                            patient,
-                            rule,
-                            at,
-                            payload,
-                        } => {
-                            #[allow(clippy::type_complexity)]
-                            let row: Option<(
-                                i64,
-                                String,
-                                String,
-                                String,
-                                i64,
-                                String,
-                                Option<String>,
-                            )> = sqlx::query_as(
-                                "UPDATE alerts SET state = 'resolved', resolved_at = $1, \
-                                 updated_at = $1 \
-                                 WHERE patient_key = $2 AND rule_id = $3 AND state = 'open' \
-                                 RETURNING alert_id, alert_uid, severity, audience, opened_at, \
-                                 nurse_text, patient_text",
-                            )
-                            .bind(to_us(*at))
-                            .bind(patient.as_str())
-                            .bind(rule.as_str())
-                            .fetch_optional(&mut *conn)
-                            .await?;
-                            let Some((id, uid, severity, audience, opened_at, nurse, text)) = row
-                            else {
-                                // Resolved by another node, or opened before the record kept
-                                // alerts: nothing to close.
-                                tracing::debug!(rule = %rule, "resolve found no open alert");
-                                continue;
-                            };
-                            let notice = match notify {
-                                Some(_) => notice_for(&NoticeParts {
-                                    uid: &uid,
-                                    patient,
-                                    rule,
-                                    kind: NoticeKind::Resolved,
-                                    severity: &severity,
-                                    audience: &audience,
-                                    opened_at: from_us(opened_at, "alerts")?,
-                                    at: *at,
-                                    nurse: &nurse,
-                                    patient_text: text.as_deref(),
-                                    explanation: payload,
-                                }),
-                                None => None,
-                            };
-                            (
-                                Some((id, uid)),
-                                AlertEventKind::Resolved,
-                                patient,
-                                *at,
-                                payload.clone(),
-                                false,
-                                notice,
-                            )
-                        }
-                        AlertWrite::Repeat {
-                            patient,
-                            at,
-                            payload,
-                        } => (
-                            None,
-                            AlertEventKind::RepeatRequested,
-                            patient,
-                            *at,
-                            payload.clone(),
-                            false,
-                            None,
-                        ),
-                    };
-                    sqlx::query(
-                        "INSERT INTO alert_events (alert_id, patient_key, kind, at, \
-                         recorded_at, payload) VALUES ($1, $2, $3, $4, $5, $6)",
-                    )
-                    .bind(alert.as_ref().map(|(id, _)| *id))
-                    .bind(patient.as_str())
-                    .bind(kind.as_str())
-                    .bind(to_us(at))
-                    .bind(now)
-                    .bind(payload.to_string())
-                    .execute(&mut *conn)
-                    .await?;
-                    // The alert's notifications, on the same connection: they commit with it.
-                    if let (Some(n), Some(notice)) = (notify, notice.as_ref()) {
-                        let rows = n.plan(notice, notifier::Timestamp::now());
-                        <$db as OutboxSql>::enqueue_outbox(&mut *conn, &rows).await?;
-                    }
-                    let (alert_id, alert_uid) = alert.unzip();
-                    out.push(WrittenEvent {
-                        alert_id,
-                        alert_uid,
-                        patient: patient.clone(),
-                        kind,
-                        raised_elsewhere: elsewhere,
-                        notice,
-                    });
-                }
-                Ok(out)
+                <$db as BatchedAlertSql>::write_batched(conn, writes, now, notify).await
             }
         }
     };

@@ -91,6 +91,7 @@
 //! dedup by id) and counts the replay; a reading is never dropped because its envelope's
 //! number was old.
 
+mod alert_batch;
 mod alerts;
 mod console;
 mod dead_letters;
