@@ -139,16 +139,25 @@ async fn start(broker: &Mosquitto, record: Record) -> Node {
 
 /// [`start`] with time-driven rules run every `tick_every`.
 async fn start_ticking(broker: &Mosquitto, record: Record, tick_every: Duration) -> Node {
-    let config = BrokerConfig::new(broker.url().parse().expect("url"));
-    let options = client_options(&config, "ingest-alerts", 32).expect("options");
-    let cap = options.request_channel_capacity();
-    let stats = Arc::new(IngestStats::default());
-    let shutdown = CancellationToken::new();
     let rules = Rules::load(&RulesConfig {
         tick_every,
         ..rules_config()
     })
     .expect("the shipped profiles load");
+    start_node(broker, record, Some(rules)).await
+}
+
+/// A node that stores readings and records statuses without evaluating rules.
+async fn start_without_rules(broker: &Mosquitto, record: Record) -> Node {
+    start_node(broker, record, None).await
+}
+
+async fn start_node(broker: &Mosquitto, record: Record, rules: Option<Rules>) -> Node {
+    let config = BrokerConfig::new(broker.url().parse().expect("url"));
+    let options = client_options(&config, "ingest-alerts", 32).expect("options");
+    let cap = options.request_channel_capacity();
+    let stats = Arc::new(IngestStats::default());
+    let shutdown = CancellationToken::new();
     // Statuses are subscribed to after readings; a status published before that would
     // arrive as a retained copy, which hears nothing.
     let status_subscriptions = broker.log().matches(STATUS_FILTER).count();
@@ -166,10 +175,14 @@ async fn start_ticking(broker: &Mosquitto, record: Record, tick_every: Duration)
         stats: stats.clone(),
         shutdown: shutdown.clone(),
     };
+    let task = match rules {
+        Some(rules) => tokio::spawn(consumer.run_with(rules)),
+        None => tokio::spawn(consumer.run()),
+    };
     let node = Node {
         stats,
         shutdown,
-        task: tokio::spawn(consumer.run_with(rules)),
+        task,
     };
     wait_for("the consumer's subscription", || {
         broker
@@ -795,6 +808,162 @@ async fn a_retained_status_replayed_on_subscription_hears_nothing(record: Record
     node.stop().await;
 }
 
+/// How the hub shows it is back.
+#[derive(Clone, Copy, Debug)]
+enum Heard {
+    /// A live `online` status.
+    Status,
+    /// An upload of readings.
+    Reading,
+}
+
+/// pk-1's hub has not been heard since enrolment, 25 hours ago: a node ticking every [`TICK`]
+/// raises "hub silent" for pk-1, and is stopped cleanly.
+async fn silent_before_a_restart(broker: &Mosquitto, record: &Record, url: &str) -> StoredAlert {
+    registry(record).await;
+    enrolled_hours_ago(url, 25).await;
+    let node = start_ticking(broker, record.clone(), TICK).await;
+    wait_for_silent(record, &key(), 1, AlertState::Open).await;
+    node.stop().await;
+    let alerts = silent_alerts(record, &key()).await;
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(
+        event_kinds(record, alerts[0].id).await,
+        [AlertEventKind::Raised]
+    );
+    alerts[0].clone()
+}
+
+/// The hub is heard by a restarted node before any tick: the alert the record holds open is
+/// resolved, once. Before the fix the rebuilt engine did not know it was open, so nothing
+/// resolved it and the nurse kept seeing a silent hub that was back.
+async fn a_hub_heard_after_a_restart_resolves_its_silent_alert(
+    record: Record,
+    url: String,
+    heard: Heard,
+) {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let client = publisher(&broker).await;
+    let raised = silent_before_a_restart(&broker, &record, &url).await;
+    // Ticks an hour apart: none runs during the test.
+    let node = start_ticking(&broker, record.clone(), Duration::from_secs(3600)).await;
+    match heard {
+        Heard::Status => hub_online(&client, &node, &gw()).await,
+        Heard::Reading => {
+            send(
+                &client,
+                &node,
+                envelope(1, vec![spo2(55, "95", Flags::EMPTY)]),
+            )
+            .await
+        }
+    }
+    wait_for_silent(&record, &key(), 1, AlertState::Resolved).await;
+    let alerts = silent_alerts(&record, &key()).await;
+    assert_eq!(
+        alerts[0].id, raised.id,
+        "the alert raised before the restart"
+    );
+    assert_eq!(
+        event_kinds(&record, raised.id).await,
+        [AlertEventKind::Raised, AlertEventKind::Resolved],
+        "resolved once, not raised again ({heard:?})"
+    );
+    assert_eq!(node.stats.ticks.load(Ordering::Relaxed), 0, "no tick ran");
+    node.stop().await;
+}
+
+async fn a_status_after_a_restart_resolves_the_silent_alert(record: Record, url: String) {
+    a_hub_heard_after_a_restart_resolves_its_silent_alert(record, url, Heard::Status).await;
+}
+
+async fn a_reading_after_a_restart_resolves_the_silent_alert(record: Record, url: String) {
+    a_hub_heard_after_a_restart_resolves_its_silent_alert(record, url, Heard::Reading).await;
+}
+
+/// Still silent after a restart: the restarted node's ticks neither raise the alert again nor
+/// store anything for it (no second raise, no "raised elsewhere" update, no notification:
+/// notifications are enqueued only with what is stored).
+async fn a_hub_still_silent_after_a_restart_is_not_raised_again(record: Record, url: String) {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let raised = silent_before_a_restart(&broker, &record, &url).await;
+    let node = start_ticking(&broker, record.clone(), TICK).await;
+    let stats = node.stats.clone();
+    wait_for("three ticks of the restarted node", || {
+        stats.ticks.load(Ordering::Relaxed) >= 3
+    })
+    .await;
+    let alerts = silent_alerts(&record, &key()).await;
+    assert_eq!(alerts.len(), 1, "one alert");
+    assert_eq!(alerts[0].state, AlertState::Open, "the hub is still silent");
+    assert_eq!(
+        event_kinds(&record, raised.id).await,
+        [AlertEventKind::Raised],
+        "not raised again after the restart"
+    );
+    assert_eq!(
+        node.stats.alert_events.load(Ordering::Relaxed),
+        0,
+        "the restarted node stored nothing"
+    );
+    node.stop().await;
+}
+
+/// The hub is heard while no node evaluates rules (here a node that only stores; in
+/// production another node that had not built the alert): a node rebuilding from the record
+/// resolves the alert at once, at the time the hub was heard, and a second rebuild finds
+/// nothing more to do.
+async fn a_silent_alert_whose_hub_was_heard_meanwhile_is_resolved_on_rebuild(
+    record: Record,
+    url: String,
+) {
+    let Some(broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let client = publisher(&broker).await;
+    let raised = silent_before_a_restart(&broker, &record, &url).await;
+    let plain = start_without_rules(&broker, record.clone()).await;
+    hub_online(&client, &plain, &gw()).await;
+    plain.stop().await;
+    let heard = record
+        .gateway(&gw())
+        .await
+        .expect("gateway")
+        .expect("registered")
+        .last_seen_at
+        .expect("the live status was recorded");
+    assert_eq!(
+        silent_alerts(&record, &key()).await[0].state,
+        AlertState::Open
+    );
+    for _ in 0..2 {
+        let node = start_ticking(&broker, record.clone(), Duration::from_secs(3600)).await;
+        let stats = node.stats.clone();
+        wait_for("the patient rebuilt", || {
+            stats.rules_rebuilds.load(Ordering::Relaxed) >= 1
+        })
+        .await;
+        node.stop().await;
+        let alerts = silent_alerts(&record, &key()).await;
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].state, AlertState::Resolved);
+        let resolved_at = alerts[0].resolved_at.expect("resolved");
+        assert!(
+            (resolved_at - heard).abs() < time::Duration::milliseconds(1),
+            "resolved when the hub was heard: {resolved_at} vs {heard}"
+        );
+        assert_eq!(
+            event_kinds(&record, raised.id).await,
+            [AlertEventKind::Raised, AlertEventKind::Resolved],
+            "resolved once"
+        );
+    }
+}
+
 macro_rules! both_with_url {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -822,6 +991,10 @@ both_with_url!(
     a_status_resolves_an_open_silent_gateway_alert,
     a_backlog_upload_hears_the_hub_now,
     a_retained_status_replayed_on_subscription_hears_nothing,
+    a_status_after_a_restart_resolves_the_silent_alert,
+    a_reading_after_a_restart_resolves_the_silent_alert,
+    a_hub_still_silent_after_a_restart_is_not_raised_again,
+    a_silent_alert_whose_hub_was_heard_meanwhile_is_resolved_on_rebuild,
 );
 
 macro_rules! both {

@@ -1254,7 +1254,7 @@ impl Engine {
         // now, before the reading is judged, as a tick in between would have. Not on a reading
         // the device doubts: nothing raises with one (the next trusted reading or tick does).
         if c.confirming & p.busy_bits & !p.open_bits != 0 && !s.flags.questions_the_value() {
-            lapse_confirmations(c, p, ids, s.at, out);
+            lapse_confirmations(c, p, ids, s.at, u64::MAX, out);
         }
 
         // Adherence and gateway liveness first: a doubtful reading still shows the patient
@@ -1357,38 +1357,18 @@ impl Engine {
                 patient: PatientIdx(i as u32),
                 profile: p.profile,
             };
-            lapse_confirmations(c, p, ids, now, out);
+            lapse_confirmations(c, p, ids, now, u64::MAX, out);
             let mut bits = c.ticked & !p.open_bits;
             while bits != 0 {
                 let r = bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 let rule = &c.set.rules[r];
-                let context = match rule.check {
-                    Check::Missing { measure, within } => {
-                        let last = match p.last_seen(c, measure) {
-                            NEVER => p.cold.enrolled,
-                            t => t,
-                        };
-                        if now.since(last) <= within {
-                            continue;
-                        }
-                        Context::Missing {
-                            kind: measure,
-                            last_seen: last,
-                            within,
-                        }
-                    }
-                    Check::SilentGateway { within } => {
-                        if now.since(p.gateway_heard) <= within {
-                            continue;
-                        }
-                        Context::SilentGateway {
-                            last_heard: p.gateway_heard,
-                            within,
-                        }
-                    }
-                    _ => continue,
+                let Some(clock) = ticked_clock(rule, c, p) else {
+                    continue;
                 };
+                if !clock.due(now) {
+                    continue;
+                }
                 raise(
                     rule,
                     &mut p.cold.rules[r],
@@ -1398,12 +1378,171 @@ impl Engine {
                     1,
                     rule.severity,
                     Evidence::default(),
-                    context,
+                    clock.context,
                     out,
                 );
                 p.sync(r);
             }
         }
+    }
+
+    /// The index of rule `id` in the patient's ruleset.
+    pub fn rule_index(&self, idx: PatientIdx, id: &str) -> Option<RuleIdx> {
+        let profile = self.profile_of.get(idx.0 as usize)?;
+        let c = self.profiles.get(profile.0 as usize)?;
+        let r = c.set.rules.iter().position(|rule| rule.id == id)?;
+        Some(RuleIdx(r as u16))
+    }
+
+    /// After [`Engine::rebuild`] (and [`Engine::gateway_heard`] with when the hub was last
+    /// heard): makes the alerts [`Engine::tick`] raises agree with the record's. Replay raises
+    /// nothing, so without this the engine would not know of a missing-data, silent-gateway or
+    /// lapsed-confirmation alert the record holds open: nothing would resolve it when the
+    /// patient measures or the hub is heard, and the next tick would raise it again.
+    ///
+    /// `recorded` lists the patient's rules whose alert the record holds open, with when each
+    /// was opened. For each of them that the tick drives and that is not open here:
+    ///
+    /// - still due at `now` (the hub still silent, the kind still missing, the repeat still
+    ///   not made): open here too, since the record's opening time, and no event: the record
+    ///   has it and whoever had to be told was told;
+    /// - no longer due (the hub was heard, the kind measured, since it was raised; or its
+    ///   window changed): an [`Event::Resolved`], at the moment that answered it (`now` if
+    ///   that is not after the opening), for the caller to close the record's alert. A
+    ///   lapsed confirmation that replay no longer finds pending is left to the readings.
+    ///
+    /// Nothing is raised: what is due and not in the record is for the next tick (a node
+    /// starting after an outage would otherwise raise "hub silent" for every hub before their
+    /// queued statuses and readings are read). Other rules are left as replay made them.
+    pub fn settle(
+        &mut self,
+        idx: PatientIdx,
+        now: Timestamp,
+        recorded: &[(RuleIdx, Timestamp)],
+        out: &mut Vec<Event>,
+    ) -> Result<(), EngineError> {
+        let p = self
+            .patients
+            .get_mut(idx.0 as usize)
+            .ok_or(EngineError::UnknownPatient(idx.0))?;
+        let c = &self.profiles[p.profile.0 as usize];
+        let ids = Ids {
+            patient: idx,
+            profile: p.profile,
+        };
+        let opened = |r: usize| {
+            recorded
+                .iter()
+                .find(|(rule, _)| usize::from(rule.0) == r)
+                .map(|&(_, at)| at)
+        };
+        let mut mask = 0u64;
+        for &(rule, _) in recorded {
+            if usize::from(rule.0) < c.set.rules.len() {
+                mask |= 1u64 << rule.0;
+            }
+        }
+        // Raised here only to be adopted: the events are the record's already.
+        let mut adopted = Vec::new();
+        lapse_confirmations(c, p, ids, now, mask, &mut adopted);
+        let mut bits = mask & c.ticked & !p.open_bits;
+        while bits != 0 {
+            let r = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let rule = &c.set.rules[r];
+            let (Some(clock), Some(opened_at)) = (ticked_clock(rule, c, p), opened(r)) else {
+                continue;
+            };
+            if clock.due(now) {
+                raise(
+                    rule,
+                    &mut p.cold.rules[r],
+                    ids,
+                    RuleIdx(r as u16),
+                    now,
+                    1,
+                    rule.severity,
+                    Evidence::default(),
+                    clock.context,
+                    &mut adopted,
+                );
+                p.sync(r);
+                continue;
+            }
+            let at = if clock.last > opened_at && clock.last <= now {
+                clock.last
+            } else {
+                now
+            };
+            out.push(Event::Resolved(Alert {
+                patient: idx,
+                profile: ids.profile,
+                rule: RuleIdx(r as u16),
+                severity: rule.severity,
+                audience: rule.audience,
+                opened_at,
+                at,
+                evidence: Evidence::default(),
+                context: clock.context,
+            }));
+        }
+        for event in adopted {
+            if let Event::Raised(a) = event
+                && let Some(opened_at) = opened(usize::from(a.rule.0))
+                && let Some(open) = p.cold.rules[usize::from(a.rule.0)].open.as_mut()
+            {
+                open.opened_at = opened_at;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a time-driven rule's clock stands.
+struct Clock {
+    /// When it last restarted: the kind last measured (enrolment before the first), the hub
+    /// last heard.
+    last: Timestamp,
+    /// How long it may run.
+    within: i64,
+    /// What a raise now would say.
+    context: Context,
+}
+
+impl Clock {
+    /// Whether the rule is due at `now`.
+    fn due(&self, now: Timestamp) -> bool {
+        now.since(self.last) > self.within
+    }
+}
+
+/// The clock of a missing-data or silent-gateway rule; `None` for other rules.
+fn ticked_clock(rule: &Rule, c: &Compiled, p: &mut PatientState) -> Option<Clock> {
+    match rule.check {
+        Check::Missing { measure, within } => {
+            let last = match p.last_seen(c, measure) {
+                NEVER => p.cold.enrolled,
+                t => t,
+            };
+            Some(Clock {
+                last,
+                within,
+                context: Context::Missing {
+                    kind: measure,
+                    last_seen: last,
+                    within,
+                },
+            })
+        }
+        Check::SilentGateway { within } => Some(Clock {
+            last: p.gateway_heard,
+            within,
+            context: Context::SilentGateway {
+                last_heard: p.gateway_heard,
+                within,
+            },
+        }),
+        _ => None,
     }
 }
 
@@ -1997,16 +2136,18 @@ fn lifecycle(
 /// [`Engine::tick`] and before each reading is judged, at its time: so an alert whose window
 /// lapsed between two readings is raised whether or not a tick came between them (a hub back
 /// from a week offline delivers its readings with no tick between them), and live evaluation
-/// agrees with a backtest.
+/// agrees with a backtest. Only the rules in `only` ([`Engine::settle`]: those the record holds
+/// open).
 fn lapse_confirmations(
     c: &Compiled,
     p: &mut PatientState,
     ids: Ids,
     now: Timestamp,
+    only: u64,
     out: &mut Vec<Event>,
 ) {
     // Only rules with an unconfirmed reading (busy) and no open alert can be due.
-    let mut pending = c.confirming & p.busy_bits & !p.open_bits;
+    let mut pending = c.confirming & p.busy_bits & !p.open_bits & only;
     while pending != 0 {
         let r = pending.trailing_zeros() as usize;
         pending &= pending - 1;

@@ -585,6 +585,232 @@ nurse = "x"
     resolved(&r.at(52 * HOUR, &spo2(95.0)));
 }
 
+const SILENT_GW: &str = r#"
+[[rule]]
+id = "gw"
+kind = "silent_gateway"
+within = "24h"
+severity = "low"
+nurse = "x"
+"#;
+
+const NO_SPO2: &str = r#"
+[[rule]]
+id = "no-spo2"
+kind = "missing"
+measure = "spo2"
+within = "48h"
+severity = "low"
+nurse = "x"
+"#;
+
+impl Rig {
+    /// A restart: the state rebuilt from `readings` (replay raises nothing), the patient's
+    /// readings so far (numbered from the first, as [`Rig::at`] numbered them).
+    fn rebuild(&mut self, readings: &[(i64, &[(Kind, f64)])]) {
+        self.n = 0;
+        let values: Vec<Vec<Measurement>> = readings
+            .iter()
+            .map(|(_, v)| {
+                v.iter()
+                    .map(|&(kind, value)| Measurement { kind, value })
+                    .collect()
+            })
+            .collect();
+        let samples = readings.iter().zip(&values).map(|(&(ms, _), v)| {
+            self.n += 1;
+            Sample {
+                reading: rid(self.n),
+                at: Timestamp(ms),
+                flags: Flags::EMPTY,
+                values: v,
+            }
+        });
+        let samples: Vec<Sample<'_>> = samples.collect();
+        self.engine
+            .rebuild_samples(self.pt, samples)
+            .expect("enrolled");
+    }
+
+    fn heard(&mut self, ms: i64) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.engine
+            .gateway_heard(self.pt, Timestamp(ms), &mut out)
+            .expect("enrolled");
+        out
+    }
+
+    fn settle(&mut self, ms: i64, recorded: &[(&str, i64)]) -> Vec<Event> {
+        let recorded: Vec<(RuleIdx, Timestamp)> = recorded
+            .iter()
+            .map(|&(id, at)| {
+                let rule = self
+                    .engine
+                    .rule_index(self.pt, id)
+                    .expect("a rule of the set");
+                (rule, Timestamp(at))
+            })
+            .collect();
+        let mut out = Vec::new();
+        self.engine
+            .settle(self.pt, Timestamp(ms), &recorded, &mut out)
+            .expect("enrolled");
+        out
+    }
+}
+
+#[test]
+fn rules_are_found_by_id_in_the_patients_ruleset() {
+    let r = rig(&format!("{BELOW}{SILENT_GW}"));
+    assert_eq!(r.engine.rule_index(r.pt, "spo2-low"), Some(RuleIdx(0)));
+    assert_eq!(r.engine.rule_index(r.pt, "gw"), Some(RuleIdx(1)));
+    assert_eq!(r.engine.rule_index(r.pt, "no-such-rule"), None);
+    assert_eq!(r.engine.rule_index(PatientIdx(9), "gw"), None);
+}
+
+#[test]
+fn a_rebuilt_engine_forgets_a_silent_gateway_alert_unless_settled() {
+    // Without settling, what the record holds open is unknown after a replay: the next tick
+    // raises it again, and hearing the hub resolves nothing.
+    let mut r = rig(SILENT_GW);
+    raised(&r.tick(25 * HOUR));
+    r.rebuild(&[]);
+    assert_eq!(r.open(), 0, "replay raises nothing");
+    assert!(r.heard(0).is_empty(), "the record's last-seen time: never");
+    raised(&r.tick(26 * HOUR));
+
+    // Settled with the record's open alert: the same alert, open since it was raised.
+    let mut r = rig(SILENT_GW);
+    let first = *raised(&r.tick(25 * HOUR));
+    r.rebuild(&[]);
+    assert!(
+        r.settle(26 * HOUR, &[("gw", 25 * HOUR)]).is_empty(),
+        "still silent"
+    );
+    assert_eq!(r.open(), 1);
+    let open = *r.engine.open_alerts(r.pt).next().expect("open");
+    assert_eq!(
+        open.opened_at, first.opened_at,
+        "opened when the record says"
+    );
+    assert_eq!(open.context, first.context);
+    assert!(r.tick(27 * HOUR).is_empty(), "not raised twice");
+    let a = *resolved(&r.heard(28 * HOUR));
+    assert_eq!(
+        (a.opened_at, a.at),
+        (Timestamp(25 * HOUR), Timestamp(28 * HOUR))
+    );
+    assert!(r.tick(52 * HOUR).is_empty(), "28 + 24 = 52");
+    raised(&r.tick(53 * HOUR));
+
+    // A reading hears the hub too.
+    let mut r = rig(&format!("{BELOW}{SILENT_GW}"));
+    raised(&r.tick(25 * HOUR));
+    r.rebuild(&[]);
+    assert!(r.settle(26 * HOUR, &[("gw", 25 * HOUR)]).is_empty());
+    let a = *resolved(&r.at(27 * HOUR, &spo2(95.0)));
+    assert_eq!(r.engine.describe(&a).expect("known").rule, "gw");
+}
+
+#[test]
+fn settling_resolves_a_recorded_alert_whose_condition_cleared() {
+    // The hub was heard at 30 h (the record's last-seen time), after the alert opened at 25 h.
+    let mut r = rig(SILENT_GW);
+    r.rebuild(&[]);
+    assert!(r.heard(30 * HOUR).is_empty());
+    let a = *resolved(&r.settle(31 * HOUR, &[("gw", 25 * HOUR)]));
+    assert_eq!(a.rule, RuleIdx(0));
+    assert_eq!(
+        (a.opened_at, a.at),
+        (Timestamp(25 * HOUR), Timestamp(30 * HOUR)),
+        "resolved when the hub was heard"
+    );
+    assert_eq!(
+        a.context,
+        Context::SilentGateway {
+            last_heard: Timestamp(30 * HOUR),
+            within: 24 * HOUR
+        }
+    );
+    assert_eq!(a.severity, Severity::Low);
+    assert_eq!(r.open(), 0);
+    assert!(r.tick(54 * HOUR).is_empty(), "30 + 24 = 54");
+    raised(&r.tick(55 * HOUR));
+
+    // Missing data: replay finds the kind measured after the alert opened.
+    let mut r = rig(NO_SPO2);
+    r.rebuild(&[(50 * HOUR, &spo2(95.0))]);
+    let a = *resolved(&r.settle(51 * HOUR, &[("no-spo2", 49 * HOUR)]));
+    assert_eq!(a.at, Timestamp(50 * HOUR));
+    assert_eq!(
+        a.context,
+        Context::Missing {
+            kind: Kind::Spo2,
+            last_seen: Timestamp(50 * HOUR),
+            within: 48 * HOUR
+        }
+    );
+    assert!(r.tick(98 * HOUR).is_empty());
+    raised(&r.tick(98 * HOUR + 1));
+
+    // Not due although nothing answered it since it opened (its window was lengthened):
+    // resolved now, never before it opened.
+    let mut r = rig(NO_SPO2);
+    r.rebuild(&[(10 * HOUR, &spo2(95.0))]);
+    let a = *resolved(&r.settle(40 * HOUR, &[("no-spo2", 30 * HOUR)]));
+    assert_eq!(a.at, Timestamp(40 * HOUR));
+}
+
+#[test]
+fn settling_raises_nothing_new_and_leaves_other_rules_to_replay() {
+    let mut r = rig(&format!("{BELOW}{SILENT_GW}{NO_SPO2}"));
+    r.rebuild(&[]);
+    assert!(
+        r.settle(60 * HOUR, &[]).is_empty(),
+        "due, but not in the record: for the next tick"
+    );
+    assert_eq!(r.open(), 0);
+    assert_eq!(r.tick(60 * HOUR).len(), 2, "the tick raises both");
+
+    // A threshold rule the record holds open that replay did not open is left alone, and one
+    // replay opened stays as replay made it.
+    let mut r = rig(&format!("{BELOW}{SILENT_GW}"));
+    r.rebuild(&[]);
+    assert!(r.settle(HOUR, &[("spo2-low", 0)]).is_empty());
+    assert_eq!(r.open(), 0);
+    r.rebuild(&[(HOUR, &spo2(90.0))]);
+    let replayed = *r.engine.open_alerts(r.pt).next().expect("replay opened it");
+    assert!(r.settle(2 * HOUR, &[("spo2-low", 0)]).is_empty());
+    assert_eq!(
+        r.engine.open_alerts(r.pt).copied().collect::<Vec<_>>(),
+        [replayed]
+    );
+}
+
+#[test]
+fn settling_adopts_a_lapsed_confirmation_the_record_holds_open() {
+    let mut r = rig(BP);
+    assert_eq!(r.at(0, &bp(220.0, 125.0)).len(), 1, "repeat request");
+    let first = *raised(&r.tick(16 * MIN));
+    r.rebuild(&[(0, &bp(220.0, 125.0))]);
+    assert_eq!(r.open(), 0, "pending again after the replay");
+    assert!(r.settle(20 * MIN, &[("bp-severe", 16 * MIN)]).is_empty());
+    assert_eq!(r.open(), 1);
+    let open = *r.engine.open_alerts(r.pt).next().expect("open");
+    assert_eq!(
+        (open.opened_at, open.evidence, open.context),
+        (first.opened_at, first.evidence, first.context)
+    );
+    assert!(r.tick(30 * MIN).is_empty(), "not raised twice");
+    resolved(&r.at(40 * MIN, &bp(140.0, 85.0)));
+
+    // One the record does not hold is the tick's to raise.
+    let mut r = rig(BP);
+    r.rebuild(&[(0, &bp(220.0, 125.0))]);
+    assert!(r.settle(20 * MIN, &[]).is_empty());
+    raised(&r.tick(20 * MIN));
+}
+
 #[test]
 fn a_doubtful_reading_asks_for_a_repeat_and_never_raises() {
     let mut r = rig(&format!(

@@ -10,8 +10,12 @@ impl Engine {
     /// Resets the patient's state and replays `readings` (in measurement order) through the
     /// same evaluation as live readings, discarding the events. Afterwards
     /// [`Engine::open_alerts`] lists what replay says is open, which the caller reconciles
-    /// with the alerts in the record; then call [`Engine::tick`] to catch up time-driven
-    /// rules. Returns how many readings were replayed.
+    /// with the alerts in the record. Replay raises nothing time-driven: tell the engine when
+    /// the hub was last heard ([`Engine::gateway_heard`]), then hand [`Engine::settle`] the
+    /// alerts the record holds open, so that the engine knows which missing-data,
+    /// silent-gateway and lapsed-confirmation alerts are open and which of them cleared;
+    /// [`Engine::tick`] raises what is due from then on. Returns how many readings were
+    /// replayed.
     pub fn rebuild<'a, I>(&mut self, idx: PatientIdx, readings: I) -> Result<u64, EngineError>
     where
         I: IntoIterator<Item = &'a Reading>,

@@ -32,9 +32,13 @@
 //!   readings that are not in the record, so it is thrown away, never double-counted.
 //!
 //! Replay raises nothing: alerts already open in the record stay as they are, and the
-//! engine's open alerts after replay are what later readings update or resolve. One
-//! exception: when a patient's thresholds changed, an alert the stored readings breach under
-//! the new thresholds is raised in the record at once (see `raise_what_replay_opened`).
+//! engine's open alerts after replay are what later readings update or resolve. Alerts the
+//! tick raised (missing data, silent gateway, a confirmation nobody made) are not rebuilt by
+//! replaying readings: the record's open ones are handed to the engine after the replay, which
+//! holds those still due open (so they are neither raised again nor forgotten) and resolves
+//! in the record those that cleared while this node was not evaluating the patient. When a
+//! patient's thresholds changed, an alert the stored readings breach under the new thresholds
+//! is raised in the record at once. Both are `Rules::reconcile`.
 //!
 //! # Hearing from the hub
 //!
@@ -50,14 +54,16 @@ use std::time::Duration;
 
 use rules::{
     Alert, Check, Context, Engine, Event, PatientIdx, Persistence, Profile, ProfileError,
-    ProfileIdx, ProfileOverride, RepeatReason, Ruleset, Timestamp,
+    ProfileIdx, ProfileOverride, RepeatReason, RuleIdx, Ruleset, Timestamp,
 };
 use serde_json::{Value as Json, json};
 use time::OffsetDateTime;
 use vitals::{PatientKey, Reading};
 
 use crate::config::RulesConfig;
-use crate::record::{AlertWrite, OpenAlert, Record, RecordError, RuleVersion};
+use crate::record::{
+    AlertState, AlertWrite, OpenAlert, Record, RecordError, RuleVersion, StoredAlert,
+};
 
 /// Why the rules could not be loaded. The consumer does not start.
 #[derive(Debug, thiserror::Error)]
@@ -409,50 +415,82 @@ impl Rules {
                 .map_err(engine_bug)?;
             self.events.clear();
         }
-        if changed {
-            self.raise_what_replay_opened(record, key, idx).await?;
-        }
+        self.reconcile(record, key, idx, now, changed).await?;
         self.slots[idx.0 as usize].version = Some(version);
         tracing::debug!(patient = %key, replayed, version, "rules state rebuilt");
         Ok(true)
     }
 
-    /// After a replay under changed thresholds: raises in the record every alert the engine
-    /// now holds open that the record has no open alert for. Replay itself raises nothing (so
-    /// a restart does not raise twice), but under new thresholds the readings already stored
-    /// can breach them: without this the engine would consider that alert open, and later
-    /// readings would only "update" an alert nobody was ever told about. Alerts open in the
-    /// record that the new thresholds no longer hold stay open until a nurse deals with them.
-    async fn raise_what_replay_opened(
-        &self,
+    /// After a replay: makes the engine's open alerts and the record's agree. Replay raises
+    /// nothing (so a restart does not raise twice), which leaves two gaps:
+    ///
+    /// - Alerts the tick raises (missing data, silent gateway, a confirmation nobody made)
+    ///   are not open in the replayed state. Those the record holds open are handed to
+    ///   [`Engine::settle`]: still due at `now`, the engine holds them open too and nothing is
+    ///   written (the next tick does not raise them again, and the next reading of the kind
+    ///   or sign of the hub resolves them); no longer due (the hub was heard or the kind
+    ///   measured while this node was not evaluating, or the window changed), they are
+    ///   resolved in the record now. Several nodes may do this for the same alert: the first
+    ///   resolve closes it, the others find nothing open and store nothing. What is due and
+    ///   not in the record is left to the next tick, which raises it as before.
+    /// - Under changed thresholds (`changed`), the readings already stored can breach the new
+    ///   ones: without raising them, the engine would consider that alert open, and later
+    ///   readings would only "update" an alert nobody was ever told about. So every alert the
+    ///   engine holds open that the record has no open alert for is raised. Alerts open in
+    ///   the record that the new thresholds no longer hold stay open until a nurse deals with
+    ///   them.
+    async fn reconcile(
+        &mut self,
         record: &Record,
         key: &PatientKey,
         idx: PatientIdx,
+        now: OffsetDateTime,
+        changed: bool,
     ) -> Result<(), RecordError> {
-        let open: Vec<Alert> = self.engine.open_alerts(idx).copied().collect();
-        if open.is_empty() {
-            return Ok(());
-        }
-        let in_record: std::collections::HashSet<String> = record
+        let in_record: Vec<StoredAlert> = record
             .alerts_for_patient(key)
             .await?
             .into_iter()
-            .filter(|a| a.state == crate::record::AlertState::Open)
-            .map(|a| a.rule)
+            .filter(|a| a.state == AlertState::Open)
             .collect();
-        let writes: Vec<AlertWrite> = open
+        let recorded: Vec<(RuleIdx, Timestamp)> = in_record
             .iter()
-            .filter_map(|a| self.write_for(idx, &Event::Raised(*a)))
-            .filter(|w| match w {
-                AlertWrite::Open { alert, .. } => !in_record.contains(&alert.rule),
-                _ => false,
+            .filter_map(|a| {
+                let rule = self.engine.rule_index(idx, &a.rule)?;
+                Some((rule, Timestamp::from(a.opened_at)))
             })
             .collect();
+        self.events.clear();
+        self.engine
+            .settle(idx, Timestamp::from(now), &recorded, &mut self.events)
+            .map_err(engine_bug)?;
+        // Only resolves: settling raises nothing new.
+        let mut writes: Vec<AlertWrite> = self
+            .events
+            .iter()
+            .filter_map(|e| self.write_for(idx, e))
+            .collect();
+        self.events.clear();
+        let resolved = writes.len();
+        if changed {
+            let open: Vec<Alert> = self.engine.open_alerts(idx).copied().collect();
+            writes.extend(
+                open.iter()
+                    .filter_map(|a| self.write_for(idx, &Event::Raised(*a)))
+                    .filter(|w| match w {
+                        AlertWrite::Open { alert, .. } => {
+                            !in_record.iter().any(|a| a.rule == alert.rule)
+                        }
+                        _ => false,
+                    }),
+            );
+        }
         if !writes.is_empty() {
             record.write_alerts(&writes).await?;
             tracing::info!(
-                raised = writes.len(),
-                "alerts raised from stored readings under changed thresholds"
+                resolved,
+                raised = writes.len() - resolved,
+                "alerts reconciled with the record after rebuilding a patient's state"
             );
         }
         Ok(())

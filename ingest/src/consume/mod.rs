@@ -103,6 +103,8 @@ pub struct IngestStats {
     pub rules_rebuilds: AtomicU64,
     /// Batches rolled back because another node had evaluated the same patient.
     pub rules_stale: AtomicU64,
+    /// Runs of the time-driven rules that completed (what they raised stored).
+    pub ticks: AtomicU64,
     /// Time the rules engine took per reading evaluated.
     pub rule_latency: latency::LatencyHistogram,
     /// Messages received from the broker (readings and statuses).
@@ -906,6 +908,7 @@ async fn tick(
     }
     let raised = rules.tick(OffsetDateTime::now_utc());
     store_timed(settings, record, stats, rules, raised).await;
+    stats.ticks.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Stores alert writes made outside a batch transaction (time-driven rules, a hub heard

@@ -78,6 +78,11 @@ pub fn render(stats: &IngestStats) -> String {
             "Batches rolled back because another node had evaluated the same patient.",
             &stats.rules_stale,
         ),
+        (
+            "rpm_rules_ticks_total",
+            "Runs of the time-driven rules (missing data, silent gateway) completed.",
+            &stats.ticks,
+        ),
     ];
     for (name, help, counter) in counters {
         let _ = writeln!(out, "# HELP {name} {help}");
