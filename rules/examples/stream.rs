@@ -13,6 +13,13 @@
 //!
 //! Instructions (and simulated misses) divided by N are the cost per reading; unlike time on
 //! a shared machine they repeat exactly. Run natively it prints time per reading too.
+//!
+//! `stream PATIENTS N latency [WARM]` times each reading on its own instead (two clock reads
+//! around `Engine::evaluate`, as `rpm bench rules` does) and prints the latency split by
+//! outcome: readings that produced no event, a repeat request only, a raise, an update or a
+//! resolve, with each class's share and the share of the slowest 1 % it makes up. `WARM`
+//! (default 3) is the warm-up readings per patient: `rpm bench rules` has run about 150 per
+//! patient by its latency figures, when trends and day statistics have warmed up.
 
 use std::time::Instant;
 
@@ -139,15 +146,129 @@ fn thread_cpu_ns() -> Option<u64> {
         .ok()
 }
 
+/// What a reading produced, for the latency split.
+#[derive(Clone, Copy)]
+enum Outcome {
+    Quiet,
+    Nothing,
+    RepeatOnly,
+    Raise,
+    Update,
+    Resolve,
+}
+
+const OUTCOMES: [(Outcome, &str); 6] = [
+    (
+        Outcome::Quiet,
+        "no event, no abnormal value in the patient's last 3 readings",
+    ),
+    (
+        Outcome::Nothing,
+        "no event, an abnormal value in the last 3",
+    ),
+    (Outcome::RepeatOnly, "repeat request only"),
+    (Outcome::Raise, "raise (any)"),
+    (Outcome::Update, "update (no raise)"),
+    (Outcome::Resolve, "resolve only"),
+];
+
+fn outcome(out: &[Event]) -> Outcome {
+    let has = |f: fn(&Event) -> bool| out.iter().any(f);
+    if out.is_empty() {
+        Outcome::Nothing
+    } else if has(|e| matches!(e, Event::Raised(_))) {
+        Outcome::Raise
+    } else if has(|e| matches!(e, Event::Updated(_))) {
+        Outcome::Update
+    } else if has(|e| matches!(e, Event::Resolved(_))) {
+        Outcome::Resolve
+    } else {
+        Outcome::RepeatOnly
+    }
+}
+
+/// Each reading timed on its own, split by what it produced (printed, nothing returned).
+fn latency(e: &mut Engine, f: &mut Feed, n: usize, id: ReadingId, out: &mut Vec<Event>) {
+    let mut buf = [Measurement {
+        kind: Kind::Spo2,
+        value: 0.0,
+    }; 3];
+    let mut all: Vec<(u32, u8)> = Vec::with_capacity(n);
+    // Per patient, readings since the last abnormal value (the feed's `rare`).
+    let mut since_rare = vec![u8::MAX; f.clocks.len()];
+    for _ in 0..n {
+        let (p, at, k) = f.next(&mut buf);
+        let rare = buf[..k].iter().any(|m| {
+            matches!(
+                (m.kind, m.value),
+                (Kind::Spo2, 87.0) | (Kind::Systolic, 185.0) | (Kind::Pef, 180.0)
+            )
+        });
+        let since = &mut since_rare[p.0 as usize];
+        *since = if rare { 0 } else { since.saturating_add(1) };
+        let quiet = *since > 3;
+        out.clear();
+        let s = Sample {
+            reading: id,
+            at,
+            flags: Flags::EMPTY,
+            values: &buf[..k],
+        };
+        let t = Instant::now();
+        e.evaluate(p, std::hint::black_box(&s), out)
+            .expect("enrolled");
+        let ns = t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32;
+        let o = match outcome(out) {
+            Outcome::Nothing if quiet => Outcome::Quiet,
+            o => o,
+        };
+        all.push((ns, o as u8));
+    }
+    let pct = |v: &[u32], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    let mut total: Vec<u32> = all.iter().map(|&(ns, _)| ns).collect();
+    total.sort_unstable();
+    let p99 = pct(&total, 0.99);
+    println!(
+        "{n} readings one at a time: p50 {} p99 {p99} p99.9 {} ns",
+        pct(&total, 0.5),
+        pct(&total, 0.999)
+    );
+    let tail = all.iter().filter(|&&(ns, _)| ns > p99).count().max(1);
+    println!("| outcome | share | p50 | p99 | p99.9 | share of the slowest 1 % |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (o, name) in OUTCOMES {
+        let mut v: Vec<u32> = all
+            .iter()
+            .filter(|&&(_, c)| c == o as u8)
+            .map(|&(ns, _)| ns)
+            .collect();
+        if v.is_empty() {
+            continue;
+        }
+        v.sort_unstable();
+        let slow = v.iter().filter(|&&ns| ns > p99).count();
+        println!(
+            "| {name} | {:.2} % | {} | {} | {} | {:.1} % |",
+            v.len() as f64 * 100.0 / n.max(1) as f64,
+            pct(&v, 0.5),
+            pct(&v, 0.99),
+            pct(&v, 0.999),
+            slow as f64 * 100.0 / tail as f64
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize, default: usize| {
         args.get(i)
             .map_or(Ok(default), |s| s.parse())
-            .expect("usage: stream [PATIENTS [READINGS [batch]]]")
+            .expect("usage: stream [PATIENTS [READINGS [batch | latency [WARM]]]]")
     };
     let (patients, n) = (arg(1, 100_000).max(1), arg(2, 600_000));
     let batch = args.get(3).is_some_and(|a| a == "batch");
+    let timed = args.get(3).is_some_and(|a| a == "latency");
+    let warm = if timed { arg(4, 3) } else { 3 };
     let mut e = Engine::new();
     let sets: Vec<ProfileIdx> = [COPD, HYPERTENSION]
         .iter()
@@ -169,7 +290,11 @@ fn main() {
         clocks: vec![0; patients],
     };
     let mut out = Vec::with_capacity(64);
-    one_by_one(&mut e, &mut feed, patients * 3, id, &mut out);
+    one_by_one(&mut e, &mut feed, patients * warm, id, &mut out);
+    if timed {
+        latency(&mut e, &mut feed, n, id, &mut out);
+        return;
+    }
     let cpu = thread_cpu_ns();
     let t = Instant::now();
     let events = measure(&mut e, &mut feed, n, id, batch, &mut out);
