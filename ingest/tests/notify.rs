@@ -1153,6 +1153,63 @@ async fn an_acknowledged_alerts_escalation_still_waiting_is_cancelled_not_sent(d
     running.join().await;
 }
 
+/// The escalation of an alert that resolves is cancelled in the resolve's transaction: with
+/// the escalator stopped (as if the process died between the commit and telling it), the
+/// charge nurse's row still waiting is cancelled, never sent.
+async fn a_resolved_alerts_waiting_escalation_is_cancelled_with_the_resolve(db: Db) {
+    // Tier 1 a second after the raise; every nurse message waits 3 s for more alerts.
+    let runtime = escalating_runtime("1s", 0, Duration::from_secs(3));
+    let record = db.open(&runtime).await;
+    registry(&record).await;
+    let shutdown = CancellationToken::new();
+    let running = notify::start(&record, &runtime, shutdown.clone())
+        .await
+        .expect("notifier starts");
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).expect("t");
+    let written = record.write_alerts(&[raise(now)]).await.expect("written");
+    let uid = written[0].alert_uid.clone().expect("uid");
+    let rows = rows_when(&record, &uid, "tier 1 planned", |rows| has_step(rows, 1, 0)).await;
+    let charge = rows
+        .iter()
+        .find(|n| n.row.address == CHARGE)
+        .expect("the charge nurse's row")
+        .row
+        .id;
+    // The escalator and dispatcher stop: nothing but the resolve's own transaction can
+    // cancel the row now.
+    shutdown.cancel();
+    running.join().await;
+    let outbox = record.outbox().await.expect("outbox");
+    assert_eq!(
+        outbox.get(charge).await.expect("get").expect("row").status,
+        NotificationStatus::Pending
+    );
+    let resolved = record
+        .write_alerts(&[AlertWrite::Resolve {
+            patient: key(),
+            rule: "spo2-low".into(),
+            at: now + time::Duration::minutes(1),
+            payload: serde_json::json!({}),
+        }])
+        .await
+        .expect("resolved");
+    assert_eq!(resolved.len(), 1);
+    let row = outbox.get(charge).await.expect("get").expect("kept");
+    assert_eq!(row.status, NotificationStatus::Cancelled, "{row:?}");
+    assert_eq!(row.last_error.as_deref(), Some("cancelled: alert resolved"));
+    // The first notification to the day nurse is not an escalation: it stays.
+    let first = rows
+        .iter()
+        .find(|n| n.row.step == notifier::Step::FIRST)
+        .expect("the first notification")
+        .row
+        .id;
+    assert_ne!(
+        outbox.get(first).await.expect("get").expect("row").status,
+        NotificationStatus::Cancelled
+    );
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -1177,4 +1234,5 @@ both!(
     a_notification_given_up_on_is_kept_and_shown_in_the_console,
     escalation_resumes_after_a_restart_without_repeating_a_step,
     an_acknowledged_alerts_escalation_still_waiting_is_cancelled_not_sent,
+    a_resolved_alerts_waiting_escalation_is_cancelled_with_the_resolve,
 );

@@ -56,6 +56,27 @@ impl PgOutbox {
         PgOutbox { pool }
     }
 
+    /// Cancels alert `alert`'s pending escalation rows on `conn`, which may be inside the
+    /// caller's transaction (the resolve's), so they are cancelled if and only if it commits.
+    /// Rows written before steps were recorded have no `step`: first notifications, kept.
+    pub async fn cancel_escalation_in(
+        conn: &mut PgConnection,
+        alert: &AlertId,
+        reason: CancelReason,
+    ) -> Result<usize, StoreError> {
+        let done = sqlx::query(
+            "UPDATE notifier_outbox SET status = 'cancelled', last_error = $2 \
+             WHERE status = 'pending' AND (payload::jsonb -> 'notice' ->> 'alert') = $1 \
+               AND (COALESCE((payload::jsonb -> 'step' ->> 'tier')::bigint, 0) > 0 \
+                    OR COALESCE((payload::jsonb -> 'step' ->> 'round')::bigint, 0) > 0)",
+        )
+        .bind(alert.as_str())
+        .bind(reason.as_str())
+        .execute(&mut *conn)
+        .await?;
+        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+    }
+
     /// Inserts rows on `conn`, which may be inside the caller's transaction (the alert's).
     /// Rows already present are ignored. Returns how many were new.
     pub async fn enqueue_in(
@@ -287,18 +308,8 @@ impl OutboxStore for PgOutbox {
         alert: &AlertId,
         reason: CancelReason,
     ) -> Result<usize, StoreError> {
-        // Rows written before steps were recorded have no `step`: first notifications.
-        let done = sqlx::query(
-            "UPDATE notifier_outbox SET status = 'cancelled', last_error = $2 \
-             WHERE status = 'pending' AND (payload::jsonb -> 'notice' ->> 'alert') = $1 \
-               AND (COALESCE((payload::jsonb -> 'step' ->> 'tier')::bigint, 0) > 0 \
-                    OR COALESCE((payload::jsonb -> 'step' ->> 'round')::bigint, 0) > 0)",
-        )
-        .bind(alert.as_str())
-        .bind(reason.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+        let mut conn = self.pool.acquire().await?;
+        Self::cancel_escalation_in(&mut conn, alert, reason).await
     }
 }
 

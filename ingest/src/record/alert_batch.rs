@@ -11,7 +11,8 @@
 //! meet the same row twice; rounds keep a raise and a later resolve of the same alert in
 //! order). Almost every batch is one round. Then the events, in the order of the changes,
 //! are one multi-row insert, and every notification the changes planned is one enqueue,
-//! all on the caller's connection, inside its transaction.
+//! all on the caller's connection, inside its transaction; so is the cancelling of a resolved
+//! alert's escalation rows still waiting (one statement per resolve, with notifications on).
 //!
 //! What is stored is what the one-at-a-time writes stored: the same rows, the same event
 //! kinds (a raise that meets an open alert is stored as `updated`, `raised_elsewhere`), a
@@ -442,6 +443,14 @@ macro_rules! batched_alert_sql {
                         .collect();
                     if !planned.is_empty() {
                         <$db as OutboxSql>::enqueue_outbox(&mut *conn, &planned).await?;
+                    }
+                    // A resolved alert's escalation still waiting is cancelled with the
+                    // resolve, not after it: a crash between the commit and the escalator
+                    // hearing of it would otherwise send it.
+                    for e in &out {
+                        if let (AlertEventKind::Resolved, Some(uid)) = (e.kind, &e.alert_uid) {
+                            <$db as OutboxSql>::cancel_escalation(&mut *conn, uid).await?;
+                        }
                     }
                 }
                 Ok(out)

@@ -264,6 +264,13 @@ pub(crate) trait OutboxSql: sqlx::Database {
     /// Inserts the rows; ids already there are ignored.
     async fn enqueue_outbox(conn: &mut Self::Connection, rows: &[NewNotification])
     -> Result<usize>;
+    /// Cancels a resolved alert's pending escalation rows (inside the resolve's transaction).
+    async fn cancel_escalation(conn: &mut Self::Connection, alert: &str) -> Result<usize>;
+}
+
+/// The alert id of a stored uid, as the outbox names it.
+fn outbox_alert(uid: &str) -> Result<notifier::AlertId> {
+    notifier::AlertId::new(uid).map_err(|e| RecordError::corrupt("alerts", e))
 }
 
 fn store_err(e: notifier::StoreError) -> RecordError {
@@ -282,6 +289,16 @@ impl OutboxSql for sqlx::Sqlite {
             .await
             .map_err(store_err)
     }
+
+    async fn cancel_escalation(conn: &mut sqlx::SqliteConnection, alert: &str) -> Result<usize> {
+        notifier::SqliteOutbox::cancel_escalation_in(
+            conn,
+            &outbox_alert(alert)?,
+            notifier::CancelReason::Resolved,
+        )
+        .await
+        .map_err(store_err)
+    }
 }
 
 impl OutboxSql for sqlx::Postgres {
@@ -290,6 +307,16 @@ impl OutboxSql for sqlx::Postgres {
         rows: &[NewNotification],
     ) -> Result<usize> {
         PgOutbox::enqueue_in(conn, rows).await.map_err(store_err)
+    }
+
+    async fn cancel_escalation(conn: &mut sqlx::PgConnection, alert: &str) -> Result<usize> {
+        PgOutbox::cancel_escalation_in(
+            conn,
+            &outbox_alert(alert)?,
+            notifier::CancelReason::Resolved,
+        )
+        .await
+        .map_err(store_err)
     }
 }
 

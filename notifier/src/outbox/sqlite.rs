@@ -105,6 +105,22 @@ impl SqliteOutbox {
         Ok(SqliteOutbox { pool })
     }
 
+    /// Cancels alert `alert`'s pending escalation rows on `conn`, which may be inside the
+    /// caller's transaction (the resolve's), so they are cancelled if and only if it commits.
+    /// Returns how many were cancelled.
+    pub async fn cancel_escalation_in(
+        conn: &mut SqliteConnection,
+        alert: &AlertId,
+        reason: CancelReason,
+    ) -> Result<usize, StoreError> {
+        let done = sqlx::query(Self::CANCEL_ESCALATION)
+            .bind(alert.as_str())
+            .bind(reason.as_str())
+            .execute(&mut *conn)
+            .await?;
+        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+    }
+
     /// Inserts rows on `conn`, which may be inside the caller's transaction (the alert's),
     /// so they commit or roll back with it. Rows already present are ignored.
     pub async fn enqueue_in(
@@ -352,11 +368,7 @@ impl OutboxStore for SqliteOutbox {
         alert: &AlertId,
         reason: CancelReason,
     ) -> Result<usize, StoreError> {
-        let done = sqlx::query(Self::CANCEL_ESCALATION)
-            .bind(alert.as_str())
-            .bind(reason.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+        let mut conn = self.pool.acquire().await?;
+        Self::cancel_escalation_in(&mut conn, alert, reason).await
     }
 }
