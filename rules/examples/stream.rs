@@ -14,12 +14,18 @@
 //! Instructions (and simulated misses) divided by N are the cost per reading; unlike time on
 //! a shared machine they repeat exactly. Run natively it prints time per reading too.
 //!
+//! `stream PATIENTS N classes [WARM]` evaluates each reading through a function of its
+//! outcome (`class_quiet`, `class_raise`, …; learnt from a twin engine first) and prints how
+//! many each had, so that callgrind with `--toggle-collect='stream::class_*'` counts the cost
+//! of each outcome apart.
+//!
 //! `stream PATIENTS N latency [WARM]` times each reading on its own instead (two clock reads
 //! around `Engine::evaluate`, as `rpm bench rules` does) and prints the latency split by
 //! outcome: readings that produced no event, a repeat request only, a raise, an update or a
 //! resolve, with each class's share and the share of the slowest 1 % it makes up. `WARM`
-//! (default 3) is the warm-up readings per patient: `rpm bench rules` has run about 150 per
-//! patient by its latency figures, when trends and day statistics have warmed up.
+//! (default 3; after `single`, `batch` or `latency`) is the warm-up readings per patient:
+//! `rpm bench rules` has run about 150 per patient by its latency figures, when trends and
+//! day statistics have warmed up.
 
 use std::time::Instant;
 
@@ -33,6 +39,7 @@ const BATCH: usize = 64;
 
 /// The same generator as `rpm bench rules`: xorshift patients, a patient's readings cycle
 /// through oximetry, blood pressure and spirometry, mostly normal.
+#[derive(Clone)]
 struct Feed {
     x: u64,
     clocks: Vec<i64>,
@@ -150,6 +157,7 @@ fn thread_cpu_ns() -> Option<u64> {
 #[derive(Clone, Copy)]
 enum Outcome {
     Quiet,
+    NewDay,
     Nothing,
     RepeatOnly,
     Raise,
@@ -157,25 +165,31 @@ enum Outcome {
     Resolve,
 }
 
-const OUTCOMES: [(Outcome, &str); 6] = [
+const OUTCOMES: [(Outcome, &str); 7] = [
     (
         Outcome::Quiet,
-        "no event, no abnormal value in the patient's last 3 readings",
+        "no event, quiet (no alert open, no abnormal value in the device's last 5)",
     ),
     (
-        Outcome::Nothing,
-        "no event, an abnormal value in the last 3",
+        Outcome::NewDay,
+        "no event, quiet, a COPD patient's first spirometry or oximetry of the day",
     ),
+    (Outcome::Nothing, "no event, not quiet"),
     (Outcome::RepeatOnly, "repeat request only"),
     (Outcome::Raise, "raise (any)"),
     (Outcome::Update, "update (no raise)"),
     (Outcome::Resolve, "resolve only"),
 ];
 
-fn outcome(out: &[Event]) -> Outcome {
+/// What a reading produced (`quiet`, `new_day`: see [`Classifier::before`]).
+fn outcome(out: &[Event], (quiet, new_day): (bool, bool)) -> Outcome {
     let has = |f: fn(&Event) -> bool| out.iter().any(f);
     if out.is_empty() {
-        Outcome::Nothing
+        match (quiet, new_day) {
+            (true, true) => Outcome::NewDay,
+            (true, false) => Outcome::Quiet,
+            (false, _) => Outcome::Nothing,
+        }
     } else if has(|e| matches!(e, Event::Raised(_))) {
         Outcome::Raise
     } else if has(|e| matches!(e, Event::Updated(_))) {
@@ -187,6 +201,72 @@ fn outcome(out: &[Event]) -> Outcome {
     }
 }
 
+/// What the stream says of a reading before it is evaluated.
+struct Classifier {
+    /// Per patient and device (oximetry, blood pressure, spirometry), that device's readings
+    /// since its last abnormal value (the feed's `rare`).
+    since_rare: Vec<[u8; 3]>,
+    /// Per patient, alerts open (from the engine at the start, then from the events).
+    open: Vec<u8>,
+    /// Per patient, the day of its last oximetry and last spirometry: a COPD patient's first
+    /// of the day closes the previous day in its day statistics (baseline, personal best).
+    /// (Started at the day of its last reading of any kind: a few minutes off at midnight.)
+    last_day: Vec<[i64; 2]>,
+}
+
+impl Classifier {
+    fn new(e: &Engine, f: &Feed) -> Self {
+        let n = f.clocks.len();
+        Classifier {
+            since_rare: vec![[u8::MAX; 3]; n],
+            open: (0..n)
+                .map(|p| e.open_alerts(PatientIdx(p as u32)).count() as u8)
+                .collect(),
+            last_day: f.clocks.iter().map(|&c| [Timestamp(c).day(); 2]).collect(),
+        }
+    }
+
+    /// Whether the patient is quiet (no alert open, no abnormal value in the last 5
+    /// readings of this reading's device, this one included: the confirm rings are at most 5
+    /// long), and whether this is a COPD patient's first oximetry or spirometry of the day.
+    fn before(&mut self, p: PatientIdx, at: Timestamp, values: &[Measurement]) -> (bool, bool) {
+        let rare = values.iter().any(|m| {
+            matches!(
+                (m.kind, m.value),
+                (Kind::Spo2, 87.0) | (Kind::Systolic, 185.0) | (Kind::Pef, 180.0)
+            )
+        });
+        let device = match values.first().map(|m| m.kind) {
+            Some(Kind::Spo2) => 0,
+            Some(Kind::Systolic) => 1,
+            _ => 2,
+        };
+        let since = &mut self.since_rare[p.0 as usize][device];
+        *since = if rare { 0 } else { since.saturating_add(1) };
+        let quiet = *since >= 5 && self.open[p.0 as usize] == 0;
+        let new_day = device != 1 && {
+            let day = &mut self.last_day[p.0 as usize][device / 2];
+            let new = at.day() > *day;
+            *day = at.day();
+            // Patients alternate COPD, hypertension: even indices are COPD.
+            new && p.0.is_multiple_of(2)
+        };
+        (quiet, new_day)
+    }
+
+    /// Counts the alerts the reading's events opened and closed.
+    fn after(&mut self, p: PatientIdx, out: &[Event]) {
+        let open = &mut self.open[p.0 as usize];
+        for e in out {
+            match e {
+                Event::Raised(_) => *open += 1,
+                Event::Resolved(_) => *open -= 1,
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Each reading timed on its own, split by what it produced (printed, nothing returned).
 fn latency(e: &mut Engine, f: &mut Feed, n: usize, id: ReadingId, out: &mut Vec<Event>) {
     let mut buf = [Measurement {
@@ -194,19 +274,10 @@ fn latency(e: &mut Engine, f: &mut Feed, n: usize, id: ReadingId, out: &mut Vec<
         value: 0.0,
     }; 3];
     let mut all: Vec<(u32, u8)> = Vec::with_capacity(n);
-    // Per patient, readings since the last abnormal value (the feed's `rare`).
-    let mut since_rare = vec![u8::MAX; f.clocks.len()];
+    let mut classes = Classifier::new(e, f);
     for _ in 0..n {
         let (p, at, k) = f.next(&mut buf);
-        let rare = buf[..k].iter().any(|m| {
-            matches!(
-                (m.kind, m.value),
-                (Kind::Spo2, 87.0) | (Kind::Systolic, 185.0) | (Kind::Pef, 180.0)
-            )
-        });
-        let since = &mut since_rare[p.0 as usize];
-        *since = if rare { 0 } else { since.saturating_add(1) };
-        let quiet = *since > 3;
+        let before = classes.before(p, at, &buf[..k]);
         out.clear();
         let s = Sample {
             reading: id,
@@ -218,11 +289,8 @@ fn latency(e: &mut Engine, f: &mut Feed, n: usize, id: ReadingId, out: &mut Vec<
         e.evaluate(p, std::hint::black_box(&s), out)
             .expect("enrolled");
         let ns = t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32;
-        let o = match outcome(out) {
-            Outcome::Nothing if quiet => Outcome::Quiet,
-            o => o,
-        };
-        all.push((ns, o as u8));
+        all.push((ns, outcome(out, before) as u8));
+        classes.after(p, out);
     }
     let pct = |v: &[u32], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
     let mut total: Vec<u32> = all.iter().map(|&(ns, _)| ns).collect();
@@ -258,39 +326,116 @@ fn latency(e: &mut Engine, f: &mut Feed, n: usize, id: ReadingId, out: &mut Vec<
     }
 }
 
+/// Evaluates `s` on `e`; one copy per outcome so that callgrind counts each apart
+/// (`--toggle-collect='stream::class_*'`).
+/// (Each passes its own number to `black_box`, or the compiler folds them into one.)
+macro_rules! class_fns {
+    ($($name:ident = $n:literal),*) => {$(
+        #[inline(never)]
+        fn $name(e: &mut Engine, p: PatientIdx, s: &Sample<'_>, out: &mut Vec<Event>) {
+            std::hint::black_box($n);
+            e.evaluate(p, s, out).expect("enrolled");
+        }
+    )*};
+}
+
+class_fns!(
+    class_quiet = 0,
+    class_new_day = 1,
+    class_nothing = 2,
+    class_repeat = 3,
+    class_raise = 4,
+    class_update = 5,
+    class_resolve = 6
+);
+
+/// The stream evaluated on `twin` first, to learn each reading's outcome, then on `e`
+/// through the `class_*` function of that outcome (engines built and warmed up alike).
+fn by_class(e: &mut Engine, twin: &mut Engine, f: &mut Feed, n: usize, id: ReadingId) {
+    let mut buf = [Measurement {
+        kind: Kind::Spo2,
+        value: 0.0,
+    }; 3];
+    let (mut out, mut twin_out) = (Vec::with_capacity(64), Vec::with_capacity(64));
+    let mut classes = Classifier::new(twin, f);
+    let mut counts = [0u64; OUTCOMES.len()];
+    for _ in 0..n {
+        let (p, at, k) = f.next(&mut buf);
+        let before = classes.before(p, at, &buf[..k]);
+        let s = Sample {
+            reading: id,
+            at,
+            flags: Flags::EMPTY,
+            values: &buf[..k],
+        };
+        twin_out.clear();
+        twin.evaluate(p, &s, &mut twin_out).expect("enrolled");
+        let o = outcome(&twin_out, before);
+        classes.after(p, &twin_out);
+        counts[o as usize] += 1;
+        out.clear();
+        let class = match o {
+            Outcome::Quiet => class_quiet,
+            Outcome::NewDay => class_new_day,
+            Outcome::Nothing => class_nothing,
+            Outcome::RepeatOnly => class_repeat,
+            Outcome::Raise => class_raise,
+            Outcome::Update => class_update,
+            Outcome::Resolve => class_resolve,
+        };
+        class(e, p, &s, &mut out);
+        assert_eq!(out, twin_out, "the twin engines agree");
+    }
+    println!("{n} readings by outcome (divide each class_* function's cost by its count):");
+    for (o, name) in OUTCOMES {
+        println!("{:>8}  {name}", counts[o as usize]);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize, default: usize| {
-        args.get(i)
-            .map_or(Ok(default), |s| s.parse())
-            .expect("usage: stream [PATIENTS [READINGS [batch | latency [WARM]]]]")
+        args.get(i).map_or(Ok(default), |s| s.parse()).expect(
+            "usage: stream [PATIENTS [READINGS [single | batch | latency | classes [WARM]]]]",
+        )
     };
     let (patients, n) = (arg(1, 100_000).max(1), arg(2, 600_000));
     let batch = args.get(3).is_some_and(|a| a == "batch");
     let timed = args.get(3).is_some_and(|a| a == "latency");
-    let warm = if timed { arg(4, 3) } else { 3 };
-    let mut e = Engine::new();
-    let sets: Vec<ProfileIdx> = [COPD, HYPERTENSION]
-        .iter()
-        .map(|t| {
-            let set = Profile::from_toml(t).and_then(|p| p.build());
-            e.add_profile(set.expect("fixture profile"))
-        })
-        .collect();
-    for i in 0..patients {
-        let key = PatientKey::new(format!("stream-{i}")).expect("key");
-        e.add_patient(key, sets[i % sets.len()], Timestamp(0))
-            .expect("new patient");
-    }
+    let split = args.get(3).is_some_and(|a| a == "classes");
+    let warm = arg(4, 3);
     let id: ReadingId = "6b1f4c1e-93a2-4f0e-9d7b-52c10e3a77d1"
         .parse()
         .expect("uuid");
-    let mut feed = Feed {
+    let start = Feed {
         x: 0x9E37_79B9_7F4A_7C15,
         clocks: vec![0; patients],
     };
     let mut out = Vec::with_capacity(64);
-    one_by_one(&mut e, &mut feed, patients * warm, id, &mut out);
+    let warmed = |out: &mut Vec<Event>| {
+        let mut e = Engine::new();
+        let sets: Vec<ProfileIdx> = [COPD, HYPERTENSION]
+            .iter()
+            .map(|t| {
+                let set = Profile::from_toml(t).and_then(|p| p.build());
+                e.add_profile(set.expect("fixture profile"))
+            })
+            .collect();
+        for i in 0..patients {
+            let key = PatientKey::new(format!("stream-{i}")).expect("key");
+            e.add_patient(key, sets[i % sets.len()], Timestamp(0))
+                .expect("new patient");
+        }
+        let mut feed = start.clone();
+        one_by_one(&mut e, &mut feed, patients * warm, id, out);
+        (e, feed)
+    };
+    let (mut e, mut feed) = warmed(&mut out);
+    if split {
+        let (mut twin, _) = warmed(&mut out);
+        by_class(&mut e, &mut twin, &mut feed, n, id);
+        return;
+    }
     if timed {
         latency(&mut e, &mut feed, n, id, &mut out);
         return;
