@@ -113,6 +113,9 @@ struct Compiled {
     /// Confirm-by-repeat rules that ask the patient to repeat: an abnormal reading nobody
     /// re-measured within the window is escalated by `tick`.
     confirming: u64,
+    /// Value rules whose abnormal verdicts all have one level (no escalation bands, not
+    /// NEWS2): an abnormal reading while their alert is open changes nothing.
+    one_level: u64,
     /// Where each rule's state lives in a [`PatientState`], by rule index.
     layout: Vec<Layout>,
     /// Sizes of a patient's state arrays.
@@ -254,6 +257,7 @@ impl Compiled {
             ticked: 0,
             gateway: 0,
             confirming: 0,
+            one_level: 0,
             layout: Vec::new(),
             sizes: Sizes::default(),
             seen_at: [None; Kind::COUNT],
@@ -300,6 +304,14 @@ impl Compiled {
                     }
                     if rule.ask_repeat && matches!(rule.persistence, Persistence::Confirm { .. }) {
                         c.confirming |= bit;
+                    }
+                    let one_level = match &rule.check {
+                        Check::Threshold { bands, .. } => bands.is_empty(),
+                        Check::News2 { .. } => false,
+                        _ => true,
+                    };
+                    if one_level {
+                        c.one_level |= bit;
                     }
                 }
             }
@@ -1300,13 +1312,19 @@ impl Engine {
             let lay = &c.layout[i];
             let verdict = check(rule, lay, p, s, &vals, on_oxygen);
             let bit = 1u64 << i;
-            if !matches!(verdict, Verdict::Abnormal { .. })
-                && (p.open_bits | p.busy_bits) & bit == 0
-                && lay.run.is_none()
-            {
-                // Nothing open, nothing pending, no abnormal reading in the confirm ring: a
-                // reading that is not abnormal changes nothing, so the rule's state is not
-                // touched at all.
+            // Whether the verdict changes nothing, so that the rule's state (in the cold part:
+            // a cache miss or two) is not touched at all. Nothing pending (no unconfirmed
+            // reading, no abnormal reading in the confirm ring) and no run: a reading between
+            // the levels or that the rule cannot judge changes nothing, open alert or not, and
+            // a normal one changes nothing unless it resolves an open alert. An abnormal one
+            // changes nothing while the alert is open at the only level the rule has (it
+            // updates only on a change of level).
+            let idle = match verdict {
+                Verdict::Between | Verdict::Unknown => p.busy_bits & bit == 0 && lay.run.is_none(),
+                Verdict::Normal(_) => (p.open_bits | p.busy_bits) & bit == 0 && lay.run.is_none(),
+                Verdict::Abnormal { .. } => p.open_bits & c.one_level & bit != 0,
+            };
+            if idle {
                 continue;
             }
             let cold = &mut *p.cold;
