@@ -129,6 +129,8 @@ struct Compiled {
     reach_seen: [u8; Kind::COUNT],
     /// A new patient's hot lines.
     hot_init: Box<[Line]>,
+    /// A new patient's cold lines (the enrolment time apart).
+    cold_init: Box<[RuleState]>,
 }
 
 /// Which lines of a patient's entry a reading reaches, one bit each: bit 1 + i for hot line
@@ -151,10 +153,11 @@ enum Seen {
 /// Where one rule's state lives in its patient's arrays.
 #[derive(Clone, Copy, Debug)]
 struct Layout {
-    /// First confirm slot in `PatientState::slots` (the ring has `ring_len` slots).
+    /// The cold line of the rule's first confirm slot (the ring has `ring_len` slots, a line
+    /// each, after every rule's line and every run's).
     ring_start: u16,
     ring_len: u8,
-    /// Index in `PatientState::runs` (minimum-duration rules only).
+    /// The cold line of the current run's first reading (minimum-duration rules only).
     run: Option<u16>,
     det: DetSlot,
 }
@@ -164,8 +167,8 @@ struct Layout {
 enum DetSlot {
     None,
     /// A [`DayStats`]: its [`DAY_WORDS`] words, today's values ([`TODAY_VALUES`] words,
-    /// median summaries only) and its day ring, `day_start..day_start + day_len` in
-    /// `PatientState::day_slots`.
+    /// median summaries only) and its day ring, the day summaries `day_start..day_start +
+    /// day_len` of the cold lines ([`DayLines`]).
     Days {
         at: Word,
         values: Option<Word>,
@@ -189,6 +192,8 @@ struct Sizes {
     runs: usize,
     day_slots: usize,
     news2: usize,
+    /// Cold lines ([`Cold`]).
+    cold: usize,
 }
 
 /// Which device usually sends a kind: the hot state of rules on kinds measured together is
@@ -264,6 +269,7 @@ impl Compiled {
             reach: [0; Kind::COUNT],
             reach_seen: [0; Kind::COUNT],
             hot_init: Box::default(),
+            cold_init: Box::default(),
         };
         // The hot units: (words, group), what each one holds, and the rule it serves.
         let mut units: Vec<(usize, u8)> = Vec::new();
@@ -410,6 +416,26 @@ impl Compiled {
                 det,
             });
         }
+        // Cold lines: one per rule (at least one: line 0 also holds the enrolment time),
+        // then a line per run, a line per confirm slot, and three day summaries a line.
+        let runs_at = c.set.rules.len().max(1);
+        let slots_at = runs_at + z.runs;
+        let days_at = slots_at + z.slots;
+        z.cold = days_at + z.day_slots.div_ceil(DAYS_PER_LINE);
+        // At most 64 rules, 64 runs, 64 × 6 slots and 64 × 92 day summaries: line and
+        // summary indices fit in u16.
+        for lay in &mut c.layout {
+            lay.ring_start += slots_at as u16;
+            lay.run = lay.run.map(|r| r + runs_at as u16);
+            if let DetSlot::Days { day_start, .. } = &mut lay.det {
+                *day_start += (days_at * DAYS_PER_LINE) as u16;
+            }
+        }
+        let mut cold = vec![FRESH_RULE; z.cold];
+        for line in &mut cold[days_at..] {
+            line.w = [NO_DAY, 0, NO_DAY, 0, NO_DAY, 0];
+        }
+        c.cold_init = cold.into_boxed_slice();
         c.sizes = z;
         c
     }
@@ -444,49 +470,64 @@ struct Slot {
     abnormal: Option<EvidenceItem>,
 }
 
-/// The last M checked readings of an N-of-M rule: `slots` (the rule's part of
-/// `PatientState::slots`) with the head and a mask of the abnormal slots in [`RuleState`].
-/// Only abnormal readings are stored (a normal one leaves `None`), and while no slot is
-/// abnormal a normal reading changes nothing: the ring means the same either way, and the
-/// slots are not touched at all on the common path.
+/// The last M checked readings of an N-of-M rule: `slots` (the rule's cold lines, a slot
+/// each) with the head and a mask of the abnormal slots in the rule's state word
+/// ([`RuleState`]). Only abnormal readings are stored (a normal one leaves `None`), and while
+/// no slot is abnormal a normal reading changes nothing: the ring means the same either way,
+/// and the slots are not touched at all on the common path.
 struct Ring<'a> {
-    slots: &'a mut [Option<Slot>],
-    next: &'a mut u8,
-    mask: &'a mut u8,
+    slots: &'a mut [RuleState],
+    state: &'a mut u64,
 }
 
 impl Ring<'_> {
+    fn next(&self) -> u8 {
+        (*self.state >> 8) as u8
+    }
+
+    fn mask(&self) -> u8 {
+        (*self.state >> 16) as u8
+    }
+
+    fn set(&mut self, next: u8, mask: u8) {
+        *self.state = (*self.state & !0xff_ff00) | u64::from(next) << 8 | u64::from(mask) << 16;
+    }
+
     fn push(&mut self, slot: Slot) {
         let n = self.slots.len();
-        if n == 0 || (slot.abnormal.is_none() && *self.mask == 0) {
+        let mut mask = self.mask();
+        if n == 0 || (slot.abnormal.is_none() && mask == 0) {
             return;
         }
-        let i = usize::from(*self.next) % n;
+        let i = usize::from(self.next()) % n;
         if slot.abnormal.is_some() {
-            self.slots[i] = Some(slot);
-            *self.mask |= 1 << i;
+            self.slots[i].store_slot(Some(slot));
+            mask |= 1 << i;
         } else {
-            self.slots[i] = None;
-            *self.mask &= !(1 << i);
+            self.slots[i].store_slot(None);
+            mask &= !(1 << i);
         }
-        *self.next = ((i + 1) % n) as u8;
+        self.set(((i + 1) % n) as u8, mask);
     }
 
     fn clear(&mut self) {
-        if *self.mask != 0 {
-            self.slots.iter_mut().for_each(|s| *s = None);
+        if self.mask() != 0 {
+            self.slots.iter_mut().for_each(|s| s.store_slot(None));
         }
-        *self.next = 0;
-        *self.mask = 0;
+        self.set(0, 0);
     }
 
     /// Abnormal slots within `within` of `now`, oldest first.
     fn abnormal_within(&self, now: Timestamp, within: i64) -> impl Iterator<Item = EvidenceItem> {
-        let n = if *self.mask == 0 { 0 } else { self.slots.len() };
-        let start = usize::from(*self.next);
+        let n = if self.mask() == 0 {
+            0
+        } else {
+            self.slots.len()
+        };
+        let start = usize::from(self.next());
         let slots = &*self.slots;
         (0..n)
-            .filter_map(move |k| slots[(start + k) % n])
+            .filter_map(move |k| slots[(start + k) % n].slot())
             .filter(move |s| now.since(s.at) <= within)
             .filter_map(|s| s.abnormal)
     }
@@ -531,9 +572,9 @@ impl DayStats {
     }
 
     /// Moves to the day of `at`, closing the previous day into `days` (the ring of day
-    /// summaries, `(day, summary)` at `day mod days.len()`) and recomputing the cached
+    /// summaries, `(day, summary)` at `day mod` its length) and recomputing the cached
     /// summary (O(days), once a day).
-    pub(crate) fn roll(&mut self, days: &mut [Option<(i64, f64)>], at: Timestamp, how: Summary) {
+    pub(crate) fn roll<R: DayRing + ?Sized>(&mut self, days: &mut R, at: Timestamp, how: Summary) {
         let day = at.day();
         if day <= self.today {
             return;
@@ -547,18 +588,21 @@ impl DayStats {
                 }
                 Summary::Max => self.today_max.unwrap_or(f64::NEG_INFINITY),
             };
-            let len = days.len() as i64;
-            days[self.today.rem_euclid(len) as usize] = Some((self.today, summary));
+            let len = days.days() as i64;
+            days.set(self.today.rem_euclid(len) as usize, (self.today, summary));
         }
         self.today = day;
         self.count = 0;
         self.today_max = None;
-        let oldest = day - days.len() as i64;
+        let oldest = day - days.days() as i64;
         let mut buf = [0.0f64; crate::profile::MAX_DAYS as usize];
         let mut k = 0;
-        for (d, v) in days.iter().flatten() {
-            if *d >= oldest && *d < day {
-                buf[k] = *v;
+        for i in 0..days.days() {
+            if let Some((d, v)) = days.get(i)
+                && d >= oldest
+                && d < day
+            {
+                buf[k] = v;
                 k += 1;
             }
         }
@@ -578,6 +622,65 @@ impl DayStats {
         }
         self.count = self.count.saturating_add(1);
         self.today_max = Some(self.today_max.map_or(v, |m| m.max(v)));
+    }
+}
+
+/// A ring of day summaries (`None` where no day is kept).
+pub(crate) trait DayRing {
+    /// Its length in days.
+    fn days(&self) -> usize;
+    /// Entry `i`.
+    fn get(&self, i: usize) -> Option<(i64, f64)>;
+    /// Sets entry `i`.
+    fn set(&mut self, i: usize, day: (i64, f64));
+}
+
+impl DayRing for [Option<(i64, f64)>] {
+    fn days(&self) -> usize {
+        self.len()
+    }
+
+    fn get(&self, i: usize) -> Option<(i64, f64)> {
+        self[i]
+    }
+
+    fn set(&mut self, i: usize, day: (i64, f64)) {
+        self[i] = Some(day);
+    }
+}
+
+/// A rule's day ring in its patient's cold lines: summaries `start..start + days` of the
+/// lines, [`DAYS_PER_LINE`] a line, each the day and the summary's bits ([`NO_DAY`] for
+/// none).
+struct DayLines<'a> {
+    lines: &'a mut [RuleState],
+    start: usize,
+    days: usize,
+}
+
+/// Day summaries in a cold line.
+const DAYS_PER_LINE: usize = 3;
+
+/// The day word of an empty day summary: no day is `i64::MIN` (days are milliseconds / 86.4
+/// million).
+const NO_DAY: u64 = i64::MIN as u64;
+
+impl DayRing for DayLines<'_> {
+    fn days(&self) -> usize {
+        self.days
+    }
+
+    fn get(&self, i: usize) -> Option<(i64, f64)> {
+        let d = self.start + i;
+        let w = &self.lines[d / DAYS_PER_LINE].w[d % DAYS_PER_LINE * 2..];
+        (w[0] != NO_DAY).then(|| (w[0] as i64, f64::from_bits(w[1])))
+    }
+
+    fn set(&mut self, i: usize, (day, v): (i64, f64)) {
+        let d = self.start + i;
+        let w = &mut self.lines[d / DAYS_PER_LINE].w[d % DAYS_PER_LINE * 2..];
+        w[0] = day as u64;
+        w[1] = v.to_bits();
     }
 }
 
@@ -744,18 +847,95 @@ const NEWS2_KINDS: [Kind; 4] = [
     Kind::BodyTemperature,
 ];
 
-/// The small per-rule part of a patient's state: the open alert (boxed, only while open),
-/// the level, the confirm ring's head and the unconfirmed first reading (boxed, rare).
+/// One cache line of a patient's cold part ([`Cold`]). The first lines are the rules', one
+/// each: the open alert (boxed, only while open), the unconfirmed first reading (boxed,
+/// rare) and, in `w[0]`, the level (bits 0–7), the confirm ring's next slot (8–15) and its
+/// mask of abnormal slots (16–23); line 0's `w[1]` is the enrolment time. The lines after
+/// hold the other cold arrays as words, their pointers `None`: a run's first reading or a
+/// confirm slot a line ([`RuleState::store_slot`]), then the day rings ([`DayLines`]).
 #[derive(Clone, Debug, PartialEq)]
+#[repr(C, align(64))]
 struct RuleState {
     open: Option<Box<Alert>>,
     /// The first abnormal reading of a confirm-by-repeat rule still waiting for its repeat.
     unconfirmed: Option<Box<Unconfirmed>>,
-    level: u8,
-    /// Next confirm slot to write.
-    next: u8,
+    w: [u64; 6],
+}
+
+const _: () = assert!(std::mem::size_of::<RuleState>() == 64);
+
+impl RuleState {
+    fn level(&self) -> u8 {
+        self.w[0] as u8
+    }
+
+    fn set_level(&mut self, level: u8) {
+        self.w[0] = (self.w[0] & !0xff) | u64::from(level);
+    }
+
     /// Bit i set: confirm slot i holds an abnormal reading.
-    mask: u8,
+    fn mask(&self) -> u8 {
+        (self.w[0] >> 16) as u8
+    }
+
+    /// Stores a confirm slot (or a run's first reading) in the words: `w[0]` bit 0 says
+    /// there is one, bit 1 that it has an abnormal item, bits 8.. the item's kind; `w[1]` the
+    /// slot's time; `w[2]`, `w[3]` the item's reading id; `w[4]` its time and `w[5]` its
+    /// value. All zeros for none.
+    fn store_slot(&mut self, slot: Option<Slot>) {
+        self.w = match slot {
+            None => [0; 6],
+            Some(Slot { at, abnormal: None }) => [1, at.0 as u64, 0, 0, 0, 0],
+            Some(Slot {
+                at,
+                abnormal: Some(e),
+            }) => {
+                let (hi, lo) = e.reading.0.as_u64_pair();
+                [
+                    3 | (e.kind.index() as u64) << 8,
+                    at.0 as u64,
+                    hi,
+                    lo,
+                    e.at.0 as u64,
+                    e.value.to_bits(),
+                ]
+            }
+        };
+    }
+
+    /// The slot [`RuleState::store_slot`] stored.
+    fn slot(&self) -> Option<Slot> {
+        let w = &self.w;
+        if w[0] & 1 == 0 {
+            return None;
+        }
+        let abnormal = if w[0] & 2 != 0 {
+            Some(EvidenceItem {
+                reading: ReadingId(uuid::Uuid::from_u64_pair(w[2], w[3])),
+                at: Timestamp(w[4] as i64),
+                kind: *Kind::ALL.get((w[0] >> 8) as usize)?,
+                value: f64::from_bits(w[5]),
+            })
+        } else {
+            None
+        };
+        Some(Slot {
+            at: Timestamp(w[1] as i64),
+            abnormal,
+        })
+    }
+
+    /// The first reading of a run, stored as a slot of its time.
+    fn run(&self) -> Option<EvidenceItem> {
+        self.slot().and_then(|s| s.abnormal)
+    }
+
+    fn set_run(&mut self, item: Option<EvidenceItem>) {
+        self.store_slot(item.map(|e| Slot {
+            at: e.at,
+            abnormal: Some(e),
+        }));
+    }
 }
 
 /// An abnormal reading the patient was asked to repeat.
@@ -771,9 +951,7 @@ struct Unconfirmed {
 const FRESH_RULE: RuleState = RuleState {
     open: None,
     unconfirmed: None,
-    level: 0,
-    next: 0,
-    mask: 0,
+    w: [0; 6],
 };
 
 const NEVER: Timestamp = Timestamp(i64::MIN);
@@ -789,8 +967,10 @@ const PREFETCH_GROUP: usize = 16;
 /// touches only the lines of what its kinds reach (a hypertension patient's reading, one or
 /// two; a COPD patient's oximetry, six), and the reading ids of the latest NEWS2 values.
 /// What is touched on abnormal readings, once a day or by `tick` (open alerts, confirm
-/// slots, day rings, the enrolment time) is in [`Cold`], behind one pointer, as are hot
-/// lines past [`HOT_INLINE`] for unusually large rulesets.
+/// slots, day rings, the enrolment time) is in [`Cold`], one allocation behind one pointer
+/// (its lines are one miss away from the header, the open alerts two); hot lines past
+/// [`HOT_INLINE`] and NEWS2 ids past the first rule's, for unusually large rulesets, are in
+/// [`Spill`].
 #[derive(Clone, Debug, PartialEq)]
 #[repr(C, align(64))]
 pub struct PatientState {
@@ -805,7 +985,8 @@ pub struct PatientState {
     /// Last-seen times (`Timestamp` as `u64`) of the kinds the ruleset's missing-data rules
     /// watch (see [`Seen`]).
     seen: [u64; SEEN_INLINE],
-    cold: Box<Cold>,
+    cold: Cold,
+    spill: Option<Box<Spill>>,
     /// Detector words, laid out by the ruleset (`Compiled::hot_init`).
     hot: [Line; HOT_INLINE],
     /// Reading ids of the first NEWS2 rule's latest values.
@@ -813,23 +994,25 @@ pub struct PatientState {
 }
 
 /// Hot lines held in a [`PatientState`] itself; a ruleset that needs more keeps the rest in
-/// [`Cold`] (reached, not fetched ahead).
+/// [`Spill`] (reached, not fetched ahead).
 pub const HOT_INLINE: usize = 6;
 
-/// Last-seen times held in the header.
-const SEEN_INLINE: usize = 3;
+/// Last-seen times held in the header (one: the header's room went to the cold part's
+/// pointer, a slice's).
+const SEEN_INLINE: usize = 1;
 
-/// The part of a patient's state a normal reading does not touch.
+/// The part of a patient's state a normal reading does not touch: cache lines laid out per
+/// ruleset (`Compiled::cold_init`), each rule's state first, then the runs, confirm slots
+/// and day rings, as words (see [`RuleState`]). One allocation, so that each is one miss
+/// from the header, and none past another.
 #[derive(Clone, Debug, PartialEq)]
 struct Cold {
-    enrolled: Timestamp,
     rules: Box<[RuleState]>,
-    /// Every N-of-M rule's confirm ring, end to end.
-    slots: Box<[Option<Slot>]>,
-    /// Start of the current abnormal run of each minimum-duration rule.
-    runs: Box<[Option<EvidenceItem>]>,
-    /// Every day-statistics rule's ring of day summaries, end to end.
-    day_slots: Box<[Option<(i64, f64)>]>,
+}
+
+/// What an unusually large ruleset keeps past the entry.
+#[derive(Clone, Debug, PartialEq)]
+struct Spill {
     /// Hot lines past [`HOT_INLINE`].
     hot_rest: Box<[Line]>,
     /// Reading ids of NEWS2 rules after the first.
@@ -846,6 +1029,16 @@ impl PatientState {
         let mut hot = [Line([0; LINE_WORDS]); HOT_INLINE];
         let inline = c.hot_init.len().min(HOT_INLINE);
         hot[..inline].copy_from_slice(&c.hot_init[..inline]);
+        let mut rules = c.cold_init.clone();
+        if let Some(first) = rules.first_mut() {
+            first.w[1] = enrolled.0 as u64;
+        }
+        let spill = (c.hot_init.len() > inline || z.news2 > 1).then(|| {
+            Box::new(Spill {
+                hot_rest: c.hot_init[inline..].into(),
+                ids_rest: vec![IdLine::empty(); z.news2.saturating_sub(1)].into_boxed_slice(),
+            })
+        });
         PatientState {
             open_bits: 0,
             busy_bits: 0,
@@ -853,15 +1046,8 @@ impl PatientState {
             profile,
             on_oxygen,
             seen: [NEVER.0 as u64; SEEN_INLINE],
-            cold: Box::new(Cold {
-                enrolled,
-                rules: vec![FRESH_RULE; c.set.rules.len()].into_boxed_slice(),
-                slots: vec![None; z.slots].into_boxed_slice(),
-                runs: vec![None; z.runs].into_boxed_slice(),
-                day_slots: vec![None; z.day_slots].into_boxed_slice(),
-                hot_rest: c.hot_init[inline..].into(),
-                ids_rest: vec![IdLine::empty(); z.news2.saturating_sub(1)].into_boxed_slice(),
-            }),
+            cold: Cold { rules },
+            spill,
             hot,
             ids: IdLine::empty(),
         }
@@ -889,11 +1075,19 @@ impl PatientState {
         acc
     }
 
+    /// When the patient was enrolled (the missing-data clocks' start).
+    fn enrolled(&self) -> Timestamp {
+        Timestamp(self.cold.rules.first().map_or(0, |l| l.w[1]) as i64)
+    }
+
     /// Brings rule `r`'s bits in `open_bits` and `busy_bits` up to date with its state.
     fn sync(&mut self, r: usize) {
         let bit = 1u64 << r;
         let st = &self.cold.rules[r];
-        let (open, busy) = (st.open.is_some(), st.unconfirmed.is_some() || st.mask != 0);
+        let (open, busy) = (
+            st.open.is_some(),
+            st.unconfirmed.is_some() || st.mask() != 0,
+        );
         if open {
             self.open_bits |= bit;
         } else {
@@ -910,7 +1104,7 @@ impl PatientState {
     fn line_mut(&mut self, l: usize) -> Option<&mut Line> {
         match l.checked_sub(HOT_INLINE) {
             None => self.hot.get_mut(l),
-            Some(r) => self.cold.hot_rest.get_mut(r),
+            Some(r) => self.spill.as_deref_mut()?.hot_rest.get_mut(r),
         }
     }
 
@@ -925,10 +1119,13 @@ impl PatientState {
     /// The latest values of NEWS2 rule `j` (in ruleset order), at `at`, and their reading
     /// ids.
     fn latest_mut(&mut self, at: Word, j: u16) -> Option<(&mut [u64; LATEST_WORDS], &mut IdLine)> {
-        let PatientState { hot, ids, cold, .. } = self;
-        let Cold {
-            hot_rest, ids_rest, ..
-        } = &mut **cold;
+        let PatientState {
+            hot, ids, spill, ..
+        } = self;
+        let (hot_rest, ids_rest): (&mut [Line], &mut [IdLine]) = match spill.as_deref_mut() {
+            Some(Spill { hot_rest, ids_rest }) => (hot_rest, ids_rest),
+            None => (&mut [], &mut []),
+        };
         let line = match at.line().checked_sub(HOT_INLINE) {
             None => hot.get_mut(at.line())?,
             Some(r) => hot_rest.get_mut(r)?,
@@ -949,7 +1146,7 @@ impl PatientState {
     fn id_line_mut(&mut self, j: u16) -> Option<&mut IdLine> {
         match usize::from(j).checked_sub(1) {
             None => Some(&mut self.ids),
-            Some(r) => self.cold.ids_rest.get_mut(r),
+            Some(r) => self.spill.as_deref_mut()?.ids_rest.get_mut(r),
         }
     }
 
@@ -970,43 +1167,41 @@ impl PatientState {
     }
 }
 
-/// One rule's mutable state for the lifecycle, borrowed from its patient's arrays.
+/// One rule's mutable state for the lifecycle, borrowed from its patient's cold lines.
 struct RuleMut<'a> {
     st: &'a mut RuleState,
-    slots: &'a mut [Option<Slot>],
-    run_start: Option<&'a mut Option<EvidenceItem>>,
+    slots: &'a mut [RuleState],
+    /// The line of the current run's first reading (minimum-duration rules).
+    run: Option<&'a mut RuleState>,
 }
 
 impl<'a> RuleMut<'a> {
-    fn new(
-        st: &'a mut RuleState,
-        lay: &Layout,
-        slots: &'a mut [Option<Slot>],
-        runs: &'a mut [Option<EvidenceItem>],
-    ) -> Self {
-        let start = usize::from(lay.ring_start);
+    /// Rule `r`'s state, laid out as `lay` says, in `lines` (every rule's line comes before
+    /// the runs', which come before the confirm slots).
+    fn new(lines: &'a mut [RuleState], r: usize, lay: &Layout) -> Option<Self> {
+        let (head, tail) = lines.split_at_mut(r.checked_add(1)?.min(lines.len()));
+        let st = head.get_mut(r)?;
+        let at = |line: u16| usize::from(line).checked_sub(r + 1);
+        let (runs, slots) = tail.split_at_mut(at(lay.ring_start)?.min(tail.len()));
         let slots = slots
-            .get_mut(start..start + usize::from(lay.ring_len))
+            .get_mut(..usize::from(lay.ring_len))
             .unwrap_or_default();
-        let run_start = lay.run.and_then(|r| runs.get_mut(usize::from(r)));
-        RuleMut {
-            st,
-            slots,
-            run_start,
-        }
+        let run = lay.run.and_then(at).and_then(|i| runs.get_mut(i));
+        Some(RuleMut { st, slots, run })
     }
 
     fn ring(&mut self) -> Ring<'_> {
         Ring {
             slots: &mut *self.slots,
-            next: &mut self.st.next,
-            mask: &mut self.st.mask,
+            state: &mut self.st.w[0],
         }
     }
 
     fn clear_run(&mut self) {
-        if let Some(r) = self.run_start.as_deref_mut() {
-            *r = None;
+        if let Some(r) = self.run.as_deref_mut()
+            && r.w[0] != 0
+        {
+            r.set_run(None);
         }
     }
 }
@@ -1104,7 +1299,7 @@ impl Engine {
             .patients
             .get_mut(idx.0 as usize)
             .ok_or(EngineError::UnknownPatient(idx.0))?;
-        *p = PatientState::new(profile, c, p.cold.enrolled, p.on_oxygen);
+        *p = PatientState::new(profile, c, p.enrolled(), p.on_oxygen);
         if let Some(slot) = self.profile_of.get_mut(idx.0 as usize) {
             *slot = profile;
         }
@@ -1327,8 +1522,9 @@ impl Engine {
             if idle {
                 continue;
             }
-            let cold = &mut *p.cold;
-            let mut rm = RuleMut::new(&mut cold.rules[i], lay, &mut cold.slots, &mut cold.runs);
+            let Some(mut rm) = RuleMut::new(&mut p.cold.rules, i, lay) else {
+                continue;
+            };
             lifecycle(
                 rule,
                 &mut rm,
@@ -1539,7 +1735,7 @@ fn ticked_clock(rule: &Rule, c: &Compiled, p: &mut PatientState) -> Option<Clock
     match rule.check {
         Check::Missing { measure, within } => {
             let last = match p.last_seen(c, measure) {
-                NEVER => p.cold.enrolled,
+                NEVER => p.enrolled(),
                 t => t,
             };
             Some(Clock {
@@ -1592,7 +1788,7 @@ fn resolve_ticked(
                 Context::SilentGateway { last_heard, .. } => *last_heard = at,
                 _ => {}
             }
-            st.level = 0;
+            st.set_level(0);
             out.push(Event::Resolved(*alert));
         }
     }
@@ -1660,14 +1856,16 @@ impl PatientState {
         let mut days = DayStats::load(h, today.as_ref());
         if now.day() > days.today {
             // A new day (roll does nothing otherwise): only now is the ring needed.
-            let Some(ring) = self
-                .cold
-                .day_slots
-                .get_mut(usize::from(day_start)..usize::from(day_start) + usize::from(day_len))
-            else {
-                return Verdict::Unknown;
+            let mut ring = DayLines {
+                lines: &mut self.cold.rules,
+                start: usize::from(day_start),
+                days: usize::from(day_len),
             };
-            days.roll(ring, now, how);
+            let last = (ring.start + ring.days).div_ceil(DAYS_PER_LINE);
+            if ring.days == 0 || last > ring.lines.len() {
+                return Verdict::Unknown;
+            }
+            days.roll(&mut ring, now, how);
         }
         let verdict = f(&mut days);
         if let Some(h) = self.unit::<DAY_WORDS>(at) {
@@ -2036,9 +2234,12 @@ fn lifecycle(
             context,
         } => {
             let st = &mut *rm.st;
+            let current = st.level();
+            if st.open.is_some() && level != current {
+                st.set_level(level);
+            }
             if let Some(open) = st.open.as_deref_mut() {
-                if level != st.level {
-                    st.level = level;
+                if level != current {
                     open.severity = severity;
                     open.at = s.at;
                     open.context = context;
@@ -2059,8 +2260,14 @@ fn lifecycle(
                         kind: Kind::Spo2,
                         value: f64::NAN,
                     });
-                    let first = match rm.run_start.as_deref_mut() {
-                        Some(run) => *run.get_or_insert(now),
+                    let first = match rm.run.as_deref_mut() {
+                        Some(line) => match line.run() {
+                            Some(first) => first,
+                            None => {
+                                line.set_run(Some(now));
+                                now
+                            }
+                        },
                         None => now,
                     };
                     (s.at.since(first.at) >= d).then(|| {
@@ -2129,7 +2336,7 @@ fn lifecycle(
             let st = &mut *rm.st;
             st.unconfirmed = None;
             if let Some(mut alert) = st.open.take() {
-                st.level = 0;
+                st.set_level(0);
                 alert.at = s.at;
                 alert.context = context;
                 out.push(Event::Resolved(*alert));
@@ -2170,8 +2377,7 @@ fn lapse_confirmations(
         let r = pending.trailing_zeros() as usize;
         pending &= pending - 1;
         let rule = &c.set.rules[r];
-        let cold = &mut *p.cold;
-        let st = &mut cold.rules[r];
+        let st = &p.cold.rules[r];
         let Persistence::Confirm { within, .. } = rule.persistence else {
             continue;
         };
@@ -2184,7 +2390,9 @@ fn lapse_confirmations(
         }
         // Asked to repeat, nobody did: the nurse hears of the reading unconfirmed
         // rather than not at all.
-        let mut rm = RuleMut::new(st, &c.layout[r], &mut cold.slots, &mut cold.runs);
+        let Some(mut rm) = RuleMut::new(&mut p.cold.rules, r, &c.layout[r]) else {
+            continue;
+        };
         if let Some(u) = rm.st.unconfirmed.take() {
             rm.ring().clear();
             raise(
@@ -2228,7 +2436,7 @@ fn raise(
         evidence,
         context,
     };
-    st.level = level;
+    st.set_level(level);
     st.open = Some(Box::new(alert));
     out.push(Event::Raised(alert));
 }
@@ -2236,3 +2444,7 @@ fn raise(
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "cold_tests.rs"]
+mod cold_tests;
