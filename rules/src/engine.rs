@@ -1075,6 +1075,44 @@ impl PatientState {
         acc
     }
 
+    /// Reads the cold lines applying `pending` will touch (each rule's line, its confirm
+    /// ring and run; then the whole open alert of a rule whose verdict resolves it or changes
+    /// its level), so that their misses are in flight together. Returns the words folded
+    /// together.
+    fn fetch_cold(&self, c: &Compiled, pending: &[(usize, Verdict)]) -> u64 {
+        let lines = &self.cold.rules;
+        let word = |l: usize| lines.get(l).map_or(0, |l| l.w[0]);
+        let mut acc = 0;
+        for &(i, _) in pending {
+            let Some(lay) = c.layout.get(i) else {
+                continue;
+            };
+            acc ^= word(i);
+            let ring = usize::from(lay.ring_start);
+            for l in ring..ring + usize::from(lay.ring_len) {
+                acc ^= word(l);
+            }
+            if let Some(r) = lay.run {
+                acc ^= word(usize::from(r));
+            }
+        }
+        for (i, verdict) in pending {
+            let Some(line) = lines.get(*i) else {
+                continue;
+            };
+            let changes = match verdict {
+                Verdict::Normal(_) => true,
+                Verdict::Abnormal { level, .. } => *level != line.level(),
+                Verdict::Between | Verdict::Unknown => false,
+            };
+            if changes && let Some(alert) = line.open.as_deref() {
+                // A copy reads every line of it.
+                acc ^= std::hint::black_box(*alert).at.0 as u64;
+            }
+        }
+        acc
+    }
+
     /// When the patient was enrolled (the missing-data clocks' start).
     fn enrolled(&self) -> Timestamp {
         Timestamp(self.cold.rules.first().map_or(0, |l| l.w[1]) as i64)
@@ -1215,12 +1253,16 @@ pub struct Engine {
     /// so what a reading needs of the state is known before the state is fetched.
     profile_of: Vec<ProfileIdx>,
     keys: HashMap<PatientKey, PatientIdx>,
+    /// A reading's verdicts that change a rule's state, by rule, kept between judging the
+    /// reading and applying them (reused: empty between readings).
+    pending: Vec<(usize, Verdict)>,
 }
 
 /// What a rule's check made of a reading.
 // Lives on the stack for one rule check and is never stored; boxing the big variant would
 // allocate on every abnormal reading.
 #[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
 enum Verdict {
     /// Abnormal at `level` (1 = raise level, 2… = bands or response bands).
     Abnormal {
@@ -1448,11 +1490,16 @@ impl Engine {
         s: &Sample<'_>,
         out: &mut Vec<Event>,
     ) -> Result<(), EngineError> {
-        let p = self
-            .patients
+        let Engine {
+            profiles,
+            patients,
+            pending,
+            ..
+        } = self;
+        let p = patients
             .get_mut(idx.0 as usize)
             .ok_or(EngineError::UnknownPatient(idx.0))?;
-        let c = &self.profiles[p.profile.0 as usize];
+        let c = &profiles[p.profile.0 as usize];
         let ids = Ids {
             patient: idx,
             profile: p.profile,
@@ -1500,6 +1547,7 @@ impl Engine {
 
         let mut repeat_sent = false;
         let on_oxygen = p.on_oxygen;
+        pending.clear();
         while touched != 0 {
             let i = touched.trailing_zeros() as usize;
             touched &= touched - 1;
@@ -1519,14 +1567,24 @@ impl Engine {
                 Verdict::Normal(_) => (p.open_bits | p.busy_bits) & bit == 0 && lay.run.is_none(),
                 Verdict::Abnormal { .. } => p.open_bits & c.one_level & bit != 0,
             };
-            if idle {
-                continue;
+            if !idle {
+                pending.push((i, verdict));
             }
-            let Some(mut rm) = RuleMut::new(&mut p.cold.rules, i, lay) else {
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        // Judged every rule first (a check reads and writes only the hot lines), applied the
+        // verdicts after, in rule order as before: so the cold lines they need (rule states,
+        // confirm rings, runs, then the alerts that resolve or update) are fetched together
+        // here, not one rule's miss after another's.
+        std::hint::black_box(p.fetch_cold(c, pending));
+        for &(i, ref verdict) in pending.iter() {
+            let Some(mut rm) = RuleMut::new(&mut p.cold.rules, i, &c.layout[i]) else {
                 continue;
             };
             lifecycle(
-                rule,
+                &c.set.rules[i],
                 &mut rm,
                 ids,
                 RuleIdx(i as u16),
@@ -1537,6 +1595,7 @@ impl Engine {
             );
             p.sync(i);
         }
+        pending.clear();
         Ok(())
     }
 
@@ -2222,15 +2281,15 @@ fn lifecycle(
     ids: Ids,
     r: RuleIdx,
     s: &Sample<'_>,
-    verdict: Verdict,
+    verdict: &Verdict,
     repeat_sent: &mut bool,
     out: &mut Vec<Event>,
 ) {
     match verdict {
-        Verdict::Abnormal {
+        &Verdict::Abnormal {
             level,
             severity,
-            evidence,
+            ref evidence,
             context,
         } => {
             let st = &mut *rm.st;
@@ -2252,7 +2311,7 @@ fn lifecycle(
             }
             let newest = evidence.last().copied();
             let confirmed = match rule.persistence {
-                Persistence::Immediate => Some(evidence),
+                Persistence::Immediate => Some(*evidence),
                 Persistence::MinDuration(d) => {
                     let now = newest.unwrap_or(EvidenceItem {
                         reading: s.reading,
@@ -2304,7 +2363,7 @@ fn lifecycle(
                     at: s.at,
                     level,
                     severity,
-                    evidence,
+                    evidence: *evidence,
                     context,
                 }));
             }
@@ -2327,7 +2386,7 @@ fn lifecycle(
                 None => {}
             }
         }
-        Verdict::Normal(context) => {
+        &Verdict::Normal(context) => {
             rm.clear_run();
             rm.ring().push(Slot {
                 at: s.at,
