@@ -135,3 +135,44 @@ fn day_lines_round_trip_and_start_empty() {
     }
     assert_eq!(p.enrolled(), Timestamp(123_456), "the days left it alone");
 }
+
+/// The day statistics of a personal best follow the window day by day without reading the
+/// whole ring (when the next day begins), and always agree with the ring read whole.
+#[test]
+fn a_rolling_best_agrees_with_its_ring_read_whole() {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for len in [1usize, 2, 3, 7, 30, 92] {
+        let mut ring = vec![None; len];
+        let mut stats = DayStats::new();
+        let mut day = 20_000i64;
+        for _ in 0..2_000 {
+            // Mostly the next day; now and then a gap, or a second reading the same day.
+            day += match next() % 16 {
+                0 => 1 + (next() % 40) as i64,
+                1 => 0,
+                _ => 1,
+            };
+            let at = Timestamp(day * 86_400_000 + (next() % 86_400_000) as i64);
+            stats.roll(&mut ring[..], at, Summary::Max);
+            let window: Vec<f64> = ring
+                .iter()
+                .flatten()
+                .filter(|(d, _)| (day - len as i64..day).contains(d))
+                .map(|&(_, v)| v)
+                .collect();
+            assert_eq!(usize::from(stats.cached_days), window.len(), "day {day}");
+            let best = window.iter().copied().reduce(f64::max);
+            assert_eq!(stats.cached, best, "day {day}");
+            // Some days have readings (a few, ties now and then), some none.
+            for _ in 0..next() % 3 {
+                stats.add(at, (next() % 8) as f64 * 10.0, Summary::Max);
+            }
+        }
+    }
+}

@@ -580,6 +580,33 @@ impl DayStats {
             return;
         }
         let n = usize::from(self.count).min(TODAY_VALUES);
+        let len = days.days() as i64;
+        // The window slides by one day: of the completed days, it loses the oldest, whose
+        // slot in the ring the closing day takes, and gains the closing day. A maximum
+        // follows without reading the rest of the ring, unless the day leaving held it.
+        if how == Summary::Max && self.today.checked_add(1) == Some(day) && len > 0 {
+            let slot = self.today.rem_euclid(len) as usize;
+            let leaving = days.get(slot).filter(|&(d, _)| d == self.today - len);
+            if leaving.is_none_or(|(_, v)| self.cached != Some(v)) {
+                let mut k = self.cached_days;
+                if leaving.is_some() {
+                    k = k.saturating_sub(1);
+                }
+                let mut best = if k > 0 { self.cached } else { None };
+                if n > 0 {
+                    let summary = self.today_max.unwrap_or(f64::NEG_INFINITY);
+                    days.set(slot, (self.today, summary));
+                    k += 1;
+                    best = Some(best.map_or(summary, |b| b.max(summary)));
+                }
+                self.today = day;
+                self.count = 0;
+                self.today_max = None;
+                self.cached_days = k;
+                self.cached = best;
+                return;
+            }
+        }
         if n > 0 {
             let summary = match how {
                 Summary::MedianOfMedians => {
@@ -588,7 +615,6 @@ impl DayStats {
                 }
                 Summary::Max => self.today_max.unwrap_or(f64::NEG_INFINITY),
             };
-            let len = days.days() as i64;
             days.set(self.today.rem_euclid(len) as usize, (self.today, summary));
         }
         self.today = day;
