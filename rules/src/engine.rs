@@ -1282,6 +1282,59 @@ pub struct Engine {
     /// A reading's verdicts that change a rule's state, by rule, kept between judging the
     /// reading and applying them (reused: empty between readings).
     pending: Vec<(usize, Verdict)>,
+    spare: Spare,
+}
+
+/// Boxes of resolved alerts and settled unconfirmed readings, kept for the next ones that
+/// readings raise or leave pending: a box just read is in cache, a fresh one from the
+/// allocator often is not (and malloc and free are not free). At most [`SPARE`] of each.
+// The boxes themselves are what is kept (a `Vec<Alert>` would copy the alert into a box
+// allocated anew).
+#[allow(clippy::vec_box)]
+#[derive(Debug, Default)]
+struct Spare {
+    alerts: Vec<Box<Alert>>,
+    unconfirmed: Vec<Box<Unconfirmed>>,
+}
+
+/// Spare boxes kept, of each kind.
+const SPARE: usize = 32;
+
+impl Spare {
+    fn alert(&mut self, alert: Alert) -> Box<Alert> {
+        match self.alerts.pop() {
+            Some(mut b) => {
+                *b = alert;
+                b
+            }
+            None => Box::new(alert),
+        }
+    }
+
+    fn keep_alert(&mut self, b: Box<Alert>) {
+        if self.alerts.len() < SPARE {
+            self.alerts.push(b);
+        }
+    }
+
+    fn unconfirmed(&mut self, u: Unconfirmed) -> Box<Unconfirmed> {
+        match self.unconfirmed.pop() {
+            Some(mut b) => {
+                *b = u;
+                b
+            }
+            None => Box::new(u),
+        }
+    }
+
+    /// Clears `slot`, keeping its box.
+    fn settle(&mut self, slot: &mut Option<Box<Unconfirmed>>) {
+        if let Some(b) = slot.take()
+            && self.unconfirmed.len() < SPARE
+        {
+            self.unconfirmed.push(b);
+        }
+    }
 }
 
 /// What a rule's check made of a reading.
@@ -1520,6 +1573,7 @@ impl Engine {
             profiles,
             patients,
             pending,
+            spare,
             ..
         } = self;
         let p = patients
@@ -1617,6 +1671,7 @@ impl Engine {
                 s,
                 verdict,
                 &mut repeat_sent,
+                spare,
                 out,
             );
             p.sync(i);
@@ -2309,6 +2364,7 @@ fn lifecycle(
     s: &Sample<'_>,
     verdict: &Verdict,
     repeat_sent: &mut bool,
+    spare: &mut Spare,
     out: &mut Vec<Event>,
 ) {
     match verdict {
@@ -2385,7 +2441,7 @@ fn lifecycle(
                 && st.unconfirmed.is_none()
                 && matches!(rule.persistence, Persistence::Confirm { .. })
             {
-                st.unconfirmed = Some(Box::new(Unconfirmed {
+                st.unconfirmed = Some(spare.unconfirmed(Unconfirmed {
                     at: s.at,
                     level,
                     severity,
@@ -2396,9 +2452,12 @@ fn lifecycle(
             match confirmed {
                 Some(e) => {
                     rm.clear_run();
-                    rm.st.unconfirmed = None;
+                    spare.settle(&mut rm.st.unconfirmed);
                     rm.ring().clear();
-                    raise(rule, rm.st, ids, r, s.at, level, severity, e, context, out);
+                    let alert = alert_of(rule, ids, r, s.at, severity, e, context);
+                    rm.st.set_level(level);
+                    rm.st.open = Some(spare.alert(alert));
+                    out.push(Event::Raised(alert));
                 }
                 None if rule.ask_repeat && !*repeat_sent => {
                     *repeat_sent = true;
@@ -2419,19 +2478,20 @@ fn lifecycle(
                 abnormal: None,
             });
             let st = &mut *rm.st;
-            st.unconfirmed = None;
+            spare.settle(&mut st.unconfirmed);
             if let Some(mut alert) = st.open.take() {
                 st.set_level(0);
                 alert.at = s.at;
                 alert.context = context;
                 out.push(Event::Resolved(*alert));
+                spare.keep_alert(alert);
             }
         }
         Verdict::Between | Verdict::Unknown => {
             rm.clear_run();
             if matches!(verdict, Verdict::Between) {
                 // The repeat came back below the raise level: it did not confirm.
-                rm.st.unconfirmed = None;
+                spare.settle(&mut rm.st.unconfirmed);
             }
             rm.ring().push(Slot {
                 at: s.at,
@@ -2510,7 +2570,23 @@ fn raise(
     context: Context,
     out: &mut Vec<Event>,
 ) {
-    let alert = Alert {
+    let alert = alert_of(rule, ids, r, at, severity, evidence, context);
+    st.set_level(level);
+    st.open = Some(Box::new(alert));
+    out.push(Event::Raised(alert));
+}
+
+/// The alert `rule` raises at `at`.
+fn alert_of(
+    rule: &Rule,
+    ids: Ids,
+    r: RuleIdx,
+    at: Timestamp,
+    severity: Severity,
+    evidence: Evidence,
+    context: Context,
+) -> Alert {
+    Alert {
         patient: ids.patient,
         profile: ids.profile,
         rule: r,
@@ -2520,10 +2596,7 @@ fn raise(
         at,
         evidence,
         context,
-    };
-    st.set_level(level);
-    st.open = Some(Box::new(alert));
-    out.push(Event::Raised(alert));
+    }
 }
 
 #[cfg(test)]
