@@ -1,6 +1,7 @@
 //! MQTT client plumbing that both sides of the wire need: rumqttc options built from a
 //! `[broker]` table ([`vitals::BrokerConfig`]) with credentials, last will, in-flight limits
-//! and rustls TLS; and the one reconnect backoff policy.
+//! and rustls TLS; the one reconnect backoff policy; and a clean disconnect that flushes what
+//! was queued before it.
 //!
 //! It holds no protocol logic: what to publish and when to acknowledge is the gateway's
 //! forwarder's and ingest's consumer's business. It exists because neither of those crates
@@ -15,9 +16,11 @@
 #![deny(missing_docs)]
 
 mod backoff;
+mod disconnect;
 mod options;
 mod tls;
 
 pub use backoff::backoff;
+pub use disconnect::disconnect_flushed;
 pub use options::{OptionsError, client_options};
 pub use tls::{client_config, transport};

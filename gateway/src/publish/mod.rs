@@ -263,13 +263,8 @@ impl Forwarder {
                         if let Ok(bytes) = offline_status(&settings.gateway) {
                             let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, bytes);
                         }
-                        let _ = client.try_disconnect();
                         // Let the event loop flush the goodbye, briefly.
-                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                            while let Ok(ev) = events.poll().await {
-                                if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) { break; }
-                            }
-                        }).await;
+                        mqtt::disconnect_flushed(&client, &mut events, Duration::from_secs(2)).await;
                     }
                     return Ok(());
                 }

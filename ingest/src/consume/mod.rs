@@ -419,8 +419,11 @@ async fn poll_events(
     loop {
         let event = tokio::select! {
             () = stop.cancelled() => {
-                if connected {
-                    goodbye(&client, &mut events).await;
+                // The last acknowledgements, then a DISCONNECT (the session is kept).
+                if connected
+                    && !mqtt::disconnect_flushed(&client, &mut events, Duration::from_secs(2)).await
+                {
+                    tracing::debug!("ingest stopped without a clean DISCONNECT");
                 }
                 return;
             }
@@ -459,24 +462,6 @@ async fn poll_events(
                 }
             }
         }
-    }
-}
-
-/// Sends what the client queued (the last acknowledgements) and a DISCONNECT, so the broker
-/// keeps the session and publishes no will; gives up after two seconds.
-async fn goodbye(client: &AsyncClient, events: &mut EventLoop) {
-    let _ = client.try_disconnect();
-    let flushed = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Ok(event) = events.poll().await {
-            if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    if !matches!(flushed, Ok(true)) {
-        tracing::debug!("ingest stopped without a clean DISCONNECT");
     }
 }
 
