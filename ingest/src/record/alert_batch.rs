@@ -22,7 +22,6 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value as Json;
 use sqlx::QueryBuilder;
 use time::OffsetDateTime;
 use vitals::PatientKey;
@@ -63,8 +62,9 @@ pub(super) fn rounds(writes: &[AlertWrite]) -> Vec<usize> {
 /// What a change did to its alert row.
 #[derive(Clone, Debug)]
 pub(super) enum Touched {
-    /// Upserted: the row's id and its stored uid (another episode's, if it was already open).
-    Opened { id: i64, uid: String },
+    /// Upserted: the row's id, its stored uid, and whether that is another episode's (the
+    /// alert was already open, raised by another node or an earlier run).
+    Opened { id: i64, uid: String, other: bool },
     /// Closed: the row and what the notice needs of it.
     Resolved(Box<ResolvedRow>),
 }
@@ -156,8 +156,9 @@ pub(super) fn match_opened(
         let (id, uid) = by_key.remove(&key).ok_or_else(|| {
             RecordError::corrupt("alerts", "an upserted alert row was not returned")
         })?;
+        let other = uid != row.uid;
         if let Some(slot) = touched.get_mut(row.index) {
-            *slot = Some(Touched::Opened { id, uid });
+            *slot = Some(Touched::Opened { id, uid, other });
         }
     }
     Ok(())
@@ -204,10 +205,13 @@ fn events<'a>(
                     raised,
                     alert,
                 },
-                Some(Touched::Opened { id, uid: stored }),
+                Some(Touched::Opened {
+                    id,
+                    uid: stored,
+                    other,
+                }),
             ) => {
-                let uid = alert_uid(patient, &alert.rule, alert.opened_at);
-                let elsewhere = *raised && *stored != uid;
+                let elsewhere = *raised && *other;
                 let kind = if *raised && !elsewhere {
                     AlertEventKind::Raised
                 } else {
@@ -314,7 +318,7 @@ fn events<'a>(
             patient,
             kind,
             at: to_us(at),
-            payload: payload_text(&payload),
+            payload: payload.to_string(),
         });
         let (alert_id, alert_uid) = alert.unzip();
         out.push(WrittenEvent {
@@ -327,10 +331,6 @@ fn events<'a>(
         });
     }
     Ok((rows, out))
-}
-
-fn payload_text(payload: &Json) -> String {
-    payload.to_string()
 }
 
 /// Writing alert changes in rounds of multi-row statements.
@@ -464,6 +464,8 @@ batched_alert_sql!(sqlx::Postgres);
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value as Json;
+
     use super::*;
 
     fn key(s: &str) -> PatientKey {

@@ -40,10 +40,11 @@
 //! # For the notifier: outbox rows in the same transaction
 //!
 //! Every write returns a [`WrittenEvent`] naming the alert row (`alert_id`, `alert_uid`) and
-//! what happened to it. The notifier's outbox enqueue belongs right after
-//! [`AlertSql::write`] inside [`in_batch`] (and in [`Record::write_alerts`]): it runs on the
-//! same connection, in the same transaction, so an alert is never committed without its
-//! notifications, nor a notification without its alert. Done when the record carries
+//! what happened to it. The writes (`alert_batch.rs`, inside [`in_batch`] and
+//! [`Record::write_alerts`]) enqueue the notifier's outbox rows on the same connection, in the
+//! same transaction, so an alert is never committed without its notifications, nor a
+//! notification without its alert; a resolve cancels the alert's escalation rows still
+//! waiting in that transaction too. Done when the record carries
 //! [`crate::notify::Notifications`] ([`Record::with_notifications`]): each raise, update and
 //! resolve is planned and enqueued in `notifier_outbox` (migration 0003) before the commit,
 //! and [`WrittenEvent::notice`] carries the notice so the escalator is told after it.
@@ -327,13 +328,6 @@ pub(crate) trait AlertSql: BatchedAlertSql {
         conn: &mut Self::Connection,
         patients: &[&str],
     ) -> Result<Vec<(String, i64)>>;
-    /// Writes the changes, in order, with their notifications when `notify` is given.
-    async fn write(
-        conn: &mut Self::Connection,
-        writes: &[AlertWrite],
-        now: i64,
-        notify: Option<&Notifications>,
-    ) -> Result<Vec<WrittenEvent>>;
 }
 
 macro_rules! alert_sql {
@@ -360,15 +354,6 @@ macro_rules! alert_sql {
                     out.extend(rows);
                 }
                 Ok(out)
-            }
-
-            async fn write(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                writes: &[AlertWrite],
-                now: i64,
-                notify: Option<&Notifications>,
-            ) -> Result<Vec<WrittenEvent>> {
-                <$db as BatchedAlertSql>::write_batched(conn, writes, now, notify).await
             }
         }
     };
@@ -402,7 +387,9 @@ pub(super) async fn in_batch<DB: AlertSql>(
     let Some(writes) = evaluate(new, &versions) else {
         return Ok(None);
     };
-    DB::write(conn, &writes, now_us(), notify).await.map(Some)
+    DB::write_batched(conn, &writes, now_us(), notify)
+        .await
+        .map(Some)
 }
 
 #[derive(sqlx::FromRow)]
@@ -497,7 +484,8 @@ impl Record {
         let notify = self.notifications.as_deref();
         let written = with_pool!(self, write, |pool, DB| {
             let mut tx = pool.begin().await?;
-            let written = <DB as AlertSql>::write(&mut *tx, writes, now, notify).await?;
+            let written =
+                <DB as BatchedAlertSql>::write_batched(&mut *tx, writes, now, notify).await?;
             tx.commit().await?;
             written
         });
