@@ -1720,22 +1720,9 @@ impl Engine {
                 let Some(clock) = ticked_clock(rule, c, p) else {
                     continue;
                 };
-                if !clock.due(now) {
-                    continue;
+                if clock.due(now) {
+                    raise_ticked(c, p, ids, r, now, clock.context, out);
                 }
-                raise(
-                    rule,
-                    &mut p.cold.rules[r],
-                    ids,
-                    RuleIdx(r as u16),
-                    now,
-                    1,
-                    rule.severity,
-                    Evidence::default(),
-                    clock.context,
-                    out,
-                );
-                p.sync(r);
             }
         }
     }
@@ -1808,19 +1795,7 @@ impl Engine {
                 continue;
             };
             if clock.due(now) {
-                raise(
-                    rule,
-                    &mut p.cold.rules[r],
-                    ids,
-                    RuleIdx(r as u16),
-                    now,
-                    1,
-                    rule.severity,
-                    Evidence::default(),
-                    clock.context,
-                    &mut adopted,
-                );
-                p.sync(r);
+                raise_ticked(c, p, ids, r, now, clock.context, &mut adopted);
                 continue;
             }
             let at = if clock.last > opened_at && clock.last <= now {
@@ -1850,6 +1825,33 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Raises time-driven rule `r`, whose clock is due at `now`: level 1, the rule's severity, no
+/// readings as evidence (what is missing is the evidence; `context` says since when).
+fn raise_ticked(
+    c: &Compiled,
+    p: &mut PatientState,
+    ids: Ids,
+    r: usize,
+    now: Timestamp,
+    context: Context,
+    out: &mut Vec<Event>,
+) {
+    let rule = &c.set.rules[r];
+    raise(
+        rule,
+        &mut p.cold.rules[r],
+        ids,
+        RuleIdx(r as u16),
+        now,
+        1,
+        rule.severity,
+        Evidence::default(),
+        context,
+        out,
+    );
+    p.sync(r);
 }
 
 /// Where a time-driven rule's clock stands.
