@@ -962,6 +962,13 @@ async fn many_alert_changes_in_one_write_keep_their_order(db: Db) {
         .alert_events_for_patient(&key("pk-1"))
         .await
         .expect("events");
+    // What a rebuilt rules state is reconciled with: the open ones only.
+    let open = record
+        .open_alerts_for_patient(&key("pk-1"))
+        .await
+        .expect("open alerts");
+    assert_eq!(open.len(), 2);
+    assert!(open.iter().all(|a| a.state == AlertState::Open));
     // Events are written in the order of the changes.
     let stored: Vec<(AlertEventKind, Option<i64>, OffsetDateTime)> =
         events.iter().map(|e| (e.kind, e.alert_id, e.at)).collect();

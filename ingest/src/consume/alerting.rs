@@ -61,9 +61,7 @@ use time::OffsetDateTime;
 use vitals::{PatientKey, Reading};
 
 use crate::config::RulesConfig;
-use crate::record::{
-    AlertState, AlertWrite, OpenAlert, Record, RecordError, RuleVersion, StoredAlert,
-};
+use crate::record::{AlertWrite, OpenAlert, Record, RecordError, RuleVersion, StoredAlert};
 
 /// Why the rules could not be loaded. The consumer does not start.
 #[derive(Debug, thiserror::Error)]
@@ -447,12 +445,7 @@ impl Rules {
         now: OffsetDateTime,
         changed: bool,
     ) -> Result<(), RecordError> {
-        let in_record: Vec<StoredAlert> = record
-            .alerts_for_patient(key)
-            .await?
-            .into_iter()
-            .filter(|a| a.state == AlertState::Open)
-            .collect();
+        let in_record: Vec<StoredAlert> = record.open_alerts_for_patient(key).await?;
         let recorded: Vec<(RuleIdx, Timestamp)> = in_record
             .iter()
             .filter_map(|a| {

@@ -527,13 +527,29 @@ impl Record {
 
     /// The patient's alerts, oldest first.
     pub async fn alerts_for_patient(&self, patient: &PatientKey) -> Result<Vec<StoredAlert>> {
+        self.patient_alerts(patient, false).await
+    }
+
+    /// The patient's open alerts (at most one per rule), oldest first: what a rebuilt rules
+    /// state is reconciled with, without reading the patient's alert history.
+    pub async fn open_alerts_for_patient(&self, patient: &PatientKey) -> Result<Vec<StoredAlert>> {
+        self.patient_alerts(patient, true).await
+    }
+
+    async fn patient_alerts(
+        &self,
+        patient: &PatientKey,
+        open_only: bool,
+    ) -> Result<Vec<StoredAlert>> {
         let rows: Vec<AlertDbRow> = with_pool!(self, read, |pool, DB| {
             sqlx::query_as(
                 "SELECT alert_id, alert_uid, patient_key, rule_id, profile, severity, audience, \
                  state, opened_at, updated_at, resolved_at, explanation, nurse_text, \
-                 patient_text FROM alerts WHERE patient_key = $1 ORDER BY alert_id",
+                 patient_text FROM alerts WHERE patient_key = $1 \
+                 AND ($2 = 0 OR state = 'open') ORDER BY alert_id",
             )
             .bind(patient.as_str())
+            .bind(i64::from(open_only))
             .fetch_all(pool)
             .await?
         });
