@@ -1071,7 +1071,19 @@ async fn escalation_resumes_after_a_restart_without_repeating_a_step(db: Db) {
     running.join().await;
 }
 
-async fn an_acknowledged_alerts_escalation_still_waiting_is_cancelled_not_sent(db: Db) {
+/// An alert raised with the notifier running, once its tier-1 escalation (the charge nurse) is
+/// planned and still waiting: tier 1 a second after the raise, and every nurse message waits
+/// 3 s for more alerts.
+struct Waiting {
+    record: Record,
+    shutdown: CancellationToken,
+    running: notify::Running,
+    now: OffsetDateTime,
+    uid: String,
+    rows: Vec<notifier::Notification>,
+}
+
+async fn tier_one_waiting(db: &Db) -> Waiting {
     // Tier 1 a second after the raise; every nurse message waits 3 s for more alerts.
     let runtime = escalating_runtime("1s", 0, Duration::from_secs(3));
     let record = db.open(&runtime).await;
@@ -1084,6 +1096,25 @@ async fn an_acknowledged_alerts_escalation_still_waiting_is_cancelled_not_sent(d
     let written = record.write_alerts(&[raise(now)]).await.expect("written");
     let uid = written[0].alert_uid.clone().expect("uid");
     let rows = rows_when(&record, &uid, "tier 1 planned", |rows| has_step(rows, 1, 0)).await;
+    Waiting {
+        record,
+        shutdown,
+        running,
+        now,
+        uid,
+        rows,
+    }
+}
+
+async fn an_acknowledged_alerts_escalation_still_waiting_is_cancelled_not_sent(db: Db) {
+    let Waiting {
+        record,
+        shutdown,
+        running,
+        uid,
+        rows,
+        ..
+    } = tier_one_waiting(&db).await;
     assert!(
         rows.iter()
             .all(|n| n.status == NotificationStatus::Pending && n.attempts == 0),
@@ -1157,18 +1188,14 @@ async fn an_acknowledged_alerts_escalation_still_waiting_is_cancelled_not_sent(d
 /// the escalator stopped (as if the process died between the commit and telling it), the
 /// charge nurse's row still waiting is cancelled, never sent.
 async fn a_resolved_alerts_waiting_escalation_is_cancelled_with_the_resolve(db: Db) {
-    // Tier 1 a second after the raise; every nurse message waits 3 s for more alerts.
-    let runtime = escalating_runtime("1s", 0, Duration::from_secs(3));
-    let record = db.open(&runtime).await;
-    registry(&record).await;
-    let shutdown = CancellationToken::new();
-    let running = notify::start(&record, &runtime, shutdown.clone())
-        .await
-        .expect("notifier starts");
-    let now = OffsetDateTime::now_utc().replace_nanosecond(0).expect("t");
-    let written = record.write_alerts(&[raise(now)]).await.expect("written");
-    let uid = written[0].alert_uid.clone().expect("uid");
-    let rows = rows_when(&record, &uid, "tier 1 planned", |rows| has_step(rows, 1, 0)).await;
+    let Waiting {
+        record,
+        shutdown,
+        running,
+        now,
+        rows,
+        ..
+    } = tier_one_waiting(&db).await;
     let charge = rows
         .iter()
         .find(|n| n.row.address == CHARGE)
