@@ -238,7 +238,7 @@ async fn ingest_killed_mid_batch(mut chain: Chain) {
     let mut gw = chain.spawn_gateway(SLOW_FORWARD);
     wait_until_more_than(&chain, 100, &gw).await;
     // Mid-stream, with a batch being validated or committed: no goodbye, no flush.
-    ingest.kill().expect("SIGKILL");
+    chain.kill_ingest(&mut ingest);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Started again under the same client id: the broker delivers what the dead node had
     // not acknowledged, and what arrived meanwhile.
@@ -346,7 +346,7 @@ async fn two_ingest_nodes_share_the_stream_and_lose_nothing_when_one_is_killed()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    a.kill().expect("SIGKILL node a mid-stream");
+    chain.kill_ingest(&mut a);
     let before = stored(&support::metrics(&addr_b).await);
     chain.wait_gateway(&mut gw);
     let after = stored(&support::metrics(&addr_b).await);
@@ -358,6 +358,30 @@ async fn two_ingest_nodes_share_the_stream_and_lose_nothing_when_one_is_killed()
     let a = chain.spawn_ingest("ingest-a");
     let context = || format!("{}\n{}", logs(&a)(), logs(&b)());
     chain.check(Duration::from_secs(60), &context).await;
+}
+
+/// The duplicate check the kill tests rely on: a second copy passes only when a kill falls
+/// between the two, a third copy or a copy no kill explains fails.
+#[test]
+fn only_a_copy_sent_again_after_a_kill_passes_the_once_check() {
+    let mail =
+        |id: &str| format!("X-Envelope-To: n@x\r\nMessage-ID: <{id}@rpm.notifier>\r\n\r\nbody");
+    let once = support::once_each(
+        vec![(10, mail("a")), (20, mail("b")), (30, mail("a"))],
+        &[25],
+    );
+    assert_eq!(once.len(), 2, "one copy of each: {once:?}");
+    let fails = |accepted: Vec<(u128, String)>, kills: &'static [u128]| {
+        std::panic::catch_unwind(move || support::once_each(accepted, kills)).is_err()
+    };
+    assert!(fails(vec![(10, mail("a")), (30, mail("a"))], &[]));
+    assert!(fails(vec![(10, mail("a")), (30, mail("a"))], &[5]));
+    assert!(fails(vec![(10, mail("a")), (30, mail("a"))], &[35]));
+    assert!(fails(
+        vec![(10, mail("a")), (30, mail("a")), (40, mail("a"))],
+        &[20]
+    ));
+    assert!(!fails(vec![(10, mail("a")), (30, mail("a"))], &[20]));
 }
 
 /// A gateway of the barrage's own, registered with one oximeter bound to its own patient.

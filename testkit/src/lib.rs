@@ -724,18 +724,35 @@ impl SmtpSink {
     /// The messages so far, oldest first: `X-Envelope-From`/`X-Envelope-To` lines, then the
     /// message with quoted-printable soft breaks and `=3D` undone (for searching bodies).
     pub fn messages(&self) -> Vec<String> {
-        let mut names: Vec<PathBuf> = fs::read_dir(self.dir.path())
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        names.retain(|p| p.extension().is_some_and(|x| x == "eml"));
+        self.accepted().into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// [`SmtpSink::messages`], each with when the server accepted it (nanoseconds since the
+    /// Unix epoch on the wall clock, as [`std::time::SystemTime`] reads it), oldest first.
+    pub fn accepted(&self) -> Vec<(u128, String)> {
+        let mut names: Vec<(u128, PathBuf)> = fs::read_dir(self.dir.path())
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .filter_map(|p| {
+                // `smtp_sink.py` names a message `{time_ns}-{uuid}.eml`.
+                let stem = p.file_stem()?.to_str()?;
+                let ns = stem.split_once('-')?.0.parse().ok()?;
+                Some((ns, p))
+            })
+            .collect();
         names.sort();
         names
-            .iter()
-            .filter_map(|p| fs::read_to_string(p).ok())
-            .map(|m| {
-                m.replace("=\r\n", "")
-                    .replace("=\n", "")
-                    .replace("=3D", "=")
+            .into_iter()
+            .filter_map(|(ns, p)| Some((ns, fs::read_to_string(p).ok()?)))
+            .map(|(ns, m)| {
+                (
+                    ns,
+                    m.replace("=\r\n", "")
+                        .replace("=\n", "")
+                        .replace("=3D", "="),
+                )
             })
             .collect()
     }
