@@ -296,8 +296,38 @@ impl Reading {
         name
     }
 
-    /// The deterministic id of this content.
+    /// The deterministic id of this content: a UUID version 8 (RFC 9562's custom layout)
+    /// laid out like a version 7, so ids sort by the time the device gave:
+    ///
+    /// - bits 0–47: that time in Unix milliseconds, big-endian (the raw device timestamp read
+    ///   as UTC when the device sent one, else `measured_at`; the same time
+    ///   [`Reading::id_name`] names; clamped to 0 before 1970);
+    /// - the version (8) and variant bits;
+    /// - the other 74 bits: the UUID v5 (SHA-1) of [`Reading::id_name`] in
+    ///   [`READING_ID_NAMESPACE`], the bits of it that the fields above leave.
+    ///
+    /// Same content, same id, as before; but the record's unique indexes on the id now take
+    /// new readings near their right-hand edge instead of on pages all over the B-tree, which
+    /// is what made every batch write most of those pages again (SQLite's WAL took a whole
+    /// page per touched page, per commit; PostgreSQL's full-page writes the same).
+    /// Readings of layout 1 ([`Reading::compute_id_v5`]) still validate.
     pub fn compute_id(&self) -> ReadingId {
+        let mut bytes = *self.compute_id_v5().0.as_bytes();
+        let millis: i128 = match self.device_time {
+            Some(t) => i128::from(t.assume_utc().unix_timestamp()) * 1000,
+            None => self.measured_at.unix_timestamp_nanos() / 1_000_000,
+        };
+        let millis = u64::try_from(millis.clamp(0, (1 << 48) - 1)).unwrap_or(0);
+        bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+        bytes[6] = (bytes[6] & 0x0f) | 0x80; // version 8
+        bytes[8] = (bytes[8] & 0x3f) | 0x80; // variant 10 (RFC 9562)
+        ReadingId(uuid::Uuid::from_bytes(bytes))
+    }
+
+    /// The id of layout 1 (until December 2026): the UUID v5 of [`Reading::id_name`]. A
+    /// gateway queues readings with their ids; what an older gateway queued arrives with this
+    /// one, and [`Reading::validate`] accepts it, so upgrading loses nothing.
+    pub fn compute_id_v5(&self) -> ReadingId {
         ReadingId(uuid::Uuid::new_v5(
             &READING_ID_NAMESPACE,
             self.id_name().as_bytes(),
@@ -345,7 +375,7 @@ impl Reading {
                 .map_err(|source| ReadingError::Unit { index, source })?;
         }
         let expected = self.compute_id();
-        if expected != self.id {
+        if expected != self.id && self.compute_id_v5() != self.id {
             return Err(ReadingError::IdMismatch {
                 expected,
                 found: self.id,

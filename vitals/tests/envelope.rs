@@ -130,6 +130,65 @@ fn a_device_without_a_clock_is_identified_by_the_gateway_stamp() {
 }
 
 #[test]
+fn ids_sort_by_the_time_the_device_gave_and_keep_the_name_hash() {
+    let a = bp_reading("120", Unit::MmHg);
+    let id = a.id.0;
+    assert_eq!(id.get_version_num(), 8);
+    assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+    // The first 48 bits: the device's own timestamp (read as UTC) in milliseconds.
+    let millis = datetime!(2026-11-26 06:59:00 UTC).unix_timestamp() as u64 * 1000;
+    assert_eq!(&id.as_bytes()[..6], &millis.to_be_bytes()[2..]);
+    // The rest: the v5 hash of the name, where the layout leaves it.
+    let v5 = a.compute_id_v5().0;
+    assert_eq!(v5.get_version_num(), 5);
+    assert_eq!(id.as_bytes()[9..], v5.as_bytes()[9..]);
+    assert_eq!(id.as_bytes()[7], v5.as_bytes()[7]);
+
+    // Later measurements sort later, as text too (the record's key); a device without a
+    // clock sorts by the gateway's stamp.
+    let mut later = a.clone();
+    later.device_time = Some(datetime!(2026-11-26 07:00:00));
+    let mut no_clock = a.clone();
+    no_clock.device_time = None;
+    let mut no_clock_later = no_clock.clone();
+    no_clock_later.measured_at = datetime!(2026-11-26 06:59:01.251 UTC);
+    for (before, after) in [(&a, &later), (&no_clock, &no_clock_later)] {
+        let (b, l) = (before.compute_id(), after.compute_id());
+        assert!(b < l, "{b} before {l}");
+        assert!(b.to_string() < l.to_string());
+    }
+    assert_eq!(
+        &no_clock.compute_id().0.as_bytes()[..6],
+        &(datetime!(2026-11-26 06:59:01.250 UTC).unix_timestamp_nanos() as u64 / 1_000_000)
+            .to_be_bytes()[2..]
+    );
+    // A device clock before 1970 (reset to zero and worse) clamps, still deterministic.
+    let mut reset = a.clone();
+    reset.device_time = Some(datetime!(1969-12-31 23:59:59));
+    assert_eq!(&reset.compute_id().0.as_bytes()[..6], &[0; 6]);
+    assert_eq!(reset.compute_id(), reset.clone().compute_id());
+}
+
+#[test]
+fn a_reading_queued_with_a_layout_1_id_still_validates() {
+    let mut old = bp_reading("120", Unit::MmHg);
+    old.id = old.compute_id_v5();
+    assert_ne!(old.id, old.compute_id());
+    old.validate()
+        .expect("an older gateway's queued reading is accepted");
+    // Anything else is still a mismatch, naming the current id.
+    let mut wrong = old.clone();
+    wrong.id = bp_reading("121", Unit::MmHg).id;
+    match wrong.validate() {
+        Err(ReadingError::IdMismatch { expected, found }) => {
+            assert_eq!(expected, old.compute_id());
+            assert_eq!(found, wrong.id);
+        }
+        other => panic!("expected an id mismatch, got {other:?}"),
+    }
+}
+
+#[test]
 fn id_name_is_readable_and_documented() {
     let r = bp_reading("120", Unit::MmHg);
     assert_eq!(

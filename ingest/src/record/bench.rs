@@ -112,17 +112,21 @@ impl BenchFleet {
     }
 }
 
-/// A UUID-shaped id spread over the key space like real (hash-derived) reading ids, so the
-/// baseline's primary key sees random inserts too, not appends.
-fn scattered_id(i: u64) -> String {
+/// An id shaped like the record's reading ids ([`vitals::Reading::compute_id`]): the time
+/// the device gave in the first 48 bits (here reading `i` is measured `i` ms after a fixed
+/// start, as in [`BenchFleet::reading`]), the rest hash bits, so the baseline's keys grow
+/// with time and scatter within a millisecond the way real ids do.
+fn record_like_id(i: u64) -> String {
     // splitmix64: a bijection, so distinct inputs give distinct ids.
     let mix = |mut z: u64| {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     };
-    let hi = mix(i.wrapping_add(0x9e37_79b9_7f4a_7c15));
-    let lo = mix(hi ^ i);
+    const START_MS: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+    let hash = mix(i.wrapping_add(0x9e37_79b9_7f4a_7c15));
+    let hi = ((START_MS + i) << 16) | 0x8000 | (hash & 0x0fff);
+    let lo = (mix(hash ^ i) & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
     uuid::Uuid::from_u64_pair(hi, lo).to_string()
 }
 
@@ -297,7 +301,7 @@ impl Record {
             while done < readings {
                 let n = batch.min(readings - done);
                 let rows: Vec<(String, i64)> = (done..done + n)
-                    .map(|i| (scattered_id(i as u64), i as i64))
+                    .map(|i| (record_like_id(i as u64), i as i64))
                     .collect();
                 let mut tx = pool.begin().await?;
                 <DB as RawInsert>::insert_raw(&mut *tx, &rows, max_binds).await?;
@@ -473,5 +477,27 @@ mod tests {
         assert_eq!(low_count, 4_000 / 40, "half of their readings");
         let ids: std::collections::HashSet<_> = readings.iter().map(|(r, _)| r.id).collect();
         assert_eq!(ids.len(), readings.len(), "distinct readings");
+    }
+
+    #[test]
+    fn the_baseline_ids_are_laid_out_like_the_record_s() {
+        let ids: Vec<uuid::Uuid> = (0..1000)
+            .map(|i| record_like_id(i).parse().expect("a UUID"))
+            .collect();
+        let fleet = BenchFleet {
+            gateway: GatewayId::new("bench-gw").expect("id"),
+            patients: vec![PatientKey::new("bench-pk-0").expect("key")],
+            devices: vec![bench_device(0)],
+            start: OffsetDateTime::UNIX_EPOCH,
+        };
+        let real = fleet.reading(0).0.id.0;
+        for id in &ids {
+            assert_eq!(id.get_version_num(), real.get_version_num());
+            assert_eq!(id.get_variant(), real.get_variant());
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "growing with time");
+        let distinct: std::collections::HashSet<_> =
+            ids.iter().map(|u| u.as_u128() & 0xffff_ffff).collect();
+        assert_eq!(distinct.len(), ids.len(), "hash bits below the time");
     }
 }

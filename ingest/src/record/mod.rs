@@ -258,9 +258,11 @@ impl Record {
                 .idle_timeout(None)
                 .max_lifetime(None)
         };
-        // The writer's page cache: reading ids are random, so every batch inserts into index
-        // pages all over the B-trees; SQLite's default 2 MiB cache turns each into disk reads.
-        // 64 MiB (grown only as used) keeps the hot index pages of a large record in memory.
+        // The writer's page cache: a batch inserts into several B-trees (reading ids grow with
+        // time, but the per-patient series and timeline indexes take rows at one place per
+        // patient, and a backlog's old readings land mid-tree); SQLite's default 2 MiB cache
+        // turns those pages into disk reads. 64 MiB (grown only as used) keeps the hot pages
+        // of a large record in memory.
         let write = single()
             .connect_with(options.clone().pragma("cache_size", "-65536"))
             .await?;
