@@ -1924,7 +1924,10 @@ fn resolve_ticked(
         p.open_bits &= !(1u64 << r);
         let st = &mut p.cold.rules[r];
         if let Some(mut alert) = st.open.take() {
-            alert.at = at;
+            // A hub back from offline delivers readings measured before the alert opened:
+            // the alert ends then, not before it began (when it was measured is in the
+            // context).
+            alert.at = at.max(alert.opened_at);
             match &mut alert.context {
                 Context::Missing { last_seen, .. } => *last_seen = at,
                 Context::SilentGateway { last_heard, .. } => *last_heard = at,
@@ -2483,7 +2486,8 @@ fn lifecycle(
             spare.settle(&mut st.unconfirmed);
             if let Some(mut alert) = st.open.take() {
                 st.set_level(0);
-                alert.at = s.at;
+                // Never before it opened (a reading measured earlier, delivered late).
+                alert.at = s.at.max(alert.opened_at);
                 alert.context = context;
                 out.push(Event::Resolved(*alert));
                 spare.keep_alert(alert);

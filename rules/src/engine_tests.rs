@@ -1369,3 +1369,44 @@ fn every_unit_has_its_own_storage() {
         }
     }
 }
+
+#[test]
+fn a_backlog_reading_resolves_a_time_driven_alert_no_earlier_than_it_opened() {
+    const HOUR: i64 = 3_600_000;
+    // A hub measured at 1 h, then went quiet: both time-driven rules raise on the tick.
+    let mut r = rig(&format!("{SILENT_GW}{NO_SPO2}"));
+    assert!(r.at(HOUR, &spo2(95.0)).is_empty());
+    let raised_events = r.tick(60 * HOUR);
+    assert_eq!(raised_events.len(), 2, "{raised_events:?}");
+    // Back from offline, the hub delivers what it measured at 30 h, before either opened.
+    let events = r.at(30 * HOUR, &spo2(95.0));
+    assert_eq!(events.len(), 2, "{events:?}");
+    for e in &events {
+        let Event::Resolved(a) = e else {
+            panic!("only resolves: {events:?}")
+        };
+        assert_eq!(a.opened_at, Timestamp(60 * HOUR));
+        assert_eq!(
+            a.at,
+            Timestamp(60 * HOUR),
+            "resolved when it opened, not before (the reading's own time is in the context)"
+        );
+        match a.context {
+            Context::Missing { last_seen, .. } => assert_eq!(last_seen, Timestamp(30 * HOUR)),
+            Context::SilentGateway { last_heard, .. } => {
+                assert_eq!(last_heard, Timestamp(30 * HOUR));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(r.open(), 0);
+}
+
+#[test]
+fn a_late_normal_reading_resolves_no_earlier_than_the_alert_opened() {
+    let mut r = rig(BELOW);
+    let opened = raised(&r.at(10_000, &spo2(90.0))).opened_at;
+    // Measured before the low one, delivered after it.
+    let a = *resolved(&r.at(5_000, &spo2(96.0)));
+    assert_eq!((a.opened_at, a.at), (opened, opened));
+}
