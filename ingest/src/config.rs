@@ -63,7 +63,10 @@ fn default_max_connections() -> u32 {
 pub struct ConsumerConfig {
     /// Shared-subscription group: nodes with the same group split the readings.
     pub group: String,
-    /// Most readings committed in one transaction.
+    /// Most readings committed in one transaction. Large, because a commit costs about the
+    /// same whatever it carries up to thousands of readings (the per-patient indexes and
+    /// the fsync: `BENCHMARKS.md`, 2026-12-03 night); only a backlog fills a batch (live
+    /// hubs send a reading or a few per message, and `max_inflight` bounds the messages).
     pub batch_max: usize,
     /// How long a partial batch waits for more before it is committed.
     #[serde(with = "humantime_serde")]
@@ -76,7 +79,7 @@ impl Default for ConsumerConfig {
     fn default() -> Self {
         ConsumerConfig {
             group: "ingest".into(),
-            batch_max: 2000,
+            batch_max: 10_000,
             batch_linger: Duration::from_millis(20),
             max_inflight: 256,
         }
