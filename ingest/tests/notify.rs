@@ -1188,29 +1188,14 @@ async fn an_acknowledged_alerts_escalation_still_waiting_is_cancelled_not_sent(d
 /// the escalator stopped (as if the process died between the commit and telling it), the
 /// charge nurse's row still waiting is cancelled, never sent.
 async fn a_resolved_alerts_waiting_escalation_is_cancelled_with_the_resolve(db: Db) {
-    let Waiting {
+    let Stopped {
         record,
-        shutdown,
-        running,
+        outbox,
         now,
-        rows,
+        charge,
+        first,
         ..
-    } = tier_one_waiting(&db).await;
-    let charge = rows
-        .iter()
-        .find(|n| n.row.address == CHARGE)
-        .expect("the charge nurse's row")
-        .row
-        .id;
-    // The escalator and dispatcher stop: nothing but the resolve's own transaction can
-    // cancel the row now.
-    shutdown.cancel();
-    running.join().await;
-    let outbox = record.outbox().await.expect("outbox");
-    assert_eq!(
-        outbox.get(charge).await.expect("get").expect("row").status,
-        NotificationStatus::Pending
-    );
+    } = stopped_with_tier_one_waiting(&db).await;
     let resolved = record
         .write_alerts(&[AlertWrite::Resolve {
             patient: key(),
@@ -1224,17 +1209,95 @@ async fn a_resolved_alerts_waiting_escalation_is_cancelled_with_the_resolve(db: 
     let row = outbox.get(charge).await.expect("get").expect("kept");
     assert_eq!(row.status, NotificationStatus::Cancelled, "{row:?}");
     assert_eq!(row.last_error.as_deref(), Some("cancelled: alert resolved"));
-    // The first notification to the day nurse is not an escalation: it stays.
-    let first = rows
-        .iter()
-        .find(|n| n.row.step == notifier::Step::FIRST)
-        .expect("the first notification")
-        .row
-        .id;
+    assert_first_kept(&outbox, first).await;
+}
+
+/// [`tier_one_waiting`], then the escalator and dispatcher stopped: nothing but the record's
+/// own transactions can cancel the charge nurse's row, still pending.
+struct Stopped {
+    record: Record,
+    outbox: ingest::notify::RecordOutbox,
+    now: OffsetDateTime,
+    uid: String,
+    /// The charge nurse's (tier 1) row.
+    charge: notifier::NotificationId,
+    /// The alert's first notification.
+    first: notifier::NotificationId,
+}
+
+async fn stopped_with_tier_one_waiting(db: &Db) -> Stopped {
+    let w = tier_one_waiting(db).await;
+    let row = |f: &dyn Fn(&notifier::Notification) -> bool, what: &str| {
+        w.rows.iter().find(|n| f(n)).expect(what).row.id
+    };
+    let charge = row(&|n| n.row.address == CHARGE, "the charge nurse's row");
+    let first = row(
+        &|n| n.row.step == notifier::Step::FIRST,
+        "the first notification",
+    );
+    w.shutdown.cancel();
+    w.running.join().await;
+    let outbox = w.record.outbox().await.expect("outbox");
+    assert_eq!(
+        outbox.get(charge).await.expect("get").expect("row").status,
+        NotificationStatus::Pending
+    );
+    Stopped {
+        record: w.record,
+        outbox,
+        now: w.now,
+        uid: w.uid,
+        charge,
+        first,
+    }
+}
+
+/// The first notification is not an escalation: cancelling leaves it alone.
+async fn assert_first_kept(outbox: &ingest::notify::RecordOutbox, first: notifier::NotificationId) {
     assert_ne!(
         outbox.get(first).await.expect("get").expect("row").status,
         NotificationStatus::Cancelled
     );
+}
+
+/// An acknowledgement is recorded with the cancelling of its waiting escalation, in one
+/// transaction: with the escalator stopped (as if the process died right after the
+/// acknowledgement was written), the charge nurse's row still waiting is cancelled, never
+/// sent, and a restarted notifier does not resume the alert.
+async fn an_acknowledgement_cancels_the_waiting_escalation_with_its_audit_entry(db: Db) {
+    let Stopped {
+        record,
+        outbox,
+        uid,
+        charge,
+        first,
+        ..
+    } = stopped_with_tier_one_waiting(&db).await;
+    let target = format!("alert:{uid}");
+    let cancelled = record
+        .record_acknowledgement(&AUDIT, "alert.acknowledge", &target, &uid)
+        .await
+        .expect("recorded");
+    assert_eq!(cancelled, 1, "the charge nurse's row");
+    let row = outbox.get(charge).await.expect("get").expect("kept");
+    assert_eq!(row.status, NotificationStatus::Cancelled, "{row:?}");
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("cancelled: alert acknowledged")
+    );
+    let audit = record.audit_log(Some(&target), 10).await.expect("audit");
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].action, "alert.acknowledge");
+    assert!(
+        record
+            .open_unacknowledged_alerts()
+            .await
+            .expect("open")
+            .iter()
+            .all(|a| a.uid != uid),
+        "not resumed after a restart"
+    );
+    assert_first_kept(&outbox, first).await;
 }
 
 macro_rules! both {
@@ -1262,4 +1325,5 @@ both!(
     escalation_resumes_after_a_restart_without_repeating_a_step,
     an_acknowledged_alerts_escalation_still_waiting_is_cancelled_not_sent,
     a_resolved_alerts_waiting_escalation_is_cancelled_with_the_resolve,
+    an_acknowledgement_cancels_the_waiting_escalation_with_its_audit_entry,
 );

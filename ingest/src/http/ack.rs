@@ -156,40 +156,49 @@ fn verified(
     }
 }
 
-/// The one acknowledgement path, for the signed link and the console/API alike: the
-/// escalator stops escalating (when the notifier runs), then `alert.acknowledge` on
-/// `alert:{uid}` goes to the audit log with who (the link's recipient id, or the user name)
-/// and `why` (the console's note). `Ok(true)` when a running escalation was stopped.
+/// The one acknowledgement path, for the signed link and the console/API alike. First the
+/// record: `alert.acknowledge` on `alert:{uid}` goes to the audit log with who (the link's
+/// recipient id, or the user name) and `why` (the console's note), and in the same
+/// transaction the alert's escalation rows still waiting in the outbox are cancelled
+/// ([`crate::record::Record::record_acknowledgement`]). Then the escalator stops its timers
+/// (when the notifier runs). In that order, a write that fails leaves the escalation going
+/// (the caller is told to try again), and a crash after the write cannot bring it back: a
+/// restarted notifier resumes only alerts with no acknowledgement in the audit log.
+/// `Ok(true)` when a running escalation was stopped.
 pub async fn acknowledge_and_audit(
     state: &HttpState,
     ack: notifier::Acknowledgement,
     why: &str,
 ) -> Result<bool, (StatusCode, &'static str)> {
-    let stopped = match &state.ack {
-        Some(links) => match links.escalator.acknowledge(ack.clone()).await {
-            Ok(stopped) => stopped,
-            Err(EscalationError::Stopped) => {
-                return Err((
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The server is shutting down; the alert was not acknowledged. Try again shortly.",
-                ));
-            }
-            Err(EscalationError::Link(_)) => false,
-        },
-        None => false,
-    };
     let who = match &ack.by {
         AckSource::Link { recipient } => recipient.as_str(),
         AckSource::Console { user } | AckSource::Api { user } => user.as_str(),
     };
     let audit = Audit { who, why };
     let target = ack_target(ack.alert.as_str());
-    if let Err(e) = state.record.append_audit(&audit, ACK_ACTION, &target).await {
+    if let Err(e) = state
+        .record
+        .record_acknowledgement(&audit, ACK_ACTION, &target, ack.alert.as_str())
+        .await
+    {
         tracing::error!(alert = %ack.alert, error = %e, "acknowledgement not recorded");
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
             "The acknowledgement could not be recorded. Try again shortly.",
         ));
     }
+    let stopped = match &state.ack {
+        Some(links) => match links.escalator.acknowledge(ack.clone()).await {
+            Ok(stopped) => stopped,
+            // Shutting down: the acknowledgement is recorded and its waiting rows cancelled;
+            // the escalator's timers end with the process, and it will not resume this alert.
+            Err(EscalationError::Stopped) => {
+                tracing::info!(alert = %ack.alert, "acknowledged while the notifier stops");
+                false
+            }
+            Err(EscalationError::Link(_)) => false,
+        },
+        None => false,
+    };
     Ok(stopped)
 }

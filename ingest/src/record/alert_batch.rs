@@ -449,7 +449,12 @@ macro_rules! batched_alert_sql {
                     // hearing of it would otherwise send it.
                     for e in &out {
                         if let (AlertEventKind::Resolved, Some(uid)) = (e.kind, &e.alert_uid) {
-                            <$db as OutboxSql>::cancel_escalation(&mut *conn, uid).await?;
+                            <$db as OutboxSql>::cancel_escalation(
+                                &mut *conn,
+                                uid,
+                                notifier::CancelReason::Resolved,
+                            )
+                            .await?;
                         }
                     }
                 }

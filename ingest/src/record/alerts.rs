@@ -265,8 +265,13 @@ pub(crate) trait OutboxSql: sqlx::Database {
     /// Inserts the rows; ids already there are ignored.
     async fn enqueue_outbox(conn: &mut Self::Connection, rows: &[NewNotification])
     -> Result<usize>;
-    /// Cancels a resolved alert's pending escalation rows (inside the resolve's transaction).
-    async fn cancel_escalation(conn: &mut Self::Connection, alert: &str) -> Result<usize>;
+    /// Cancels an alert's pending escalation rows, inside the transaction that resolves it
+    /// or records its acknowledgement.
+    async fn cancel_escalation(
+        conn: &mut Self::Connection,
+        alert: &str,
+        reason: notifier::CancelReason,
+    ) -> Result<usize>;
 }
 
 /// The alert id of a stored uid, as the outbox names it.
@@ -291,14 +296,14 @@ impl OutboxSql for sqlx::Sqlite {
             .map_err(store_err)
     }
 
-    async fn cancel_escalation(conn: &mut sqlx::SqliteConnection, alert: &str) -> Result<usize> {
-        notifier::SqliteOutbox::cancel_escalation_in(
-            conn,
-            &outbox_alert(alert)?,
-            notifier::CancelReason::Resolved,
-        )
-        .await
-        .map_err(store_err)
+    async fn cancel_escalation(
+        conn: &mut sqlx::SqliteConnection,
+        alert: &str,
+        reason: notifier::CancelReason,
+    ) -> Result<usize> {
+        notifier::SqliteOutbox::cancel_escalation_in(conn, &outbox_alert(alert)?, reason)
+            .await
+            .map_err(store_err)
     }
 }
 
@@ -310,14 +315,14 @@ impl OutboxSql for sqlx::Postgres {
         PgOutbox::enqueue_in(conn, rows).await.map_err(store_err)
     }
 
-    async fn cancel_escalation(conn: &mut sqlx::PgConnection, alert: &str) -> Result<usize> {
-        PgOutbox::cancel_escalation_in(
-            conn,
-            &outbox_alert(alert)?,
-            notifier::CancelReason::Resolved,
-        )
-        .await
-        .map_err(store_err)
+    async fn cancel_escalation(
+        conn: &mut sqlx::PgConnection,
+        alert: &str,
+        reason: notifier::CancelReason,
+    ) -> Result<usize> {
+        PgOutbox::cancel_escalation_in(conn, &outbox_alert(alert)?, reason)
+            .await
+            .map_err(store_err)
     }
 }
 

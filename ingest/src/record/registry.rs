@@ -329,6 +329,25 @@ fn check_text(what: &str, value: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
+/// [`check_audit`], and the action and target of an audit row.
+fn check_audit_row(audit: &Audit<'_>, action: &str, target: &str) -> Result<()> {
+    check_audit(audit)?;
+    check_text("audit action", action, 200)?;
+    check_text("audit target", target, 400)
+}
+
+/// The audit row of `audit` doing `action` to `target` now, ready to execute.
+macro_rules! audit_insert {
+    ($audit:expr, $action:expr, $target:expr) => {
+        sqlx::query(AUDIT_INSERT)
+            .bind(now_us())
+            .bind($audit.who)
+            .bind($action)
+            .bind($target)
+            .bind($audit.why)
+    };
+}
+
 fn check_audit(audit: &Audit<'_>) -> Result<()> {
     check_text("audit `who`", audit.who, 200)?;
     check_text("audit `why`", audit.why, 2000)
@@ -1085,20 +1104,42 @@ impl Record {
 
     /// Adds an audit row (for changes made outside the registry: thresholds, acknowledgements).
     pub async fn append_audit(&self, audit: &Audit<'_>, action: &str, target: &str) -> Result<()> {
-        check_audit(audit)?;
-        check_text("audit action", action, 200)?;
-        check_text("audit target", target, 400)?;
+        check_audit_row(audit, action, target)?;
         with_pool!(self, write, |pool, DB| {
-            sqlx::query(AUDIT_INSERT)
-                .bind(now_us())
-                .bind(audit.who)
-                .bind(action)
-                .bind(target)
-                .bind(audit.why)
-                .execute(pool)
-                .await?;
+            audit_insert!(audit, action, target).execute(pool).await?;
         });
         Ok(())
+    }
+
+    /// Records an alert's acknowledgement: the audit entry (`action` on `target`, as
+    /// [`Record::append_audit`]) and, in the same transaction, the cancelling of the alert's
+    /// escalation rows still waiting in the outbox. So the record never says acknowledged
+    /// while an escalation it holds can still go out (after a crash, nothing else would
+    /// cancel it), and a failed write leaves both as they were: the escalation goes on.
+    /// Returns how many rows were cancelled.
+    pub async fn record_acknowledgement(
+        &self,
+        audit: &Audit<'_>,
+        action: &str,
+        target: &str,
+        alert_uid: &str,
+    ) -> Result<usize> {
+        check_audit_row(audit, action, target)?;
+        let cancelled = with_pool!(self, write, |pool, DB| {
+            let mut tx = pool.begin().await?;
+            audit_insert!(audit, action, target)
+                .execute(&mut *tx)
+                .await?;
+            let n = <DB as super::alerts::OutboxSql>::cancel_escalation(
+                &mut *tx,
+                alert_uid,
+                notifier::CancelReason::Acknowledged,
+            )
+            .await?;
+            tx.commit().await?;
+            n
+        });
+        Ok(cancelled)
     }
 
     /// The latest audit rows, newest first; with `target`, only rows about it.
