@@ -1924,10 +1924,7 @@ fn resolve_ticked(
         p.open_bits &= !(1u64 << r);
         let st = &mut p.cold.rules[r];
         if let Some(mut alert) = st.open.take() {
-            // A hub back from offline delivers readings measured before the alert opened:
-            // the alert ends then, not before it began (when it was measured is in the
-            // context).
-            alert.at = at.max(alert.opened_at);
+            alert.happened_at(at);
             match &mut alert.context {
                 Context::Missing { last_seen, .. } => *last_seen = at,
                 Context::SilentGateway { last_heard, .. } => *last_heard = at,
@@ -2387,7 +2384,7 @@ fn lifecycle(
             if let Some(open) = st.open.as_deref_mut() {
                 if level != current {
                     open.severity = severity;
-                    open.at = s.at;
+                    open.happened_at(s.at);
                     open.context = context;
                     if let Some(item) = evidence.last() {
                         open.evidence.push(*item);
@@ -2486,8 +2483,7 @@ fn lifecycle(
             spare.settle(&mut st.unconfirmed);
             if let Some(mut alert) = st.open.take() {
                 st.set_level(0);
-                // Never before it opened (a reading measured earlier, delivered late).
-                alert.at = s.at.max(alert.opened_at);
+                alert.happened_at(s.at);
                 alert.context = context;
                 out.push(Event::Resolved(*alert));
                 spare.keep_alert(alert);

@@ -162,9 +162,8 @@ fn threshold_hysteresis_raises_at_one_level_and_clears_at_another() {
     );
 }
 
-#[test]
-fn escalation_bands_update_the_open_alert() {
-    let mut r = rig(r#"
+/// Low SpO2 with two escalation bands below the raise level.
+const BANDED: &str = r#"
 [[rule]]
 id = "spo2-low"
 kind = "below"
@@ -174,7 +173,11 @@ clear = 92
 bands = [{ at = 88, severity = "high" }, { at = 85, severity = "emergency" }]
 severity = "medium"
 nurse = "x"
-"#);
+"#;
+
+#[test]
+fn escalation_bands_update_the_open_alert() {
+    let mut r = rig(BANDED);
     assert_eq!(raised(&r.at(0, &spo2(90.0))).severity, Severity::Medium);
     let u = *updated(&r.at(MIN, &spo2(87.0)));
     assert_eq!((u.severity, u.opened_at), (Severity::High, Timestamp(0)));
@@ -1409,4 +1412,19 @@ fn a_late_normal_reading_resolves_no_earlier_than_the_alert_opened() {
     // Measured before the low one, delivered after it.
     let a = *resolved(&r.at(5_000, &spo2(96.0)));
     assert_eq!((a.opened_at, a.at), (opened, opened));
+}
+
+#[test]
+fn a_late_reading_in_another_band_updates_no_earlier_than_the_alert_opened() {
+    let mut r = rig(BANDED);
+    let opened = raised(&r.at(10_000, &spo2(89.0))).opened_at;
+    // Measured before the raise, delivered after it, in the next band down.
+    let u = *updated(&r.at(5_000, &spo2(87.0)));
+    assert_eq!(u.severity, Severity::High);
+    assert_eq!((u.opened_at, u.at), (opened, opened));
+    assert_eq!(
+        u.evidence.last().map(|e| e.at),
+        Some(Timestamp(5_000)),
+        "the reading keeps its own time"
+    );
 }

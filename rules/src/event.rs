@@ -217,6 +217,16 @@ pub struct Alert {
     pub context: Context,
 }
 
+impl Alert {
+    /// Dates this event (an update or the resolve) `at`, but never before the alert opened:
+    /// a hub back from offline, or a late delivery, brings readings measured earlier, and the
+    /// record must not hold an alert updated or resolved before it began. When the reading
+    /// was measured stays in its evidence and context.
+    pub(crate) fn happened_at(&mut self, at: Timestamp) {
+        self.at = at.max(self.opened_at);
+    }
+}
+
 /// Why the patient is asked to measure again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RepeatReason {

@@ -771,10 +771,9 @@ impl SmtpSink {
 
     /// The messages addressed (in the SMTP envelope) to `address`.
     pub fn to(&self, address: &str) -> Vec<String> {
-        let line = format!("X-Envelope-To: {address}");
         self.messages()
             .into_iter()
-            .filter(|m| m.contains(&line))
+            .filter(|m| addressed_to(m, address))
             .collect()
     }
 
@@ -791,6 +790,12 @@ impl SmtpSink {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Whether a message from [`SmtpSink::messages`] was addressed (in the SMTP envelope) to
+/// `address`.
+pub fn addressed_to(message: &str, address: &str) -> bool {
+    message.contains(&format!("X-Envelope-To: {address}\r\n"))
 }
 
 impl Drop for SmtpSink {

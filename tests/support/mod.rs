@@ -690,8 +690,10 @@ impl Chain {
 
         let messages = once_each(self.smtp.accepted(), &self.kills);
         let to = |address: &str| -> Vec<&String> {
-            let line = format!("X-Envelope-To: {address}");
-            messages.iter().filter(|m| m.contains(&line)).collect()
+            messages
+                .iter()
+                .filter(|m| testkit::addressed_to(m, address))
+                .collect()
         };
         let nurse: Vec<Vec<Item>> = to(NURSE).into_iter().map(|m| items(m)).collect();
         let patient: Vec<String> = to(PATIENT_MAIL).into_iter().map(|m| decode_qp(m)).collect();

@@ -284,6 +284,19 @@ fn short_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Strin
 #[serde(transparent)]
 pub struct ReadingId(pub uuid::Uuid);
 
+impl ReadingId {
+    /// The id layout [`crate::Reading::compute_id`] gives (a UUID version 8, RFC 9562's custom
+    /// layout, laid out like a version 7): `millis` (Unix milliseconds, clamped to 48 bits) in
+    /// the first 48 bits, then the version and variant bits, and the rest of `hash` (the
+    /// bytes past the first six) in the other 74. Ids so made sort by `millis`.
+    pub fn time_ordered(millis: u64, hash: [u8; 16]) -> ReadingId {
+        let mut bytes = hash;
+        let millis = millis.min((1 << 48) - 1);
+        bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+        ReadingId(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+    }
+}
+
 impl fmt::Display for ReadingId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

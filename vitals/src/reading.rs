@@ -312,16 +312,18 @@ impl Reading {
     /// page per touched page, per commit; PostgreSQL's full-page writes the same).
     /// Readings of layout 1 ([`Reading::compute_id_v5`]) still validate.
     pub fn compute_id(&self) -> ReadingId {
-        let mut bytes = *self.compute_id_v5().0.as_bytes();
+        self.time_ordered(self.compute_id_v5())
+    }
+
+    /// The layout-2 id of this reading given its layout-1 id `v5` (whose hash it keeps).
+    fn time_ordered(&self, v5: ReadingId) -> ReadingId {
         let millis: i128 = match self.device_time {
             Some(t) => i128::from(t.assume_utc().unix_timestamp()) * 1000,
             None => self.measured_at.unix_timestamp_nanos() / 1_000_000,
         };
-        let millis = u64::try_from(millis.clamp(0, (1 << 48) - 1)).unwrap_or(0);
-        bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
-        bytes[6] = (bytes[6] & 0x0f) | 0x80; // version 8
-        bytes[8] = (bytes[8] & 0x3f) | 0x80; // variant 10 (RFC 9562)
-        ReadingId(uuid::Uuid::from_bytes(bytes))
+        // Before 1970 (a device clock reset and worse): 0, still deterministic.
+        let millis = u64::try_from(millis.max(0)).unwrap_or(u64::MAX);
+        ReadingId::time_ordered(millis, *v5.0.as_bytes())
     }
 
     /// The id of layout 1 (until December 2026): the UUID v5 of [`Reading::id_name`]. A
@@ -374,8 +376,10 @@ impl Reading {
                 .to_canonical(probe, o.unit)
                 .map_err(|source| ReadingError::Unit { index, source })?;
         }
-        let expected = self.compute_id();
-        if expected != self.id && self.compute_id_v5() != self.id {
+        // One hash for both layouts.
+        let v5 = self.compute_id_v5();
+        let expected = self.time_ordered(v5);
+        if self.id != expected && self.id != v5 {
             return Err(ReadingError::IdMismatch {
                 expected,
                 found: self.id,

@@ -124,10 +124,9 @@ fn record_like_id(i: u64) -> String {
         z ^ (z >> 31)
     };
     const START_MS: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
-    let hash = mix(i.wrapping_add(0x9e37_79b9_7f4a_7c15));
-    let hi = ((START_MS + i) << 16) | 0x8000 | (hash & 0x0fff);
-    let lo = (mix(hash ^ i) & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    uuid::Uuid::from_u64_pair(hi, lo).to_string()
+    let hi = mix(i.wrapping_add(0x9e37_79b9_7f4a_7c15));
+    let hash = (u128::from(hi) << 64 | u128::from(mix(hi ^ i))).to_be_bytes();
+    ReadingId::time_ordered(START_MS + i, hash).to_string()
 }
 
 /// One patient of a synthetic fleet: their home hub and their one device.
