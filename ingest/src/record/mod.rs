@@ -248,6 +248,11 @@ impl Record {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Statement journals in memory: a multi-row INSERT inside a transaction keeps the
+            // pages it changes in a statement journal (so a failed statement can be undone
+            // alone); on disk, that is a temporary file written for every page a batch
+            // touches.
+            .pragma("temp_store", "memory")
             .busy_timeout(Duration::from_secs(10));
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         // An in-memory database lives and dies with its connection: keep exactly one, forever.

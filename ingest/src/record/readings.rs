@@ -65,7 +65,7 @@ pub struct Committed {
 
 /// The multi-row statement sizes on SQLite: a batch is cut into the largest of these that
 /// fit, so at most this many statement texts per table are ever prepared (and cached).
-pub const SQLITE_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+pub const SQLITE_CHUNKS: [usize; 6] = [2048, 256, 64, 16, 4, 1];
 
 /// Cuts `items` into chunks of the sizes in [`SQLITE_CHUNKS`], largest first.
 fn fixed_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
