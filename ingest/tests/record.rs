@@ -616,6 +616,61 @@ async fn unknown_patient_fails_the_batch_permanently(db: Db) {
     assert_eq!(out.new_count(), 1);
 }
 
+/// Two ingest nodes given the same reading at once (a hub re-sent a message, and the broker
+/// handed each copy to a different node): the node that loses the race gets a retryable
+/// error, not a permanent one (which would dead-letter its batch), and its retry finds the
+/// reading stored and stores the rest of its batch. PostgreSQL only: SQLite has one writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_another_node_is_storing_is_a_lost_race_then_a_duplicate() {
+    use sqlx::Connection as _;
+    let Some(db) = postgres().await else { return };
+    let r = &db.record;
+    let fleet = BenchFleet::setup(r, 2).await.expect("fleet");
+    let (a, b) = (fleet.reading(1), fleet.reading(2));
+    // The other node has inserted `a` and not yet committed.
+    let mut other = sqlx::PgConnection::connect(&db.url)
+        .await
+        .expect("second connection");
+    let mut tx = other.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO readings (reading_id, patient_key, device_id, gateway_id, reading_type, \
+         measured_at, received_at, ingested_at, flags, gateway_seq) \
+         VALUES ($1, $2, $3, $4, $5, 0, 0, 0, 0, 0)",
+    )
+    .bind(a.0.id.to_string())
+    .bind(a.0.patient.as_str())
+    .bind(a.0.device.id.to_string())
+    .bind(a.0.gateway.as_str())
+    .bind(a.0.reading_type.as_str())
+    .execute(&mut *tx)
+    .await
+    .expect("the other node's insert");
+    let batch = vec![a.clone(), b.clone()];
+    let record = r.clone();
+    let ours = tokio::spawn(async move { record.insert_batch(&batch).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !ours.is_finished(),
+        "our insert waits for the other node's transaction"
+    );
+    tx.commit().await.expect("the other node commits");
+    match ours.await.expect("task") {
+        Err(e) => assert!(
+            matches!(e, RecordError::Contention(_)) && e.is_retryable(),
+            "a lost race must be retried, not dead-lettered: {e}"
+        ),
+        Ok(out) => assert_eq!(out.new, vec![b.0.id], "{out:?}"),
+    }
+    let out = r.insert_batch(&[a.clone(), b.clone()]).await.expect("retry");
+    assert_eq!(
+        out.new.len() + out.duplicates,
+        2,
+        "every reading is new or a duplicate: {out:?}"
+    );
+    assert!(!out.new.contains(&a.0.id), "`a` was the other node's");
+    assert_eq!(r.count_readings().await.expect("count"), 2);
+}
+
 async fn timeline_pages_and_last_values(db: Db) {
     let r = &db.record;
     let fleet = BenchFleet::setup(r, 2).await.expect("fleet");

@@ -405,6 +405,22 @@ impl BatchSql for sqlx::Sqlite {
     }
 }
 
+/// The PostgreSQL readings insert skips ids already stored with `NOT EXISTS` rather than
+/// `ON CONFLICT DO NOTHING`: a speculative insertion per row made the statement about 1.6
+/// times slower (100 000 rows: 0.99–1.06 s against 0.61–0.63 s). What `NOT EXISTS` cannot see
+/// is another writer's uncommitted row with the same id (two ingest nodes given the same
+/// reading at once): the insert waits for that transaction, and when it commits, fails on
+/// the primary key. That is a lost race, not bad input: [`RecordError::Contention`], so the
+/// batch is tried again and then finds the reading stored.
+fn lost_race(e: sqlx::Error) -> RecordError {
+    match &e {
+        sqlx::Error::Database(db) if db.constraint() == Some("readings_pkey") => {
+            RecordError::Contention(e)
+        }
+        _ => e.into(),
+    }
+}
+
 impl BatchSql for sqlx::Postgres {
     async fn check_registry(
         conn: &mut sqlx::PgConnection,
@@ -496,7 +512,8 @@ impl BatchSql for sqlx::Postgres {
              $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], \
              $8::int8[], $9::int8[], $11::int8[], $12::int8[]) \
              AS x(r, p, d, g, u, t, dt, m, rc, f, s) \
-             ON CONFLICT (reading_id) DO NOTHING RETURNING reading_id",
+             WHERE NOT EXISTS (SELECT 1 FROM readings o WHERE o.reading_id = x.r) \
+             RETURNING reading_id",
         )
         .bind(ids)
         .bind(patients)
@@ -511,7 +528,8 @@ impl BatchSql for sqlx::Postgres {
         .bind(col(|r| i64::from(r.reading.flags.bits())))
         .bind(col(|r| r.seq))
         .fetch_all(&mut *conn)
-        .await?;
+        .await
+        .map_err(lost_race)?;
         Ok(new.into_iter().collect())
     }
 
@@ -785,7 +803,7 @@ mod tests {
 
     #[test]
     fn fixed_chunks_cover_everything_in_known_sizes() {
-        for n in [0usize, 1, 3, 4, 5, 63, 64, 255, 256, 257, 1000, 2001] {
+        for n in [0usize, 1, 3, 4, 5, 63, 64, 255, 256, 257, 1000, 2001, 2048, 10_000] {
             let items: Vec<usize> = (0..n).collect();
             let chunks: Vec<&[usize]> = fixed_chunks(&items).collect();
             assert!(
@@ -799,6 +817,13 @@ mod tests {
         let items = [0u8; 300];
         let sizes: Vec<usize> = fixed_chunks(&items).map(<[u8]>::len).collect();
         assert_eq!(sizes, vec![256, 16, 16, 4, 4, 4]);
+        // A full default batch (10 000 readings): four statements of 2 048 rows, then smaller.
+        let items = [0u8; 10_000];
+        let sizes: Vec<usize> = fixed_chunks(&items).map(<[u8]>::len).collect();
+        let mut expected = vec![2048; 4];
+        expected.extend([256; 7]);
+        expected.push(16);
+        assert_eq!(sizes, expected);
     }
 
     #[test]
