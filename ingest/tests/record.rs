@@ -661,7 +661,10 @@ async fn a_reading_another_node_is_storing_is_a_lost_race_then_a_duplicate() {
         ),
         Ok(out) => assert_eq!(out.new, vec![b.0.id], "{out:?}"),
     }
-    let out = r.insert_batch(&[a.clone(), b.clone()]).await.expect("retry");
+    let out = r
+        .insert_batch(&[a.clone(), b.clone()])
+        .await
+        .expect("retry");
     assert_eq!(
         out.new.len() + out.duplicates,
         2,

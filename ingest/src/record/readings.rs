@@ -803,7 +803,9 @@ mod tests {
 
     #[test]
     fn fixed_chunks_cover_everything_in_known_sizes() {
-        for n in [0usize, 1, 3, 4, 5, 63, 64, 255, 256, 257, 1000, 2001, 2048, 10_000] {
+        for n in [
+            0usize, 1, 3, 4, 5, 63, 64, 255, 256, 257, 1000, 2001, 2048, 10_000,
+        ] {
             let items: Vec<usize> = (0..n).collect();
             let chunks: Vec<&[usize]> = fixed_chunks(&items).collect();
             assert!(
