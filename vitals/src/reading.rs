@@ -346,6 +346,23 @@ impl Reading {
     /// Structural checks: values present, kinds unique and fitting the type, units fitting the
     /// kinds, and the id matching the content. Ranges and clocks are ingest's policy.
     pub fn validate(&self) -> Result<(), ReadingError> {
+        self.validate_values()?;
+        // One hash for both layouts.
+        let v5 = self.compute_id_v5();
+        let expected = self.time_ordered(v5);
+        if self.id != expected && self.id != v5 {
+            return Err(ReadingError::IdMismatch {
+                expected,
+                found: self.id,
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Reading::validate`] without the id: for whoever has just set the id from the content
+    /// ([`Reading::with_computed_id`], the gateway), where checking it would hash the reading
+    /// a second time to compare it with itself.
+    pub fn validate_values(&self) -> Result<(), ReadingError> {
         if self.values.is_empty() {
             return Err(ReadingError::NoValues);
         }
@@ -375,15 +392,6 @@ impl Reading {
             o.kind
                 .to_canonical(probe, o.unit)
                 .map_err(|source| ReadingError::Unit { index, source })?;
-        }
-        // One hash for both layouts.
-        let v5 = self.compute_id_v5();
-        let expected = self.time_ordered(v5);
-        if self.id != expected && self.id != v5 {
-            return Err(ReadingError::IdMismatch {
-                expected,
-                found: self.id,
-            });
         }
         Ok(())
     }

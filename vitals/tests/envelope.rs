@@ -189,6 +189,29 @@ fn a_reading_queued_with_a_layout_1_id_still_validates() {
 }
 
 #[test]
+fn validate_values_checks_everything_but_the_id() {
+    let mut r = bp_reading("120", Unit::MmHg);
+    r.id = bp_reading("121", Unit::MmHg).id;
+    assert!(matches!(r.validate(), Err(ReadingError::IdMismatch { .. })));
+    r.validate_values()
+        .expect("the id is the one thing validate_values leaves alone");
+    // Everything structural still fails it, as it fails validate.
+    let mut twice = r.clone();
+    twice.values.push(twice.values[0].clone());
+    assert!(matches!(
+        twice.validate_values(),
+        Err(ReadingError::DuplicateKind { .. })
+    ));
+    assert!(twice.validate().is_err());
+    let mut none = r.clone();
+    none.values.clear();
+    assert!(matches!(
+        none.validate_values(),
+        Err(ReadingError::NoValues)
+    ));
+}
+
+#[test]
 fn id_name_is_readable_and_documented() {
     let r = bp_reading("120", Unit::MmHg);
     assert_eq!(

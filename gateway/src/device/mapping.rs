@@ -211,7 +211,7 @@ fn build_at(
         flags,
     }
     .with_computed_id();
-    reading.validate()?;
+    reading.validate_values()?;
     Ok(reading)
 }
 
