@@ -197,7 +197,7 @@ fn validate_values_checks_everything_but_the_id() {
         .expect("the id is the one thing validate_values leaves alone");
     // Everything structural still fails it, as it fails validate.
     let mut twice = r.clone();
-    twice.values.push(twice.values[0].clone());
+    twice.values.push(twice.values[0]);
     assert!(matches!(
         twice.validate_values(),
         Err(ReadingError::DuplicateKind { .. })
