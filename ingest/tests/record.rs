@@ -77,6 +77,7 @@ macro_rules! both {
 both!(
     migrations_apply_to_a_fresh_database,
     same_reading_twice_is_stored_once,
+    a_backlog_batch_in_the_largest_statements_dedups_like_a_small_one,
     values_round_trip_exactly,
     dead_letters_keep_reason_and_capped_payload,
     bindings_follow_user_slots_and_validity_windows,
@@ -152,6 +153,25 @@ async fn same_reading_twice_is_stored_once(db: Db) {
     assert!(out.new.is_empty());
     assert_eq!(out.duplicates, 3);
     assert_eq!(r.count_readings().await.expect("count"), 3);
+}
+
+/// A hub back from a week offline fills whole batches: 5 000 readings (10 000 values) go in
+/// SQLite's largest statements (2 048 rows, 24 576 parameters, under its 32 766), and
+/// PostgreSQL's arrays. A second batch overlapping the first by half stores only its new
+/// half, and the record holds each reading once.
+async fn a_backlog_batch_in_the_largest_statements_dedups_like_a_small_one(db: Db) {
+    let r = &db.record;
+    let fleet = BenchFleet::setup(r, 20).await.expect("fleet");
+    let first = fleet.readings(0, 5_000);
+    let out = r.insert_batch(&first).await.expect("first backlog");
+    assert_eq!(out.new_count(), 5_000);
+    assert_eq!(out.duplicates, 0);
+    let second = fleet.readings(2_500, 5_000);
+    let out = r.insert_batch(&second).await.expect("overlapping backlog");
+    assert_eq!(out.duplicates, 2_500, "the half already stored");
+    let expected: Vec<ReadingId> = second[2_500..].iter().map(|(r, _)| r.id).collect();
+    assert_eq!(out.new, expected, "the new half, in batch order");
+    assert_eq!(r.count_readings().await.expect("count"), 7_500);
 }
 
 /// A spirometry reading with an exact decimal, an absent value, a device clock, flags and a

@@ -248,11 +248,6 @@ impl Record {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            // Statement journals in memory: a multi-row INSERT inside a transaction keeps the
-            // pages it changes in a statement journal (so a failed statement can be undone
-            // alone); on disk, that is a temporary file written for every page a batch
-            // touches.
-            .pragma("temp_store", "memory")
             .busy_timeout(Duration::from_secs(10));
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         // An in-memory database lives and dies with its connection: keep exactly one, forever.
@@ -268,8 +263,19 @@ impl Record {
         // patient, and a backlog's old readings land mid-tree); SQLite's default 2 MiB cache
         // turns those pages into disk reads. 64 MiB (grown only as used) keeps the hot pages
         // of a large record in memory.
+        //
+        // Its statement journals in memory: a multi-row INSERT inside the batch transaction
+        // copies each page it changes into a statement journal (so that a failed statement
+        // can be undone alone), and SQLite's default keeps that journal in a temporary file,
+        // written for every page a batch touches. Only the writer has statement journals; the
+        // readers keep the default, so a large sort still spills to disk, not memory.
         let write = single()
-            .connect_with(options.clone().pragma("cache_size", "-65536"))
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("cache_size", "-65536")
+                    .pragma("temp_store", "memory"),
+            )
             .await?;
         SQLITE_MIGRATIONS.run(&write).await?;
         let read = if in_memory {
