@@ -292,3 +292,45 @@ fn bench_rules_prints_figures_beside_their_baselines() {
     assert!(report.contains("baseline"), "{report}");
     assert!(report.contains("p99"), "{report}");
 }
+
+/// `rpm` allocates with mimalloc, which puts its arenas on transparent huge pages where the
+/// kernel allows them (THP mode `always` or `madvise`). glibc's malloc asks for none, so under
+/// `madvise`, the mode of Debian's kernels and of this project's CI, the engine's state would
+/// sit on 4 KiB pages: the bench's memory line says which it was.
+#[test]
+fn bench_rules_state_sits_on_huge_pages_where_the_kernel_allows() {
+    let out = rpm(&[
+        "bench",
+        "rules",
+        "--patients",
+        "20000",
+        "--readings",
+        "20000",
+        "--quick",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("Memory after the run: "))
+        .unwrap_or_else(|| panic!("no memory line in {report}"));
+    let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .ok()
+        .and_then(|s| Some(s.split_once('[')?.1.split_once(']')?.0.to_owned()));
+    let Some(mode) = mode else {
+        // Not Linux, or no THP support: the line says so and there is nothing to check.
+        assert!(line.contains("mode: n/a"), "{line}");
+        return;
+    };
+    assert!(line.contains(&format!("mode: {mode};")), "{line}");
+    let mib = |after: &str| -> u64 {
+        let (_, rest) = line.split_once(after).unwrap_or_else(|| panic!("{line}"));
+        let (n, _) = rest.split_once(" MiB").unwrap_or_else(|| panic!("{line}"));
+        n.parse().unwrap_or_else(|_| panic!("{line}"))
+    };
+    let (resident, huge) = (mib("run: "), mib("resident, "));
+    assert!(resident > 0 && huge <= resident, "{line}");
+    if mode == "always" || mode == "madvise" {
+        assert!(huge > 0, "the engine's state is on 4 KiB pages: {line}");
+    }
+}

@@ -5,6 +5,10 @@
 use rules::{Engine, Measurement, PatientIdx, Profile, Sample, Timestamp};
 use vitals::{Flags, Kind, PatientKey, ReadingId};
 
+/// The allocator `rpm` uses (see its `main.rs`), so these figures are `rpm bench rules`'s.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     divan::main();
 }

@@ -32,6 +32,10 @@ use std::time::Instant;
 use rules::{Engine, Event, Measurement, PatientIdx, Profile, ProfileIdx, Sample, Timestamp};
 use vitals::{Flags, Kind, PatientKey, ReadingId};
 
+/// The allocator `rpm` uses (see its `main.rs`), so these figures are `rpm bench rules`'s.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const COPD: &str = include_str!("../../fixtures/profiles/copd.toml");
 const HYPERTENSION: &str = include_str!("../../fixtures/profiles/hypertension.toml");
 const STEP_MS: i64 = 10 * 60_000;
