@@ -982,6 +982,37 @@ const FRESH_RULE: RuleState = RuleState {
 
 const NEVER: Timestamp = Timestamp(i64::MIN);
 
+/// A reading's values in canonical units, into `buf`; returns how many. Values that cannot
+/// be converted are left out; absent ones are NaN (they count for adherence only).
+fn measurements(reading: &Reading, buf: &mut [Measurement; Kind::COUNT]) -> usize {
+    let mut n = 0;
+    for o in reading.values.iter().take(Kind::COUNT) {
+        let value = match o.value {
+            Value::Number(d) => match o.kind.to_canonical(d, o.unit) {
+                Ok(c) => c.to_f64(),
+                Err(_) => continue,
+            },
+            Value::Absent(_) => f64::NAN,
+        };
+        buf[n] = Measurement {
+            kind: o.kind,
+            value,
+        };
+        n += 1;
+    }
+    n
+}
+
+/// The sample of `reading` with its converted `values`.
+fn sample_of<'a>(reading: &Reading, values: &'a [Measurement]) -> Sample<'a> {
+    Sample {
+        reading: reading.id,
+        at: Timestamp::from_datetime(reading.measured_at),
+        flags: reading.flags,
+        values,
+    }
+}
+
 /// Readings of a batch whose patients' state is fetched together before they are evaluated.
 const PREFETCH_GROUP: usize = 16;
 
@@ -1476,28 +1507,39 @@ impl Engine {
             kind: Kind::Spo2,
             value: f64::NAN,
         }; Kind::COUNT];
-        let mut n = 0;
-        for o in reading.values.iter().take(Kind::COUNT) {
-            let value = match o.value {
-                Value::Number(d) => match o.kind.to_canonical(d, o.unit) {
-                    Ok(c) => c.to_f64(),
-                    Err(_) => continue,
-                },
-                Value::Absent(_) => f64::NAN,
-            };
-            buf[n] = Measurement {
-                kind: o.kind,
-                value,
-            };
-            n += 1;
+        let n = measurements(reading, &mut buf);
+        self.evaluate(idx, &sample_of(reading, &buf[..n]), out)
+    }
+
+    /// Evaluates [`Reading`]s, in order, as [`Engine::evaluate_reading`] on each would (the
+    /// same events in the same order), through [`Engine::evaluate_batch`]: ingest's path, a
+    /// committed batch's readings at once.
+    ///
+    /// An index that names no patient is refused before anything is evaluated.
+    pub fn evaluate_readings(
+        &mut self,
+        batch: &[(PatientIdx, &Reading)],
+        out: &mut Vec<Event>,
+    ) -> Result<(), EngineError> {
+        let mut bufs = vec![
+            (
+                [Measurement {
+                    kind: Kind::Spo2,
+                    value: f64::NAN,
+                }; Kind::COUNT],
+                0
+            );
+            batch.len()
+        ];
+        for ((_, r), (buf, n)) in batch.iter().zip(&mut bufs) {
+            *n = measurements(r, buf);
         }
-        let sample = Sample {
-            reading: reading.id,
-            at: Timestamp::from_datetime(reading.measured_at),
-            flags: reading.flags,
-            values: &buf[..n],
-        };
-        self.evaluate(idx, &sample, out)
+        let samples: Vec<(PatientIdx, Sample<'_>)> = batch
+            .iter()
+            .zip(&bufs)
+            .map(|(&(idx, r), (buf, n))| (idx, sample_of(r, &buf[..*n])))
+            .collect();
+        self.evaluate_batch(&samples, out)
     }
 
     /// The lines of patient `idx`'s entry evaluating `s` will read (none for an unknown

@@ -285,6 +285,14 @@ impl Event {
             Event::RepeatRequested(_) => None,
         }
     }
+
+    /// Whose it is.
+    pub fn patient(&self) -> PatientIdx {
+        match self {
+            Event::Raised(a) | Event::Updated(a) | Event::Resolved(a) => a.patient,
+            Event::RepeatRequested(r) => r.patient,
+        }
+    }
 }
 
 /// An alert put into words: built on demand, off the hot path.

@@ -6,7 +6,8 @@
 //! the patient to measure again — into a `Vec` the caller owns and reuses. Ingest persists
 //! the events with the reading in one transaction and the notifier delivers them.
 //! [`Engine::evaluate_batch`] takes several readings at once (a message's worth) with the
-//! same result, faster when many patients' state is not in cache.
+//! same result, faster when many patients' state is not in cache; ingest hands it each
+//! committed batch's readings through [`Engine::evaluate_readings`].
 //!
 //! Profiles are data ([`Profile`], TOML files under `fixtures/profiles/`, one per condition,
 //! with per-patient [`ProfileOverride`]s merged on top by rule id). [`Profile::build`]

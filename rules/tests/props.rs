@@ -354,6 +354,55 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// `evaluate_readings` (ingest's path: a committed batch at once) is `evaluate_reading` on
+    /// each reading in turn, with the same unit conversion and absent values: the same events
+    /// in the same order and the same state, however the stream is cut.
+    #[test]
+    fn readings_evaluate_in_batches_exactly_like_one_at_a_time(
+        steps in proptest::collection::vec(
+            (0..4usize, 0..300i64, values(), proptest::bool::weighted(0.1)),
+            1..200,
+        ),
+        cuts in proptest::collection::vec(1..40usize, 1..8),
+    ) {
+        let mut now = 0i64;
+        let mut stream: Vec<(PatientIdx, Reading)> = Vec::new();
+        for (patient, gap_min, values, doubtful) in steps {
+            now += gap_min;
+            let flags = if doubtful { Flags::EMPTY.with(Flag::LowPerfusion) } else { Flags::EMPTY };
+            let r = common::reading(&format!("pt-{patient}"), now, &values, flags);
+            stream.push((PatientIdx(patient as u32), r));
+        }
+
+        let mut single = mixed_engine();
+        let mut expected = Vec::new();
+        for (p, r) in &stream {
+            single.evaluate_reading(*p, r, &mut expected).expect("enrolled");
+        }
+
+        let mut batched = mixed_engine();
+        let mut got = Vec::new();
+        let mut rest = &stream[..];
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (now, later) = rest.split_at((*cut).min(rest.len()));
+            let batch: Vec<(PatientIdx, &Reading)> = now.iter().map(|(p, r)| (*p, r)).collect();
+            batched.evaluate_readings(&batch, &mut got).expect("enrolled");
+            rest = later;
+        }
+
+        prop_assert_eq!(&got, &expected);
+        for p in 0..4 {
+            prop_assert_eq!(batched.patient_state(PatientIdx(p)), single.patient_state(PatientIdx(p)));
+        }
+    }
+}
+
 #[test]
 fn a_batch_naming_an_unknown_patient_is_refused_before_anything_is_evaluated() {
     let mut e = mixed_engine();

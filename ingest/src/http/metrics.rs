@@ -112,7 +112,7 @@ pub fn render(stats: &IngestStats) -> String {
     );
     stats.rule_latency.render(
         "rpm_rules_evaluation_seconds",
-        "Time the rules engine took to evaluate one reading.",
+        "Time the rules engine took to evaluate one reading (a batch is evaluated at once; each of its readings counts the batch's mean).",
         &mut out,
     );
     out
