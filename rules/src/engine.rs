@@ -1521,23 +1521,27 @@ impl Engine {
         batch: &[(PatientIdx, &Reading)],
         out: &mut Vec<Event>,
     ) -> Result<(), EngineError> {
-        let mut bufs = vec![
-            (
-                [Measurement {
-                    kind: Kind::Spo2,
-                    value: f64::NAN,
-                }; Kind::COUNT],
-                0
-            );
-            batch.len()
-        ];
-        for ((_, r), (buf, n)) in batch.iter().zip(&mut bufs) {
-            *n = measurements(r, buf);
+        // Every reading's converted values in one vector, then the samples over it.
+        let mut values = Vec::with_capacity(batch.len() * 3);
+        let mut ends = Vec::with_capacity(batch.len());
+        let mut buf = [Measurement {
+            kind: Kind::Spo2,
+            value: f64::NAN,
+        }; Kind::COUNT];
+        for (_, r) in batch {
+            let n = measurements(r, &mut buf);
+            values.extend_from_slice(&buf[..n]);
+            ends.push(values.len());
         }
+        let mut start = 0;
         let samples: Vec<(PatientIdx, Sample<'_>)> = batch
             .iter()
-            .zip(&bufs)
-            .map(|(&(idx, r), (buf, n))| (idx, sample_of(r, &buf[..*n])))
+            .zip(ends)
+            .map(|(&(idx, r), end)| {
+                let s = sample_of(r, &values[start..end]);
+                start = end;
+                (idx, s)
+            })
             .collect();
         self.evaluate_batch(&samples, out)
     }
