@@ -25,10 +25,11 @@ use clap::{Parser, Subcommand};
 use crate::config::Component;
 use crate::logging::LogFormat;
 
-/// mimalloc, not the system's malloc: size classes on their own pages, arenas on transparent
-/// huge pages. The rules engine's state for 100 000 patients is hundreds of thousands of small
-/// boxes; under glibc's malloc each reading's few boxes sit on scattered 4 KiB pages, a TLB
-/// miss apiece (BENCHMARKS.md, "Rules: the allocator").
+/// mimalloc, not the system's malloc, for its arenas on transparent huge pages (it asks with
+/// `madvise`; glibc's malloc does not). The rules engine's state for 100 000 patients is
+/// hundreds of thousands of small boxes; on 4 KiB pages a reading's few boxes are a TLB miss
+/// apiece (BENCHMARKS.md, "Rules: the allocator": with mimalloc's huge pages turned off, it is
+/// no faster than glibc's malloc).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
