@@ -233,52 +233,34 @@ fn histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")
 }
 
-/// The process's resident memory and how much of it is on transparent huge pages, with the
-/// kernel's THP mode: the engine's state for 100 000 patients is hundreds of megabytes of
-/// small boxes, and whether they sit on 2 MiB pages (the allocator, `main.rs`) or on 4 KiB
-/// ones moves the latency figures by about 15 % (BENCHMARKS.md).
-#[derive(Debug, Default)]
-struct Memory {
-    /// `Rss` of `/proc/self/smaps_rollup`, KiB.
-    resident_kib: Option<u64>,
-    /// `AnonHugePages` of the same, KiB.
-    huge_kib: Option<u64>,
-    /// The bracketed word of `/sys/kernel/mm/transparent_hugepage/enabled`.
-    thp_mode: Option<String>,
-}
-
-impl Memory {
-    /// Reads it (Linux; every field `None` elsewhere).
-    fn read() -> Self {
-        let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-        let field = |name: &str| {
+/// The process's resident memory ([`crate::bench_gateway::rss_kb`]), how much of it is on
+/// transparent huge pages (`AnonHugePages` of `/proc/self/smaps_rollup`) and the kernel's THP
+/// mode: the engine's state for 100 000 patients is hundreds of megabytes of small boxes, and
+/// whether they sit on 2 MiB pages (the allocator, `main.rs`) or on 4 KiB ones moves the
+/// latency figures by about 15 % (BENCHMARKS.md). "n/a" for what this system does not say.
+fn memory_line() -> String {
+    let huge_kib = std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|rollup| {
             rollup.lines().find_map(|l| {
-                let rest = l.strip_prefix(name)?.strip_prefix(':')?;
-                rest.trim().strip_suffix("kB")?.trim().parse().ok()
+                let kb = l
+                    .strip_prefix("AnonHugePages:")?
+                    .trim()
+                    .strip_suffix("kB")?;
+                kb.trim().parse::<u64>().ok()
             })
-        };
-        let thp_mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-            .ok()
-            .and_then(|s| {
-                let (_, rest) = s.split_once('[')?;
-                Some(rest.split_once(']')?.0.to_owned())
-            });
-        Memory {
-            resident_kib: field("Rss"),
-            huge_kib: field("AnonHugePages"),
-            thp_mode,
-        }
-    }
-}
-
-fn memory_line(m: &Memory) -> String {
+        });
+    let thp_mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .ok()
+        .and_then(|s| Some(s.split_once('[')?.1.split_once(']')?.0.to_owned()));
     let mib = |k: Option<u64>| k.map_or("n/a".to_owned(), |k| format!("{} MiB", k / 1024));
+    let (resident_kib, _) = crate::bench_gateway::rss_kb();
     format!(
         "Memory after the run: {} resident, {} of it on transparent huge pages (kernel THP \
          mode: {}; allocator: mimalloc).",
-        mib(m.resident_kib),
-        mib(m.huge_kib),
-        m.thp_mode.as_deref().unwrap_or("n/a")
+        mib(Some(resident_kib).filter(|&k| k > 0)),
+        mib(huge_kib),
+        thp_mode.as_deref().unwrap_or("n/a")
     )
 }
 
@@ -405,7 +387,7 @@ pub fn run(opts: &Options) -> anyhow::Result<String> {
         enrol.as_secs_f64(),
         warm
     );
-    let _ = writeln!(report, "{}\n", memory_line(&Memory::read()));
+    let _ = writeln!(report, "{}\n", memory_line());
     let _ = writeln!(report, "## Throughput\n");
     let _ = writeln!(
         report,

@@ -456,59 +456,6 @@ fn the_systemd_units_start_commands_this_build_accepts() {
     }
 }
 
-/// The hub's unit turns mimalloc's transparent huge pages off (a Raspberry Pi's memory; the
-/// hub's state is small); the server's does not (its rules engine is faster on them). Run
-/// with the unit's environment, the bench's memory line shows none.
-#[test]
-fn the_gateway_unit_keeps_the_hub_off_huge_pages_and_the_ingest_unit_does_not() {
-    let environment = |unit: &str| -> Vec<(String, String)> {
-        std::fs::read_to_string(fixture(&format!("config/systemd/{unit}")))
-            .expect("unit file")
-            .lines()
-            .filter_map(|l| l.strip_prefix("Environment="))
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
-    };
-    let gateway = environment("rpm-gateway.service");
-    assert!(
-        gateway.contains(&("MIMALLOC_ALLOW_THP".to_owned(), "0".to_owned())),
-        "{gateway:?}"
-    );
-    assert!(
-        !environment("rpm-ingest.service")
-            .iter()
-            .any(|(k, _)| k.starts_with("MIMALLOC_")),
-        "the server keeps its huge pages"
-    );
-    let env: Vec<(&str, &str)> = gateway
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let args = [
-        "bench",
-        "rules",
-        "--patients",
-        "20000",
-        "--readings",
-        "20000",
-        "--quick",
-    ];
-    let out = rpm(&args, &env);
-    assert!(out.status.success(), "{}", text_of(&out.stderr));
-    let report = text_of(&out.stdout);
-    let line = report
-        .lines()
-        .find(|l| l.starts_with("Memory after the run: "))
-        .unwrap_or_else(|| panic!("no memory line in {report}"));
-    if !line.contains("mode: n/a") {
-        assert!(
-            line.contains(", 0 MiB of it on transparent huge pages"),
-            "{line}"
-        );
-    }
-}
-
 fn text_of(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }

@@ -293,13 +293,18 @@ fn bench_rules_prints_figures_beside_their_baselines() {
     assert!(report.contains("p99"), "{report}");
 }
 
-/// `rpm` allocates with mimalloc, which puts its arenas on transparent huge pages where the
-/// kernel allows them (THP mode `always` or `madvise`). glibc's malloc asks for none, so under
-/// `madvise`, the mode of Debian's kernels and of this project's CI, the engine's state would
-/// sit on 4 KiB pages: the bench's memory line says which it was.
-#[test]
-fn bench_rules_state_sits_on_huge_pages_where_the_kernel_allows() {
-    let out = rpm(&[
+/// What `rpm bench rules` says of its memory, run with `env`: the MiB on huge pages (no more
+/// than the resident MiB, which must be some), and the line itself. The kernel's THP mode, read here independently (`None`: not Linux,
+/// or no THP), must be the one the line names.
+struct BenchMemory {
+    line: String,
+    huge_mib: u64,
+    thp_mode: Option<String>,
+}
+
+fn bench_memory(env: &[(&str, &str)]) -> BenchMemory {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rpm"));
+    cmd.args([
         "bench",
         "rules",
         "--patients",
@@ -307,30 +312,79 @@ fn bench_rules_state_sits_on_huge_pages_where_the_kernel_allows() {
         "--readings",
         "20000",
         "--quick",
-    ]);
+    ])
+    .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("rpm runs");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report = text(&out.stdout);
     let line = report
         .lines()
         .find(|l| l.starts_with("Memory after the run: "))
-        .unwrap_or_else(|| panic!("no memory line in {report}"));
-    let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .ok()
-        .and_then(|s| Some(s.split_once('[')?.1.split_once(']')?.0.to_owned()));
-    let Some(mode) = mode else {
-        // Not Linux, or no THP support: the line says so and there is nothing to check.
-        assert!(line.contains("mode: n/a"), "{line}");
-        return;
-    };
-    assert!(line.contains(&format!("mode: {mode};")), "{line}");
+        .unwrap_or_else(|| panic!("no memory line in {report}"))
+        .to_owned();
     let mib = |after: &str| -> u64 {
         let (_, rest) = line.split_once(after).unwrap_or_else(|| panic!("{line}"));
         let (n, _) = rest.split_once(" MiB").unwrap_or_else(|| panic!("{line}"));
         n.parse().unwrap_or_else(|_| panic!("{line}"))
     };
-    let (resident, huge) = (mib("run: "), mib("resident, "));
-    assert!(resident > 0 && huge <= resident, "{line}");
-    if mode == "always" || mode == "madvise" {
-        assert!(huge > 0, "the engine's state is on 4 KiB pages: {line}");
+    let (resident_mib, huge_mib) = (mib("run: "), mib("resident, "));
+    assert!(resident_mib > 0 && huge_mib <= resident_mib, "{line}");
+    let thp_mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .ok()
+        .and_then(|s| Some(s.split_once('[')?.1.split_once(']')?.0.to_owned()));
+    let named = format!("mode: {};", thp_mode.as_deref().unwrap_or("n/a"));
+    assert!(line.contains(&named), "{line}");
+    BenchMemory {
+        line,
+        huge_mib,
+        thp_mode,
     }
+}
+
+/// `rpm` allocates with mimalloc, which puts its arenas on transparent huge pages where the
+/// kernel allows them (THP mode `always` or `madvise`). glibc's malloc asks for none, so under
+/// `madvise`, the mode of Debian's kernels and of this project's CI, the engine's state would
+/// sit on 4 KiB pages: the bench's memory line says which it was.
+#[test]
+fn bench_rules_state_sits_on_huge_pages_where_the_kernel_allows() {
+    let m = bench_memory(&[]);
+    if matches!(m.thp_mode.as_deref(), Some("always" | "madvise")) {
+        assert!(
+            m.huge_mib > 0,
+            "the engine's state is on 4 KiB pages: {}",
+            m.line
+        );
+    }
+}
+
+/// The hub's systemd unit turns mimalloc's transparent huge pages off (a Raspberry Pi's
+/// memory; the hub's state is small); the server's does not (its rules engine is faster on
+/// them). Run with the hub unit's environment, the bench's memory line shows none.
+#[test]
+fn the_gateway_unit_keeps_the_hub_off_huge_pages_and_the_ingest_unit_does_not() {
+    let environment = |unit: &str| -> Vec<(String, String)> {
+        std::fs::read_to_string(fixture(&format!("config/systemd/{unit}")))
+            .expect("unit file")
+            .lines()
+            .filter_map(|l| l.strip_prefix("Environment="))
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    };
+    assert!(
+        !environment("rpm-ingest.service")
+            .iter()
+            .any(|(k, _)| k.starts_with("MIMALLOC_")),
+        "the server keeps its huge pages"
+    );
+    let gateway = environment("rpm-gateway.service");
+    let env: Vec<(&str, &str)> = gateway
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let m = bench_memory(&env);
+    assert_eq!(m.huge_mib, 0, "{gateway:?}: {}", m.line);
 }

@@ -289,6 +289,22 @@ fn sample(r: &Recorded) -> Sample<'_> {
     }
 }
 
+/// `stream` in consecutive batches of the sizes in `cuts`, taken in turn (cycling), until all
+/// of it is cut.
+fn cut<'a, T>(stream: &'a [T], cuts: &[usize]) -> Vec<&'a [T]> {
+    let mut batches = Vec::new();
+    let mut rest = stream;
+    for &size in cuts.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (now, later) = rest.split_at(size.clamp(1, rest.len()));
+        batches.push(now);
+        rest = later;
+    }
+    batches
+}
+
 /// Patients on every rule kind (two of them on oxygen) and one on the COPD fixture profile.
 fn mixed_engine() -> Engine {
     let mut e = engine(3);
@@ -336,15 +352,9 @@ proptest! {
 
         let mut batched = mixed_engine();
         let mut got = Vec::new();
-        let mut rest = &stream[..];
-        for cut in cuts.iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (now, later) = rest.split_at((*cut).min(rest.len()));
+        for now in cut(&stream, &cuts) {
             let batch: Vec<(PatientIdx, Sample<'_>)> = now.iter().map(|r| (r.0, sample(r))).collect();
             batched.evaluate_batch(&batch, &mut got).expect("enrolled");
-            rest = later;
         }
 
         prop_assert_eq!(&got, &expected);
@@ -370,10 +380,12 @@ proptest! {
     ) {
         let mut now = 0i64;
         let mut stream: Vec<(PatientIdx, Reading)> = Vec::new();
-        for (patient, gap_min, values, doubtful) in steps {
+        for (i, (patient, gap_min, values, doubtful)) in steps.into_iter().enumerate() {
             now += gap_min;
             let flags = if doubtful { Flags::EMPTY.with(Flag::LowPerfusion) } else { Flags::EMPTY };
-            let r = common::reading(&format!("pt-{patient}"), now, &values, flags);
+            let mut r = common::reading(&format!("pt-{patient}"), now, &values, flags);
+            // Each its own id, so that events naming the wrong reading differ.
+            r.id = format!("00000000-0000-0000-0000-{i:012x}").parse().expect("uuid");
             stream.push((PatientIdx(patient as u32), r));
         }
 
@@ -385,15 +397,9 @@ proptest! {
 
         let mut batched = mixed_engine();
         let mut got = Vec::new();
-        let mut rest = &stream[..];
-        for cut in cuts.iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (now, later) = rest.split_at((*cut).min(rest.len()));
+        for now in cut(&stream, &cuts) {
             let batch: Vec<(PatientIdx, &Reading)> = now.iter().map(|(p, r)| (*p, r)).collect();
             batched.evaluate_readings(&batch, &mut got).expect("enrolled");
-            rest = later;
         }
 
         prop_assert_eq!(&got, &expected);
