@@ -295,16 +295,14 @@ impl Envelope {
         let text = std::str::from_utf8(payload).map_err(|e| EnvelopeError::NotUtf8 {
             offset: e.valid_up_to(),
         })?;
-        let mut de = serde_json::Deserializer::from_str(text);
-        let envelope: Envelope = match serde_path_to_error::deserialize(&mut de) {
+        // Most payloads are good: parse them without recording the path to each field, which
+        // makes the parse 1.4-1.6 times slower (`cargo bench -p vitals`). What fails is parsed
+        // again with the path recorded, for the reason and the field to name; both accept
+        // exactly the same texts.
+        let envelope: Envelope = match serde_json::from_str(text) {
             Ok(envelope) => envelope,
-            Err(err) => return Err(classify(text, err)),
+            Err(_) => decode_with_path(text)?,
         };
-        de.end().map_err(|e| EnvelopeError::Syntax {
-            message: "trailing characters after the envelope".into(),
-            line: e.line(),
-            column: e.column(),
-        })?;
         if u64::from(envelope.v) != u64::from(ENVELOPE_VERSION) {
             return Err(EnvelopeError::Version {
                 found: u64::from(envelope.v),
@@ -352,6 +350,21 @@ impl Envelope {
     }
 }
 
+/// The slow path of [`Envelope::decode`]: the same parse, recording where it failed.
+fn decode_with_path(text: &str) -> Result<Envelope, EnvelopeError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let envelope: Envelope = match serde_path_to_error::deserialize(&mut de) {
+        Ok(envelope) => envelope,
+        Err(err) => return Err(classify(text, err)),
+    };
+    de.end().map_err(|e| EnvelopeError::Syntax {
+        message: "trailing characters after the envelope".into(),
+        line: e.line(),
+        column: e.column(),
+    })?;
+    Ok(envelope)
+}
+
 fn classify(text: &str, err: serde_path_to_error::Error<serde_json::Error>) -> EnvelopeError {
     let path = err.path().to_string();
     let inner = err.into_inner();
@@ -392,5 +405,71 @@ fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(i) => message[..i].to_owned(),
         None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{Decimal, DeviceIdentity, Flags, Kind, Observed, PatientKey, ReadingType, Value};
+
+    fn payload() -> Vec<u8> {
+        let at = OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("valid time");
+        let reading = Reading {
+            id: crate::ReadingId(uuid::Uuid::nil()),
+            seq: 3,
+            gateway: GatewayId::new("gw-1").expect("valid gateway id"),
+            patient: PatientKey::new("pk-1").expect("valid key"),
+            device: DeviceIdentity::new("eui64:0011223344556677".parse().expect("device id")),
+            user_index: Some(1),
+            reading_type: ReadingType::OximetrySpotCheck,
+            device_time: None,
+            measured_at: at,
+            received_at: at,
+            values: vec![Observed {
+                kind: Kind::Spo2,
+                value: Value::Number(Decimal::from_int(96)),
+                unit: Kind::Spo2.unit(),
+            }],
+            flags: Flags::EMPTY,
+        }
+        .with_computed_id();
+        Envelope {
+            v: ENVELOPE_VERSION,
+            gateway: reading.gateway.clone(),
+            seq: 9,
+            sent_at: at,
+            readings: vec![reading],
+        }
+        .encode()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// The fast parse (no path) and the slow one (with the path, for error messages) accept
+        /// exactly the same texts and read them the same way, and what the slow one refuses,
+        /// `decode` refuses with the slow one's error: where a payload goes never changes what
+        /// is accepted or the reason a rejection gives.
+        #[test]
+        fn the_fast_parse_accepts_exactly_what_the_slow_one_does(
+            pos in any::<prop::sample::Index>(),
+            byte in prop::sample::select(b"{}[]\",:0123456789.-eEtruefalsn \\x".to_vec()),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut bytes = payload();
+            let i = pos.index(bytes.len());
+            bytes[i] = byte;
+            let n = bytes.len() - cut.index(bytes.len() / 8);
+            let Ok(text) = std::str::from_utf8(&bytes[..n]) else { return Ok(()) };
+            let fast = serde_json::from_str::<Envelope>(text);
+            let slow = decode_with_path(text);
+            prop_assert_eq!(fast.as_ref().ok(), slow.as_ref().ok());
+            if let Err(e) = slow {
+                prop_assert_eq!(Envelope::decode(text.as_bytes()), Err(e));
+            }
+        }
     }
 }
