@@ -875,6 +875,50 @@ async fn sqlite_record_survives_reopening() {
     assert_eq!(out.duplicates, 50);
 }
 
+/// SQLite's WAL is copied into the database file by the record's own checkpointer, beside
+/// the writer, not inside the writer's commits: a small batch (far under the writer's own
+/// checkpoint threshold) reaches the database file by itself within moments. The file then
+/// holds every page the record has, so its size is the record's page count times the page
+/// size (a checkpoint that has copied the whole WAL sets it so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checkpoints_beside_the_writer() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("rpm.db");
+    let url = format!("sqlite://{}", path.display());
+    let record = Record::connect(&url, 2).await.expect("open");
+    let fleet = BenchFleet::setup(&record, 4).await.expect("fleet");
+    record
+        .insert_batch(&fleet.readings(0, 200))
+        .await
+        .expect("insert");
+    let mut reader = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("a connection of the test's own");
+    let mut seen = (0, 0);
+    for _ in 0..100 {
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&mut reader)
+            .await
+            .expect("page count");
+        let size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&mut reader)
+            .await
+            .expect("page size");
+        let on_disk = std::fs::metadata(&path).expect("database file").len();
+        seen = (on_disk, pages * size);
+        if i64::try_from(on_disk).expect("file size") == pages * size {
+            record.close().await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the database file stayed at {} bytes after 5 s, the record has {} in pages: \
+         nothing checkpointed the WAL",
+        seen.0, seen.1
+    );
+}
+
 #[tokio::test]
 async fn in_memory_sqlite_works_for_throwaway_use() {
     let record = Record::connect("sqlite::memory:", 4).await.expect("open");

@@ -71,7 +71,9 @@
 //! cut after `Ok` loses nothing (`NORMAL` would be crash-safe for the process but may lose
 //! the last commits on power loss, which would break the promise that an acknowledged MQTT
 //! message is in the record). One fsync per batch is cheap when batches are hundreds of
-//! readings. Writes go through a single-connection SQLite pool, so writers queue in the pool
+//! readings. A connection of its own copies the WAL into the database file every 100 ms
+//! (`PRAGMA wal_checkpoint(PASSIVE)`), so the writer's commits mostly skip that copy and its
+//! fsync. Writes go through a single-connection SQLite pool, so writers queue in the pool
 //! instead of failing with `SQLITE_BUSY`; reads use a separate pool and see the last commit.
 //! PostgreSQL relies on the server's `synchronous_commit` (on by default); [`Record`]
 //! checks it and `fsync` when it connects and warns when either is off.
@@ -155,6 +157,9 @@ enum Backend {
         write: SqlitePool,
         /// Readers (WAL lets them run beside the writer).
         read: SqlitePool,
+        /// The WAL checkpointer's connection (none for an in-memory database, which has no
+        /// WAL); see [`checkpoint_in_background`].
+        checkpoint: Option<SqlitePool>,
     },
     Postgres(PgPool),
 }
@@ -269,24 +274,43 @@ impl Record {
         // can be undone alone), and SQLite's default keeps that journal in a temporary file,
         // written for every page a batch touches. Only the writer has statement journals; the
         // readers keep the default, so a large sort still spills to disk, not memory.
+        //
+        // Most of its checkpointing happens elsewhere: by default the connection whose
+        // commit takes the WAL past 1 000 pages copies the WAL into the database file and
+        // fsyncs it inside that commit. Every 10 000-reading batch did, and the commit (and
+        // the acknowledgements and alerts waiting on it) waited for a second fsync. A
+        // connection of its own now checkpoints every [`CHECKPOINT_EVERY`] while the writer
+        // goes on, and the writer only past [`WRITER_CHECKPOINT_PAGES`]. The WAL starts again
+        // from its beginning only when it was copied whole before the writer's next
+        // transaction began, which a backlog (the next batch always waiting) rarely allows:
+        // then the writer's own checkpoint still runs every few batches, copies what the
+        // checkpointer has not yet, and lets the WAL start again.
         let write = single()
             .connect_with(
                 options
                     .clone()
                     .pragma("cache_size", "-65536")
-                    .pragma("temp_store", "memory"),
+                    .pragma("temp_store", "memory")
+                    .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string()),
             )
             .await?;
         SQLITE_MIGRATIONS.run(&write).await?;
-        let read = if in_memory {
-            write.clone()
+        let (read, checkpoint) = if in_memory {
+            (write.clone(), None)
         } else {
-            SqlitePoolOptions::new()
+            let checkpoint = single().connect_with(options.clone()).await?;
+            tokio::spawn(checkpoint_in_background(checkpoint.clone()));
+            let read = SqlitePoolOptions::new()
                 .max_connections(max_connections)
                 .connect_with(options.read_only(true))
-                .await?
+                .await?;
+            (read, Some(checkpoint))
         };
-        Ok(Backend::Sqlite { write, read })
+        Ok(Backend::Sqlite {
+            write,
+            read,
+            checkpoint,
+        })
     }
 
     async fn open_postgres(url: &str, max_connections: u32) -> Result<Backend> {
@@ -354,7 +378,14 @@ impl Record {
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite { write, read } => {
+            Backend::Sqlite {
+                write,
+                read,
+                checkpoint,
+            } => {
+                if let Some(checkpoint) = checkpoint {
+                    checkpoint.close().await;
+                }
                 read.close().await;
                 write.close().await;
             }
@@ -367,6 +398,46 @@ impl Record {
         match self.backend {
             Backend::Sqlite { .. } => 32_766,
             Backend::Postgres(_) => 65_535,
+        }
+    }
+}
+
+/// How often the checkpointer copies what the WAL holds into the SQLite database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// WAL pages past which the SQLite writer checkpoints in its own commit (SQLite's default is
+/// 1 000): only when the checkpointer has fallen behind or stopped, so the WAL stays bounded
+/// (64 MiB at 4 KiB pages) whatever happens to it.
+const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
+
+/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on a connection of its own, beside the
+/// writer, until the pool is closed. `PASSIVE` waits for nobody: it copies the frames no
+/// reader still needs, fsyncs the database file, and leaves the rest for the next round; once
+/// it has copied everything, the writer's next transaction starts the WAL from the beginning.
+/// When there is nothing to copy it does no I/O.
+async fn checkpoint_in_background(pool: SqlitePool) {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        every.tick().await;
+        if pool.is_closed() {
+            return;
+        }
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            Ok(_) => failing = false,
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(e) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(
+                        error = %e,
+                        "the SQLite WAL checkpoint failed; retrying (the writer checkpoints itself past {WRITER_CHECKPOINT_PAGES} pages)"
+                    );
+                }
+            }
         }
     }
 }
