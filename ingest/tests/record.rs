@@ -396,6 +396,24 @@ async fn an_unchanged_binding_view_is_not_reread_and_a_change_elsewhere_is(db: D
     assert_eq!(who(cuff).await.as_deref(), Some("pk-anna"));
     assert_eq!(r.binding_reloads(), loaded + 1);
 
+    // A change by hand in SQL, outside `rpm`, that keeps the number of bindings, the highest
+    // id and the number of closed ones: the cuff's binding moved to another patient.
+    r.create_patient(&patient("pk-bo"), &AUDIT)
+        .await
+        .expect("patient");
+    by_hand(
+        &db.url,
+        "UPDATE device_bindings SET patient_key = 'pk-bo' WHERE device_id = $1",
+        cuff.to_string(),
+    )
+    .await;
+    assert_eq!(
+        who(cuff).await.as_deref(),
+        Some("pk-bo"),
+        "an edit by hand is seen at the next check"
+    );
+    assert_eq!(r.binding_reloads(), loaded + 2);
+
     // A view that is still young is trusted as it is, without asking.
     r.set_binding_ttl(Duration::from_secs(3600));
     other
@@ -404,9 +422,30 @@ async fn an_unchanged_binding_view_is_not_reread_and_a_change_elsewhere_is(db: D
         .expect("unbind elsewhere");
     assert_eq!(
         who(cuff).await.as_deref(),
-        Some("pk-anna"),
+        Some("pk-bo"),
         "within the TTL the cached view answers"
     );
+}
+
+/// Runs `sql` with one text argument on a connection of the test's own, as someone editing
+/// the database by hand would.
+async fn by_hand(url: &str, sql: &str, arg: String) {
+    use sqlx::Connection;
+    if url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
+        sqlx::query(sql)
+            .bind(arg)
+            .execute(&mut c)
+            .await
+            .expect("edit by hand");
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+        sqlx::query(sql)
+            .bind(arg)
+            .execute(&mut c)
+            .await
+            .expect("edit by hand");
+    }
 }
 
 async fn bindings_follow_user_slots_and_validity_windows(db: Db) {

@@ -63,6 +63,9 @@
 //! - `console_users`, `console_sessions`, `api_tokens` and `threshold_versions` (migration
 //!   0004): console staff, their sessions and tokens (stored hashed, see `staff.rs`), and
 //!   every per-patient threshold change with who, when and why.
+//! - `binding_version` (migration 0007): one counter that triggers on `device_bindings` bump
+//!   with every insert, update or delete, so ingest's in-memory view of the bindings asks one
+//!   row whether it is still current.
 //!
 //! # Durability
 //!

@@ -264,7 +264,8 @@ const AUDIT_INSERT: &str =
 pub const BINDING_CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// The longest the view is kept without reloading it, even when the record says nothing
-/// changed: a backstop for bindings edited outside `rpm` (by hand in SQL).
+/// changed: a backstop should the version ever miss a change (the triggers were dropped, or
+/// the table restored from a backup with an older version).
 const BINDING_CACHE_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// All bindings by (gateway, device), loaded at once: one binding lookup per reading must not
@@ -272,9 +273,9 @@ const BINDING_CACHE_MAX_AGE: Duration = Duration::from_secs(300);
 ///
 /// Reloading every binding is O(bindings): over a second at 100 000 patients, on the
 /// consumer's path. So when the view is [`BINDING_CACHE_TTL`] old, the record is first asked
-/// for a fingerprint of the table (rows, the highest binding id, closed bindings), which
-/// changes with every bind and unbind (rows are only ever inserted, and `valid_to` only ever
-/// goes from NULL to a time, once); the whole table is read again only when it differs.
+/// for the table's version (migration 0007: a counter its triggers bump with every insert,
+/// update or delete, made through `rpm` or by hand); the whole table is read again only when
+/// the version differs.
 pub(crate) struct BindingCache {
     /// When the view was last confirmed current (loaded, or its fingerprint matched).
     checked_at: Option<Instant>,
@@ -298,8 +299,8 @@ impl Default for BindingCache {
     }
 }
 
-/// (rows, highest binding id, rows with an end): see [`BindingCache`].
-type BindingFingerprint = (i64, i64, i64);
+/// The bindings table's version (`binding_version`): see [`BindingCache`].
+type BindingFingerprint = i64;
 
 /// The patient a reading with `user_index` at `at` belongs to: the binding of its user slot
 /// if there is one, else the whole-device binding (the rule of `vitals::DeviceBinding`).
@@ -1066,12 +1067,11 @@ impl Record {
         Ok(found)
     }
 
-    /// See [`BindingCache`]: one aggregate over the bindings table.
+    /// See [`BindingCache`]: the bindings table's version, one row.
     async fn binding_fingerprint(&self) -> Result<BindingFingerprint> {
         Ok(with_pool!(self, read, |pool, DB| {
-            sqlx::query_as::<_, BindingFingerprint>(
-                "SELECT COUNT(*), COALESCE(MAX(binding_id), 0), COUNT(valid_to) \
-                 FROM device_bindings",
+            sqlx::query_scalar::<_, BindingFingerprint>(
+                "SELECT version FROM binding_version WHERE id = 1",
             )
             .fetch_one(pool)
             .await?
