@@ -409,8 +409,9 @@ impl Record {
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// WAL pages past which the SQLite writer checkpoints in its own commit (SQLite's default is
-/// 1 000): only when the checkpointer has fallen behind or stopped, so the WAL stays bounded
-/// (64 MiB at 4 KiB pages) whatever happens to it.
+/// 1 000): under a backlog every few batches, to let the WAL start again (see
+/// `open_sqlite`), and whenever the checkpointer falls behind or stops, so the WAL stays
+/// bounded (64 MiB at 4 KiB pages) whatever happens to it.
 const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
 
 /// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on a connection of its own, beside the
