@@ -381,7 +381,7 @@ async fn an_unchanged_binding_view_is_not_reread_and_a_change_elsewhere_is(db: D
     );
 
     // Another process ends the oximeter's binding: this record did not make the change, so
-    // only the record's fingerprint can tell it.
+    // only the bindings table's version can tell it.
     let other = Record::connect(&db.url, 1).await.expect("second record");
     other
         .unbind(&g, &oxi, None, t0 + Duration::from_secs(3600), &AUDIT)
@@ -430,21 +430,22 @@ async fn an_unchanged_binding_view_is_not_reread_and_a_change_elsewhere_is(db: D
 /// Runs `sql` with one text argument on a connection of the test's own, as someone editing
 /// the database by hand would.
 async fn by_hand(url: &str, sql: &str, arg: String) {
-    use sqlx::Connection;
+    macro_rules! run {
+        ($connection:ty) => {{
+            let mut c = <$connection as sqlx::Connection>::connect(url)
+                .await
+                .expect("connect");
+            sqlx::query(sql)
+                .bind(arg)
+                .execute(&mut c)
+                .await
+                .expect("edit by hand");
+        }};
+    }
     if url.starts_with("sqlite") {
-        let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
-        sqlx::query(sql)
-            .bind(arg)
-            .execute(&mut c)
-            .await
-            .expect("edit by hand");
+        run!(sqlx::SqliteConnection)
     } else {
-        let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
-        sqlx::query(sql)
-            .bind(arg)
-            .execute(&mut c)
-            .await
-            .expect("edit by hand");
+        run!(sqlx::PgConnection)
     }
 }
 

@@ -67,46 +67,44 @@ fn payload(n: usize) -> Vec<u8> {
     .encode()
 }
 
+/// Runs `parse` on the text of an `n`-reading envelope, counting readings.
+fn bench_text<T>(bencher: divan::Bencher, n: usize, parse: impl Fn(&str) -> T + Sync) {
+    let text = String::from_utf8(payload(n)).expect("UTF-8");
+    bencher
+        .counter(divan::counter::ItemsCount::new(n))
+        .bench(|| parse(divan::black_box(&text)));
+}
+
 /// The whole decode: size, UTF-8, JSON, shape, version and every reading's checks and id.
 #[divan::bench(args = SIZES)]
 fn decode(bencher: divan::Bencher, n: usize) {
-    let bytes = payload(n);
-    bencher
-        .counter(divan::counter::ItemsCount::new(n))
-        .bench(|| Envelope::decode(divan::black_box(&bytes)).expect("valid payload"));
+    bench_text(bencher, n, |t| {
+        Envelope::decode(t.as_bytes()).expect("valid payload")
+    });
 }
 
 /// Baseline: the same bytes into the same types with serde_json alone, no checks.
 #[divan::bench(args = SIZES)]
 fn serde_only(bencher: divan::Bencher, n: usize) {
-    let text = String::from_utf8(payload(n)).expect("UTF-8");
-    bencher
-        .counter(divan::counter::ItemsCount::new(n))
-        .bench(|| {
-            serde_json::from_str::<Envelope>(divan::black_box(&text)).expect("valid payload")
-        });
+    bench_text(bencher, n, |t| {
+        serde_json::from_str::<Envelope>(t).expect("valid payload")
+    });
 }
 
 /// The same parse recording the path to each field, as the slow path for bad payloads does
 /// (and as every payload was parsed before).
 #[divan::bench(args = SIZES)]
 fn serde_with_path(bencher: divan::Bencher, n: usize) {
-    let text = String::from_utf8(payload(n)).expect("UTF-8");
-    bencher
-        .counter(divan::counter::ItemsCount::new(n))
-        .bench(|| {
-            let mut de = serde_json::Deserializer::from_str(divan::black_box(&text));
-            serde_path_to_error::deserialize::<_, Envelope>(&mut de).expect("valid payload")
-        });
+    bench_text(bencher, n, |t| {
+        let mut de = serde_json::Deserializer::from_str(t);
+        serde_path_to_error::deserialize::<_, Envelope>(&mut de).expect("valid payload")
+    });
 }
 
 /// Baseline: the same bytes into a generic JSON tree.
 #[divan::bench(args = SIZES)]
 fn json_value(bencher: divan::Bencher, n: usize) {
-    let text = String::from_utf8(payload(n)).expect("UTF-8");
-    bencher
-        .counter(divan::counter::ItemsCount::new(n))
-        .bench(|| {
-            serde_json::from_str::<serde_json::Value>(divan::black_box(&text)).expect("valid JSON")
-        });
+    bench_text(bencher, n, |t| {
+        serde_json::from_str::<serde_json::Value>(t).expect("valid JSON")
+    });
 }

@@ -477,6 +477,34 @@ proptest! {
         prop_assert!(Envelope::decode(&bytes[..n]).is_err(), "a truncated envelope is never accepted");
     }
 
+    /// `decode` parses a payload without recording the path to each field, and parses a
+    /// refused one again with the path for its error: the two parses accept exactly the same
+    /// texts and read them the same way, and what they refuse, `decode` refuses (the errors
+    /// themselves are the other tests' business).
+    #[test]
+    fn the_fast_parse_accepts_exactly_what_the_path_recording_one_does(
+        pos in any::<prop::sample::Index>(),
+        byte in prop::sample::select(b"{}[]\",:0123456789.-eEtruefalsn \\x".to_vec()),
+        cut in any::<prop::sample::Index>(),
+        tail in proptest::option::of(prop::sample::select(b"} x0\n".to_vec())),
+    ) {
+        let mut bytes = envelope(vec![bp_reading("120", Unit::MmHg)]).encode();
+        let i = pos.index(bytes.len());
+        bytes[i] = byte;
+        bytes.truncate(bytes.len() - cut.index(bytes.len() / 8));
+        bytes.extend(tail);
+        let Ok(text) = std::str::from_utf8(&bytes) else { return Ok(()) };
+        let fast = serde_json::from_str::<Envelope>(text).ok();
+        let mut de = serde_json::Deserializer::from_str(text);
+        let slow = serde_path_to_error::deserialize::<_, Envelope>(&mut de)
+            .ok()
+            .filter(|_| de.end().is_ok());
+        prop_assert_eq!(&fast, &slow);
+        if slow.is_none() {
+            prop_assert!(Envelope::decode(text.as_bytes()).is_err());
+        }
+    }
+
     #[test]
     fn readings_round_trip(sys in 40i64..300, dia in 20i64..200, exp in -1i8..=0, seq in any::<u64>(), user in proptest::option::of(any::<u8>())) {
         let mut r = bp_reading("120", Unit::MmHg);

@@ -277,10 +277,10 @@ const BINDING_CACHE_MAX_AGE: Duration = Duration::from_secs(300);
 /// update or delete, made through `rpm` or by hand); the whole table is read again only when
 /// the version differs.
 pub(crate) struct BindingCache {
-    /// When the view was last confirmed current (loaded, or its fingerprint matched).
+    /// When the view was last confirmed current (loaded, or its version matched).
     checked_at: Option<Instant>,
     loaded_at: Option<Instant>,
-    fingerprint: Option<BindingFingerprint>,
+    version: Option<BindingVersion>,
     ttl: Duration,
     reloads: u64,
     by_pair: HashMap<(GatewayId, DeviceId), Vec<Binding>>,
@@ -291,7 +291,7 @@ impl Default for BindingCache {
         Self {
             checked_at: None,
             loaded_at: None,
-            fingerprint: None,
+            version: None,
             ttl: BINDING_CACHE_TTL,
             reloads: 0,
             by_pair: HashMap::new(),
@@ -300,7 +300,7 @@ impl Default for BindingCache {
 }
 
 /// The bindings table's version (`binding_version`): see [`BindingCache`].
-type BindingFingerprint = i64;
+type BindingVersion = i64;
 
 /// The patient a reading with `user_index` at `at` belongs to: the binding of its user slot
 /// if there is one, else the whole-device binding (the rule of `vitals::DeviceBinding`).
@@ -957,15 +957,15 @@ impl Record {
             {
                 return Ok(Some(found.clone()));
             }
-            (fresh, cache.fingerprint, cache.loaded_at)
+            (fresh, cache.version, cache.loaded_at)
         };
         if !fresh {
             // Stale: has anything changed since the view was loaded?
-            let now = self.binding_fingerprint().await?;
+            let now = self.binding_version().await?;
             let young = loaded_at.is_some_and(|t| t.elapsed() < BINDING_CACHE_MAX_AGE);
             if young && known == Some(now) {
                 let mut cache = self.bindings.write().unwrap_or_else(|p| p.into_inner());
-                if cache.fingerprint == Some(now) {
+                if cache.version == Some(now) {
                     cache.checked_at = Some(Instant::now());
                     if let Some(found) = cache
                         .by_pair
@@ -1036,11 +1036,11 @@ impl Record {
         Ok(out)
     }
 
-    /// Reads every binding into the view (taken with `fingerprint`, read before the rows: a
+    /// Reads every binding into the view (taken with `version`, read before the rows: a
     /// change in between makes the next check reload again) and answers the lookup from it.
     async fn reload_bindings(
         &self,
-        fingerprint: BindingFingerprint,
+        version: BindingVersion,
         key: &(GatewayId, DeviceId),
         user_index: Option<u8>,
         at: OffsetDateTime,
@@ -1061,16 +1061,16 @@ impl Record {
         let now = Instant::now();
         cache.checked_at = Some(now);
         cache.loaded_at = Some(now);
-        cache.fingerprint = Some(fingerprint);
+        cache.version = Some(version);
         cache.reloads += 1;
         cache.by_pair = by_pair;
         Ok(found)
     }
 
     /// See [`BindingCache`]: the bindings table's version, one row.
-    async fn binding_fingerprint(&self) -> Result<BindingFingerprint> {
+    async fn binding_version(&self) -> Result<BindingVersion> {
         Ok(with_pool!(self, read, |pool, DB| {
-            sqlx::query_scalar::<_, BindingFingerprint>(
+            sqlx::query_scalar::<_, BindingVersion>(
                 "SELECT version FROM binding_version WHERE id = 1",
             )
             .fetch_one(pool)
@@ -1096,7 +1096,7 @@ impl Record {
     pub(super) fn invalidate_bindings(&self) {
         let mut cache = self.bindings.write().unwrap_or_else(|p| p.into_inner());
         cache.checked_at = None;
-        cache.fingerprint = None;
+        cache.version = None;
     }
 
     // ------------------------------------------------------------------------------------
