@@ -198,8 +198,8 @@ async fn start_node(broker: &Mosquitto, record: Record, rules: Option<Rules>) ->
 
 async fn publisher(broker: &Mosquitto) -> AsyncClient {
     let opts = MqttOptions::new("test-publisher", "127.0.0.1", broker.port());
-    let (client, mut events) = AsyncClient::new(opts, 100);
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let (client, events) = AsyncClient::new(opts, 100);
+    testkit::drive_mqtt(events);
     client
 }
 

@@ -1004,8 +1004,8 @@ async fn start_consumer(broker: &Mosquitto, record: Record) -> Node {
 
 fn publisher(broker: &Mosquitto) -> AsyncClient {
     let opts = MqttOptions::new("console-test-publisher", "127.0.0.1", broker.port());
-    let (client, mut events) = AsyncClient::new(opts, 100);
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let (client, events) = AsyncClient::new(opts, 100);
+    testkit::drive_mqtt(events);
     client
 }
 

@@ -139,8 +139,8 @@ fn start(broker: &Mosquitto, record: Record) -> Harness {
 async fn publisher(broker: &Mosquitto) -> AsyncClient {
     let mut opts = MqttOptions::new("test-publisher", "127.0.0.1", broker.port());
     opts.set_max_packet_size(Some(4 * 1024 * 1024));
-    let (client, mut events) = AsyncClient::new(opts, 100);
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let (client, events) = AsyncClient::new(opts, 100);
+    testkit::drive_mqtt(events);
     client
 }
 

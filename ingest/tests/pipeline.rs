@@ -91,8 +91,8 @@ async fn pipelined_batches_ack_in_order_and_lose_nothing_when_postgresql_crashes
     // One publisher, QoS 1, in order: envelope k carries readings 4k..4k+3 and number k+1.
     let mut opts = MqttOptions::new("pipeline-publisher", "127.0.0.1", broker.port());
     opts.set_max_packet_size(Some(4 * 1024 * 1024));
-    let (client, mut events) = AsyncClient::new(opts, 64);
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let (client, events) = AsyncClient::new(opts, 64);
+    testkit::drive_mqtt(events);
     let topic = vitals::Topic::new(fleet.gateway.clone(), vitals::Channel::Readings).to_string();
     let payloads: Vec<Vec<u8>> = (0..MESSAGES)
         .map(|k| {

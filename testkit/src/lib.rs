@@ -65,6 +65,26 @@ pub fn free_port() -> io::Result<u16> {
     ))
 }
 
+/// Polls a test's own MQTT client (a stand-in hub or publisher) until the client is dropped.
+/// After an error (a connection refused, reset or timed out while the machine is loaded) it
+/// waits a moment and polls again, which connects again, as a hub's client does; a loop that
+/// stopped at the first error left every later publish failing with the request channel
+/// closed, far from the cause. The error is printed, so a test that fails still shows it.
+pub fn drive_mqtt(mut events: rumqttc::v5::EventLoop) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(_) => {}
+                Err(rumqttc::v5::ConnectionError::RequestsDone) => return,
+                Err(e) => {
+                    eprintln!("test MQTT client: {e}; connecting again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
 /// Waits until something accepts TCP connections on `port`.
 pub fn wait_for_port(port: u16, timeout: Duration) -> io::Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -126,6 +126,42 @@ async fn a_killed_broker_refuses_connections_until_started_again() {
     );
 }
 
+/// A client driven by `drive_mqtt` outlives a lost connection: after its broker was killed
+/// and started again, what it publishes arrives. (A loop that stopped at the first error
+/// refused every later publish with its request channel closed.)
+#[tokio::test]
+async fn a_driven_client_publishes_again_after_its_broker_comes_back() {
+    let Some(mut broker) = unavailable(Mosquitto::start()) else {
+        return;
+    };
+    let (publisher, events) = client(broker.port(), "driven");
+    testkit::drive_mqtt(events);
+    publisher
+        .subscribe("t/ready", QoS::AtLeastOnce)
+        .await
+        .expect("queued");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.kill();
+    // The driven client's poll fails now (connection reset, then refused).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.start_again().expect("starts again");
+    let (sub, mut sub_events) = client(broker.port(), "watcher");
+    sub.subscribe("t/again", QoS::AtLeastOnce)
+        .await
+        .expect("queued");
+    let watched = tokio::spawn(async move { next_publish(&mut sub_events).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publisher
+        .publish("t/again", QoS::AtLeastOnce, false, b"back".to_vec())
+        .await
+        .expect("the driven client still takes requests");
+    let (topic, payload, _) = watched.await.expect("watcher");
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("t/again", &b"back"[..])
+    );
+}
+
 #[tokio::test]
 async fn each_test_database_is_fresh_and_dropped_afterwards() {
     use sqlx::Connection;
